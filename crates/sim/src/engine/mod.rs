@@ -1,0 +1,6 @@
+//! The simulated GPU engine: a pure scheduler ([`scheduler`]) over a KV block pool ([`blocks`]),
+//! a cost model that says how long a step takes ([`cost`]), and the async loop that runs steps
+//! on the clock and delivers tokens ([`runner`]).
+
+pub mod blocks;
+pub mod scheduler;

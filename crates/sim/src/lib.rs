@@ -1,0 +1,4 @@
+//! `mvllm-sim`: a vLLM server without a GPU.
+
+pub mod engine;
+pub mod tokenizer;
