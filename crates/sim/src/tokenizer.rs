@@ -36,14 +36,14 @@ const SPECIAL_STRS: [&str; NUM_SPECIAL as usize] = [
 
 /// Words the simulated model writes. Each is one piece, so it tokenizes to one id.
 pub const OUTPUT_WORDS: &[&str] = &[
-    " the", " a", " of", " and", " to", " in", " is", " it", " that", " for", " on", " with", " as",
-    " this", " by", " be", " are", " was", " from", " or", " an", " at", " not", " can", " will",
-    " we", " you", " they", " have", " has", " more", " one", " two", " each", " some", " all",
-    " data", " load", " node", " fast", " slow", " GPU", " time", " work", " text", " task",
-    " plan", " step", " set", " list", " test", " run", " path", " part", " form", " kind",
-    " long", " over", " down", " next", " best", " much", " many", " well", " also", " then",
-    " here", " just", " only", " very", " when", " what", " how", " why", " may", " must", ",",
-    ",", ".", ".", ".",
+    " the", " a", " of", " and", " to", " in", " is", " it", " that", " for", " on", " with",
+    " as", " this", " by", " be", " are", " was", " from", " or", " an", " at", " not", " can",
+    " will", " we", " you", " they", " have", " has", " more", " one", " two", " each", " some",
+    " all", " data", " load", " node", " fast", " slow", " GPU", " time", " work", " text",
+    " task", " plan", " step", " set", " list", " test", " run", " path", " part", " form",
+    " kind", " long", " over", " down", " next", " best", " much", " many", " well", " also",
+    " then", " here", " just", " only", " very", " when", " what", " how", " why", " may", " must",
+    ",", ",", ".", ".", ".",
 ];
 
 /// Cuts text into pieces (see the module doc).
@@ -107,7 +107,8 @@ pub struct ChatTurn<'a> {
 /// Token ids of a chat conversation under the Llama-3-like template, ending with the assistant
 /// header when `add_generation_prompt`.
 pub fn encode_chat(turns: &[ChatTurn<'_>], add_generation_prompt: bool) -> Vec<u32> {
-    let mut out = Vec::with_capacity(8 + turns.iter().map(|t| t.content.len() / 3 + 6).sum::<usize>());
+    let mut out =
+        Vec::with_capacity(8 + turns.iter().map(|t| t.content.len() / 3 + 6).sum::<usize>());
     out.push(BOS);
     for turn in turns {
         push_header(&mut out, turn.role);
@@ -176,7 +177,12 @@ mod tests {
     #[test]
     fn pieces_cut_words_at_four_chars_and_keep_punctuation_alone() {
         let p: Vec<&str> = pieces("Hello, wonderful world!\n").collect();
-        assert_eq!(p, vec!["Hell", "o", ",", " wond", "erfu", "l", " worl", "d", "!", "\n"]);
+        assert_eq!(
+            p,
+            vec![
+                "Hell", "o", ",", " wond", "erfu", "l", " worl", "d", "!", "\n"
+            ]
+        );
     }
 
     #[test]
@@ -194,7 +200,13 @@ mod tests {
 
     #[test]
     fn chat_template_counts_headers_and_generation_prompt() {
-        let ids = encode_chat(&[ChatTurn { role: "user", content: "hi" }], true);
+        let ids = encode_chat(
+            &[ChatTurn {
+                role: "user",
+                content: "hi",
+            }],
+            true,
+        );
         // bos, [hdr user /hdr \n \n] hi eot, [hdr assi stan t /hdr \n \n]
         assert_eq!(ids[0], BOS);
         assert_eq!(*ids.last().unwrap(), piece_id("\n"));

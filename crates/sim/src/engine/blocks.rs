@@ -92,7 +92,10 @@ impl BlockPool {
         }
         let mut taken = 0;
         while taken < n {
-            let (id, stamp) = self.free_queue.pop_front().expect("num_free counts queue entries");
+            let (id, stamp) = self
+                .free_queue
+                .pop_front()
+                .expect("num_free counts queue entries");
             let block = &mut self.blocks[id as usize];
             if block.free_stamp != stamp || block.ref_cnt != 0 {
                 continue; // stale entry: the block was taken by a cache hit
@@ -158,8 +161,9 @@ impl BlockPool {
 
     fn compact(&mut self) {
         let blocks = &self.blocks;
-        self.free_queue
-            .retain(|&(id, stamp)| blocks[id as usize].ref_cnt == 0 && blocks[id as usize].free_stamp == stamp);
+        self.free_queue.retain(|&(id, stamp)| {
+            blocks[id as usize].ref_cnt == 0 && blocks[id as usize].free_stamp == stamp
+        });
     }
 }
 

@@ -3,4 +3,10 @@
 //! on the clock and delivers tokens ([`runner`]).
 
 pub mod blocks;
+pub mod cost;
+pub mod runner;
 pub mod scheduler;
+
+pub use cost::Profile;
+pub use runner::{EngineHandle, Outbox, Progress, Submission};
+pub use scheduler::{SchedulerConfig, SeqSpec};

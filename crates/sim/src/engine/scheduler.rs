@@ -67,7 +67,11 @@ impl Seq {
     fn block_hash(&mut self, k: usize) -> u64 {
         while self.hashes.len() <= k {
             let i = self.hashes.len();
-            let parent = if i == 0 { self.spec.hash_salt } else { self.hashes[i - 1] };
+            let parent = if i == 0 {
+                self.spec.hash_salt
+            } else {
+                self.hashes[i - 1]
+            };
             let chunk = &self.spec.tokens[i * BLOCK_SIZE..(i + 1) * BLOCK_SIZE];
             let mut bytes = [0u8; BLOCK_SIZE * 4];
             for (dst, t) in bytes.chunks_exact_mut(4).zip(chunk) {
@@ -140,7 +144,13 @@ pub struct Scheduler {
 impl Scheduler {
     pub fn new(cfg: SchedulerConfig) -> Self {
         let pool = BlockPool::new(cfg.num_blocks, cfg.prefix_caching);
-        Scheduler { cfg, pool, waiting: VecDeque::new(), running: Vec::new(), counters: Default::default() }
+        Scheduler {
+            cfg,
+            pool,
+            waiting: VecDeque::new(),
+            running: Vec::new(),
+            counters: Default::default(),
+        }
     }
 
     pub fn config(&self) -> &SchedulerConfig {
@@ -148,7 +158,10 @@ impl Scheduler {
     }
 
     pub fn add(&mut self, id: ReqId, spec: SeqSpec) {
-        debug_assert!(spec.output_len() >= 1, "a request writes at least one token");
+        debug_assert!(
+            spec.output_len() >= 1,
+            "a request writes at least one token"
+        );
         self.waiting.push_back(Seq {
             id,
             spec,
@@ -196,7 +209,11 @@ impl Scheduler {
     }
     /// Prompt tokens of `id` that came from the prefix cache at its first admission.
     pub fn cached_prompt_tokens(&self, id: ReqId) -> Option<usize> {
-        self.running.iter().chain(self.waiting.iter()).find(|s| s.id == id)?.cached_prompt_tokens
+        self.running
+            .iter()
+            .chain(self.waiting.iter())
+            .find(|s| s.id == id)?
+            .cached_prompt_tokens
     }
 
     /// Plans the next step. Blocks are allocated and requests admitted or preempted now;
@@ -215,7 +232,10 @@ impl Scheduler {
                     scheduled = true;
                     break;
                 }
-                let victim = self.running.pop().expect("running holds the request being grown");
+                let victim = self
+                    .running
+                    .pop()
+                    .expect("running holds the request being grown");
                 let victim_was_current = self.running.len() == idx;
                 self.preempt(victim, &mut plan);
                 if victim_was_current {
@@ -238,7 +258,9 @@ impl Scheduler {
 
         if plan.preempted.is_empty() {
             while budget > 0 && self.running.len() < self.cfg.max_num_seqs {
-                let Some(mut seq) = self.waiting.pop_front() else { break };
+                let Some(mut seq) = self.waiting.pop_front() else {
+                    break;
+                };
                 let hit_blocks = self.find_cached_prefix(&mut seq);
                 let hit_tokens = hit_blocks.len() * BLOCK_SIZE;
                 let need = seq.num_tokens() - hit_tokens;
@@ -279,9 +301,15 @@ impl Scheduler {
     pub fn finish_step(&mut self, plan: &StepPlan, emitted: &mut Vec<Emitted>) {
         let mut finished_any = false;
         for s in &plan.scheduled {
-            let Some(seq) = self.running.iter_mut().find(|q| q.id == s.id) else { continue };
+            let Some(seq) = self.running.iter_mut().find(|q| q.id == s.id) else {
+                continue;
+            };
             let was_prefill = seq.num_computed < seq.spec.prompt_len;
-            let prefill_part = if was_prefill { (seq.spec.prompt_len - seq.num_computed).min(s.num_new_tokens) } else { 0 };
+            let prefill_part = if was_prefill {
+                (seq.spec.prompt_len - seq.num_computed).min(s.num_new_tokens)
+            } else {
+                0
+            };
             seq.num_computed += s.num_new_tokens;
             self.counters.prompt_tokens += prefill_part as u64;
             // Register blocks that are now full of computed tokens.
@@ -298,7 +326,11 @@ impl Scheduler {
                 self.counters.generation_tokens += 1;
                 let finished = seq.num_output == seq.spec.output_len();
                 finished_any |= finished;
-                emitted.push(Emitted { id: seq.id, index, finished });
+                emitted.push(Emitted {
+                    id: seq.id,
+                    index,
+                    finished,
+                });
             }
         }
         if finished_any {

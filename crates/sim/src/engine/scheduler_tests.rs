@@ -1,13 +1,22 @@
 use super::*;
 
 fn cfg(max_num_seqs: usize, budget: usize, num_blocks: usize) -> SchedulerConfig {
-    SchedulerConfig { max_num_seqs, max_num_batched_tokens: budget, num_blocks, prefix_caching: true }
+    SchedulerConfig {
+        max_num_seqs,
+        max_num_batched_tokens: budget,
+        num_blocks,
+        prefix_caching: true,
+    }
 }
 
 /// A request whose prompt tokens are `base..base+prompt` and that writes `output` tokens.
 fn spec(base: u32, prompt: usize, output: usize) -> SeqSpec {
     let tokens = (base..base + (prompt + output) as u32).collect();
-    SeqSpec { tokens, prompt_len: prompt, hash_salt: 0 }
+    SeqSpec {
+        tokens,
+        prompt_len: prompt,
+        hash_salt: 0,
+    }
 }
 
 fn step(s: &mut Scheduler) -> (StepPlan, Vec<Emitted>) {
@@ -35,7 +44,10 @@ fn requests_batch_together_and_decode_one_token_per_step() {
     }
     let (plan, out) = step(&mut s);
     assert_eq!(plan.num_tokens(), 30, "all three prefills in one step");
-    assert_eq!(out.iter().map(|e| e.index).collect::<Vec<_>>(), vec![0, 0, 0]);
+    assert_eq!(
+        out.iter().map(|e| e.index).collect::<Vec<_>>(),
+        vec![0, 0, 0]
+    );
     let (plan, out) = step(&mut s);
     assert_eq!(plan.num_tokens(), 3, "one decode token each");
     assert!(plan.scheduled.iter().all(|x| x.context_len == 10));
@@ -55,14 +67,41 @@ fn long_prompt_is_prefilled_in_chunks_behind_running_decodes() {
     step(&mut s); // request 1 prefilled, now decoding
     s.add(2, spec(5000, 150, 2));
     let (plan, out) = step(&mut s);
-    assert_eq!(plan.scheduled[0], Scheduled { id: 1, num_new_tokens: 1, context_len: 8, completes: true });
-    assert_eq!(plan.scheduled[1], Scheduled { id: 2, num_new_tokens: 63, context_len: 0, completes: false });
+    assert_eq!(
+        plan.scheduled[0],
+        Scheduled {
+            id: 1,
+            num_new_tokens: 1,
+            context_len: 8,
+            completes: true
+        }
+    );
+    assert_eq!(
+        plan.scheduled[1],
+        Scheduled {
+            id: 2,
+            num_new_tokens: 63,
+            context_len: 0,
+            completes: false
+        }
+    );
     assert_eq!(out.len(), 1, "a partial prefill emits nothing");
     let (plan, _) = step(&mut s);
     assert_eq!(plan.scheduled[1].num_new_tokens, 63);
     let (plan, out) = step(&mut s);
-    assert_eq!(plan.scheduled[1], Scheduled { id: 2, num_new_tokens: 24, context_len: 126, completes: true });
-    assert!(out.iter().any(|e| e.id == 2 && e.index == 0), "first token when prefill completes");
+    assert_eq!(
+        plan.scheduled[1],
+        Scheduled {
+            id: 2,
+            num_new_tokens: 24,
+            context_len: 126,
+            completes: true
+        }
+    );
+    assert!(
+        out.iter().any(|e| e.id == 2 && e.index == 0),
+        "first token when prefill completes"
+    );
 }
 
 #[test]
@@ -72,11 +111,21 @@ fn admission_stops_at_max_num_seqs_and_resumes_when_one_finishes() {
     s.add(2, spec(100, 4, 5));
     s.add(3, spec(200, 4, 5));
     let (plan, _) = step(&mut s);
-    assert_eq!(plan.admitted.iter().map(|a| a.0).collect::<Vec<_>>(), vec![1, 2]);
+    assert_eq!(
+        plan.admitted.iter().map(|a| a.0).collect::<Vec<_>>(),
+        vec![1, 2]
+    );
     assert_eq!(s.num_waiting(), 1);
-    assert_eq!(s.num_running(), 1, "request 1 finished after its single token");
+    assert_eq!(
+        s.num_running(),
+        1,
+        "request 1 finished after its single token"
+    );
     let (plan, _) = step(&mut s);
-    assert_eq!(plan.admitted.iter().map(|a| a.0).collect::<Vec<_>>(), vec![3]);
+    assert_eq!(
+        plan.admitted.iter().map(|a| a.0).collect::<Vec<_>>(),
+        vec![3]
+    );
 }
 
 #[test]
@@ -91,14 +140,27 @@ fn running_out_of_blocks_preempts_the_newest_request_which_later_recomputes() {
     assert_eq!(plan.admitted.len(), 2);
     assert_eq!(out.len(), 2);
     let (plan, out) = step(&mut s);
-    assert_eq!(plan.preempted, vec![2], "the most recently admitted request is preempted");
-    assert_eq!(plan.scheduled.iter().map(|x| x.id).collect::<Vec<_>>(), vec![1]);
-    assert!(plan.admitted.is_empty(), "no admission in a step that preempted");
+    assert_eq!(
+        plan.preempted,
+        vec![2],
+        "the most recently admitted request is preempted"
+    );
+    assert_eq!(
+        plan.scheduled.iter().map(|x| x.id).collect::<Vec<_>>(),
+        vec![1]
+    );
+    assert!(
+        plan.admitted.is_empty(),
+        "no admission in a step that preempted"
+    );
     assert_eq!(out.len(), 1);
     assert_eq!(s.num_waiting(), 1);
     assert_eq!(s.counters.preemptions, 1);
     run_to_end(&mut s);
-    assert_eq!(s.counters.generation_tokens, 40, "both requests still write every token");
+    assert_eq!(
+        s.counters.generation_tokens, 40,
+        "both requests still write every token"
+    );
     assert_eq!(s.kv_usage(), 0.0);
 }
 

@@ -1,0 +1,35 @@
+//! The `mvllm` binary: one executable, one subcommand per job.
+
+mod sim_cmd;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(
+    name = "mvllm",
+    version,
+    about = "A load balancer for fleets of vLLM servers"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run simulated vLLM servers (no GPU needed) for tests, demos and benchmarks.
+    Sim(Box<sim_cmd::SimArgs>),
+    /// Print the version.
+    Version,
+}
+
+fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Sim(args) => sim_cmd::run(*args),
+        Command::Version => {
+            println!("mvllm {}", env!("CARGO_PKG_VERSION"));
+            std::process::ExitCode::SUCCESS
+        }
+    }
+}

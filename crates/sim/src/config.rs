@@ -1,0 +1,118 @@
+//! What one simulated server is: its models, its engine's limits, its speed and its faults.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use crate::engine::Profile;
+use crate::engine::blocks::BLOCK_SIZE;
+use crate::faults::Faults;
+
+pub const DEFAULT_MODEL: &str = "meta-llama/Llama-3.1-8B-Instruct";
+
+#[derive(Debug, Clone)]
+pub struct SimConfig {
+    /// Where to listen; port 0 picks a free port (see [`crate::SimHandle::addr`]).
+    pub addr: SocketAddr,
+    /// Served model names; the first is the one `/metrics` labels and a request without
+    /// `model` gets. vLLM's `--served-model-name`.
+    pub served_model_names: Vec<String>,
+    pub max_model_len: usize,
+    pub max_num_seqs: usize,
+    pub max_num_batched_tokens: usize,
+    /// KV cache capacity of each engine, in tokens (rounded down to whole 16-token blocks).
+    pub kv_cache_tokens: usize,
+    pub prefix_caching: bool,
+    pub profile: Profile,
+    /// Relative GPU speed: 0.5 takes twice as long per step.
+    pub speed: f64,
+    /// Seed of the output text (and of injected errors).
+    pub seed: u64,
+    /// Bearer token required on `/v1` paths.
+    pub api_key: Option<String>,
+    /// LoRA adapters loaded at start.
+    pub loras: Vec<String>,
+    pub max_loras: usize,
+    /// Engines behind this one server (vLLM's `--data-parallel-size`).
+    pub data_parallel: usize,
+    /// Older metric names (`gpu_cache_usage_perc`, `gpu_prefix_cache_*`).
+    pub legacy_metrics: bool,
+    pub faults: Faults,
+    /// Time the port refuses connections after start, as vLLM while it loads weights.
+    pub startup_delay: Duration,
+    pub embedding_dim: usize,
+}
+
+impl Default for SimConfig {
+    fn default() -> Self {
+        SimConfig {
+            addr: SocketAddr::from(([127, 0, 0, 1], 0)),
+            served_model_names: vec![DEFAULT_MODEL.to_string()],
+            max_model_len: 131_072,
+            max_num_seqs: 256,
+            max_num_batched_tokens: 8192,
+            kv_cache_tokens: 400_000,
+            prefix_caching: true,
+            profile: Profile::h100_llama8b(),
+            speed: 1.0,
+            seed: 0,
+            api_key: None,
+            loras: Vec::new(),
+            max_loras: 4,
+            data_parallel: 1,
+            legacy_metrics: false,
+            faults: Faults::default(),
+            startup_delay: Duration::ZERO,
+            embedding_dim: 384,
+        }
+    }
+}
+
+impl SimConfig {
+    /// The configuration with every step free: for measuring what sits in front of it.
+    pub fn instant() -> Self {
+        SimConfig {
+            profile: Profile::instant(),
+            ..Default::default()
+        }
+    }
+
+    pub fn model_name(&self) -> &str {
+        &self.served_model_names[0]
+    }
+
+    pub fn num_blocks(&self) -> usize {
+        self.kv_cache_tokens / BLOCK_SIZE
+    }
+
+    /// Refuses settings vLLM would refuse at start-up.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.served_model_names.is_empty()
+            || self.served_model_names.iter().any(|m| m.is_empty())
+        {
+            return Err("at least one non-empty model name is required".into());
+        }
+        if self.max_num_seqs == 0 || self.max_num_batched_tokens == 0 || self.data_parallel == 0 {
+            return Err(
+                "max_num_seqs, max_num_batched_tokens and data_parallel must be at least 1".into(),
+            );
+        }
+        if !(self.speed.is_finite() && self.speed > 0.0) {
+            return Err(format!(
+                "speed must be a positive number, got {}",
+                self.speed
+            ));
+        }
+        if self.max_model_len < 2 {
+            return Err("max_model_len must be at least 2".into());
+        }
+        if self.num_blocks() * BLOCK_SIZE < self.max_model_len {
+            return Err(format!(
+                "the KV cache ({} tokens) cannot hold one sequence of max_model_len {} tokens; \
+                 lower max_model_len or raise kv_cache_tokens",
+                self.num_blocks() * BLOCK_SIZE,
+                self.max_model_len
+            ));
+        }
+        self.faults.validate()
+    }
+}

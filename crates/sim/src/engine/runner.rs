@@ -1,0 +1,332 @@
+//! Runs a [`Scheduler`] on the clock and hands tokens to the HTTP handlers.
+//!
+//! Why a loop per engine: vLLM's engine core is one busy loop; the simulator mirrors it with one
+//! task that plans a step, sleeps for the modelled step time, then applies the step and delivers
+//! the emitted tokens. The next step is dated from the previous step's planned end, not from the
+//! moment the task woke, so timer granularity does not accumulate into drift. With no work the
+//! task waits on its command channel and costs no CPU.
+//!
+//! Tokens go to each request's [`Outbox`]: a counter and a flag behind a mutex plus a `Notify`.
+//! A slow reader never slows the engine and never grows a queue: it finds several tokens waiting
+//! and sends them as one chunk, as vLLM's output collector does. The command channel is
+//! unbounded but holds at most two commands per in-flight HTTP request (add, abort).
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::time::Duration;
+
+use parking_lot::Mutex;
+use tokio::sync::{Notify, mpsc};
+use tokio::time::Instant;
+
+use super::cost::Profile;
+use super::scheduler::{Emitted, ReqId, Scheduler, SchedulerConfig, SeqSpec};
+use crate::metrics::{EngineMetrics, FinishReason};
+
+/// A step that starts later than its planned time by more than this re-dates from now (the
+/// process was starved of CPU); smaller lateness is absorbed by the next steps.
+const RESYNC_AFTER: Duration = Duration::from_millis(5);
+
+/// What the HTTP side reads of one request's progress.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Progress {
+    /// Output tokens written so far.
+    pub emitted: usize,
+    pub finished: bool,
+    /// Prompt tokens served from the prefix cache (known once the request is admitted).
+    pub cached_tokens: usize,
+}
+
+#[derive(Debug, Default)]
+pub struct Outbox {
+    state: Mutex<Progress>,
+    notify: Notify,
+}
+
+impl Outbox {
+    /// Waits until more than `seen` tokens were written or the request finished.
+    pub async fn wait_past(&self, seen: usize) -> Progress {
+        loop {
+            let p = *self.state.lock();
+            if p.emitted > seen || p.finished {
+                return p;
+            }
+            self.notify.notified().await;
+        }
+    }
+
+    /// Waits until the request has written its whole output.
+    pub async fn wait_finished(&self) -> Progress {
+        loop {
+            let p = self.wait_past(usize::MAX - 1).await;
+            if p.finished {
+                return p;
+            }
+        }
+    }
+
+    fn publish(&self, f: impl FnOnce(&mut Progress)) {
+        f(&mut self.state.lock());
+        self.notify.notify_one();
+    }
+}
+
+enum Command {
+    Add {
+        id: ReqId,
+        spec: SeqSpec,
+        reason: FinishReason,
+        outbox: Arc<Outbox>,
+    },
+    Abort(ReqId),
+    ResetPrefixCache,
+}
+
+/// A handle on one engine; cheap to clone.
+#[derive(Clone)]
+pub struct EngineHandle {
+    tx: mpsc::UnboundedSender<Command>,
+    metrics: Arc<Mutex<EngineMetrics>>,
+    /// Requests in this engine (waiting or running), for data-parallel dispatch and `/load`.
+    load: Arc<AtomicUsize>,
+    next_id: Arc<AtomicU64>,
+}
+
+/// A request submitted to an engine. Dropping it before the request finished aborts it, which
+/// frees its slot and blocks: a disconnected client stops the simulated GPU.
+pub struct Submission {
+    pub outbox: Arc<Outbox>,
+    engine: EngineHandle,
+    id: ReqId,
+}
+
+impl Drop for Submission {
+    fn drop(&mut self) {
+        if !self.outbox.state.lock().finished {
+            let _ = self.engine.tx.send(Command::Abort(self.id));
+        }
+    }
+}
+
+impl EngineHandle {
+    /// Starts an engine task on the current runtime.
+    pub fn spawn(cfg: SchedulerConfig, profile: Profile, speed: f64) -> Self {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let metrics = Arc::new(Mutex::new(EngineMetrics::new(cfg.num_blocks)));
+        let load = Arc::new(AtomicUsize::new(0));
+        let handle = EngineHandle {
+            tx,
+            metrics: metrics.clone(),
+            load: load.clone(),
+            next_id: Arc::new(AtomicU64::new(1)),
+        };
+        let engine = Engine {
+            sched: Scheduler::new(cfg),
+            profile,
+            speed,
+            metrics,
+            load,
+            live: HashMap::new(),
+            emitted: Vec::new(),
+        };
+        tokio::spawn(engine.run(rx));
+        handle
+    }
+
+    /// Queues a request. `reason` is how it ends when it writes its whole output.
+    pub fn submit(&self, spec: SeqSpec, reason: FinishReason) -> Submission {
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let outbox = Arc::new(Outbox::default());
+        self.load.fetch_add(1, Ordering::Relaxed);
+        let _ = self.tx.send(Command::Add {
+            id,
+            spec,
+            reason,
+            outbox: outbox.clone(),
+        });
+        Submission {
+            outbox,
+            engine: self.clone(),
+            id,
+        }
+    }
+
+    pub fn reset_prefix_cache(&self) {
+        let _ = self.tx.send(Command::ResetPrefixCache);
+    }
+
+    pub fn load(&self) -> usize {
+        self.load.load(Ordering::Relaxed)
+    }
+
+    pub fn metrics(&self) -> EngineMetrics {
+        self.metrics.lock().clone()
+    }
+
+    /// Counts a request that failed before reaching the engine (an injected error).
+    pub fn count_error(&self) {
+        self.metrics.lock().count_finished(FinishReason::Error);
+    }
+}
+
+struct Live {
+    outbox: Arc<Outbox>,
+    reason: FinishReason,
+    prompt_len: usize,
+    arrival: Instant,
+    scheduled: Option<Instant>,
+    first_token: Option<Instant>,
+    last_token: Option<Instant>,
+}
+
+struct Engine {
+    sched: Scheduler,
+    profile: Profile,
+    speed: f64,
+    metrics: Arc<Mutex<EngineMetrics>>,
+    load: Arc<AtomicUsize>,
+    live: HashMap<ReqId, Live>,
+    emitted: Vec<Emitted>,
+}
+
+impl Engine {
+    async fn run(mut self, mut rx: mpsc::UnboundedReceiver<Command>) {
+        let mut planned_start: Option<Instant> = None;
+        loop {
+            while let Ok(cmd) = rx.try_recv() {
+                self.apply(cmd);
+            }
+            let plan = if self.sched.has_work() {
+                self.sched.schedule()
+            } else {
+                Default::default()
+            };
+            if plan.is_empty() {
+                self.publish_gauges();
+                planned_start = None;
+                match rx.recv().await {
+                    Some(cmd) => {
+                        self.apply(cmd);
+                        continue;
+                    }
+                    None => return,
+                }
+            }
+            let now = Instant::now();
+            for &(id, hit) in &plan.admitted {
+                if let Some(l) = self.live.get_mut(&id)
+                    && l.scheduled.is_none()
+                {
+                    l.scheduled = Some(now);
+                    l.outbox
+                        .publish(|p| p.cached_tokens = hit.min(l.prompt_len));
+                }
+            }
+            self.publish_gauges();
+            let step = self.profile.step_time(&plan, self.speed);
+            let start = match planned_start {
+                Some(t) if t <= now && now - t < RESYNC_AFTER => t,
+                _ => now,
+            };
+            let end = start + step;
+            if step.is_zero() {
+                tokio::task::yield_now().await;
+            } else {
+                tokio::time::sleep_until(end).await;
+            }
+            planned_start = Some(end);
+            let done = Instant::now();
+            let mut emitted = std::mem::take(&mut self.emitted);
+            self.sched.finish_step(&plan, &mut emitted);
+            self.deliver(&emitted, done, step, done - start);
+            emitted.clear();
+            self.emitted = emitted;
+        }
+    }
+
+    fn apply(&mut self, cmd: Command) {
+        match cmd {
+            Command::Add {
+                id,
+                spec,
+                reason,
+                outbox,
+            } => {
+                let prompt_len = spec.prompt_len;
+                self.sched.add(id, spec);
+                let now = Instant::now();
+                let live = Live {
+                    outbox,
+                    reason,
+                    prompt_len,
+                    arrival: now,
+                    scheduled: None,
+                    first_token: None,
+                    last_token: None,
+                };
+                self.live.insert(id, live);
+            }
+            Command::Abort(id) => {
+                if self.live.remove(&id).is_some() {
+                    self.sched.abort(id);
+                    self.load.fetch_sub(1, Ordering::Relaxed);
+                    self.metrics.lock().count_finished(FinishReason::Abort);
+                }
+            }
+            Command::ResetPrefixCache => self.sched.reset_prefix_cache(),
+        }
+    }
+
+    fn publish_gauges(&self) {
+        let mut m = self.metrics.lock();
+        m.running = self.sched.num_running();
+        m.waiting = self.sched.num_waiting();
+        m.kv_usage = self.sched.kv_usage();
+        let c = &self.sched.counters;
+        m.prefix_queries = c.prefix_queries;
+        m.prefix_hits = c.prefix_hits;
+        m.preemptions = c.preemptions;
+        m.prompt_tokens = c.prompt_tokens;
+        m.generation_tokens = c.generation_tokens;
+    }
+
+    fn deliver(&mut self, emitted: &[Emitted], now: Instant, modelled: Duration, wall: Duration) {
+        let mut m = self.metrics.lock();
+        m.steps += 1;
+        m.model_busy_seconds += modelled.as_secs_f64();
+        m.wall_busy_seconds += wall.as_secs_f64();
+        for e in emitted {
+            let Some(l) = self.live.get_mut(&e.id) else {
+                continue;
+            };
+            match l.last_token {
+                None => {
+                    m.ttft.observe((now - l.arrival).as_secs_f64());
+                    l.first_token = Some(now);
+                }
+                Some(prev) => m.itl.observe((now - prev).as_secs_f64()),
+            }
+            l.last_token = Some(now);
+            l.outbox.publish(|p| {
+                p.emitted = e.index + 1;
+                p.finished = e.finished;
+            });
+            if e.finished {
+                let l = self.live.remove(&e.id).expect("present above");
+                self.load.fetch_sub(1, Ordering::Relaxed);
+                m.count_finished(l.reason);
+                let scheduled = l.scheduled.unwrap_or(l.arrival);
+                let first = l.first_token.unwrap_or(now);
+                m.e2e.observe((now - l.arrival).as_secs_f64());
+                m.queue.observe((scheduled - l.arrival).as_secs_f64());
+                m.inference.observe((now - scheduled).as_secs_f64());
+                m.prefill.observe((first - scheduled).as_secs_f64());
+                m.decode.observe((now - first).as_secs_f64());
+                if e.index > 0 {
+                    m.tpot.observe((now - first).as_secs_f64() / e.index as f64);
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,421 @@
+//! `POST /v1/chat/completions` and `POST /v1/completions`: from a request body to a
+//! [`Generation`] (prompt tokens, the output the simulated model will write, how it ends), then
+//! to a JSON answer or an SSE stream ([`super::stream`]).
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use rand::Rng;
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+use super::Sim;
+use super::body::parse_json;
+use super::errors::ApiError;
+use super::stream::{self, Kind};
+use crate::engine::SeqSpec;
+use crate::metrics::FinishReason;
+use crate::tokenizer::{self, ChatTurn, OUTPUT_WORDS};
+
+/// Request header that forces this one request's answer to an error status (429, 500 or 503).
+pub const FORCE_ERROR_HEADER: &str = "x-sim-error";
+
+#[derive(Debug, Deserialize)]
+struct StreamOptions {
+    #[serde(default)]
+    include_usage: bool,
+}
+
+/// The fields of both request kinds that the simulator acts on; others are accepted and ignored.
+#[derive(Debug, Deserialize)]
+struct GenerationRequest {
+    model: Option<String>,
+    messages: Option<Vec<Message>>,
+    prompt: Option<Value>,
+    #[serde(default)]
+    stream: bool,
+    stream_options: Option<StreamOptions>,
+    max_tokens: Option<i64>,
+    max_completion_tokens: Option<i64>,
+    #[serde(default)]
+    min_tokens: u64,
+    #[serde(default)]
+    ignore_eos: bool,
+    n: Option<u32>,
+    #[serde(default = "yes")]
+    add_generation_prompt: bool,
+    #[serde(default = "yes")]
+    add_special_tokens: bool,
+}
+
+fn yes() -> bool {
+    true
+}
+
+#[derive(Debug, Deserialize)]
+pub(crate) struct Message {
+    pub role: String,
+    #[serde(default)]
+    pub content: Value,
+}
+
+/// The text of a message's content: a string, or the `text` of each part of an array.
+pub(crate) fn content_text(content: &Value) -> Result<String, ApiError> {
+    match content {
+        Value::Null => Ok(String::new()),
+        Value::String(s) => Ok(s.clone()),
+        Value::Array(parts) => {
+            let mut text = String::new();
+            for p in parts {
+                match (
+                    p.get("type").and_then(Value::as_str),
+                    p.get("text").and_then(Value::as_str),
+                ) {
+                    (Some("text"), Some(t)) => text.push_str(t),
+                    (Some(other), _) if other != "text" => {
+                        return Err(ApiError::bad_request(format!(
+                            "content part type '{other}' is not supported by this model"
+                        )));
+                    }
+                    _ => {
+                        return Err(ApiError::bad_request(
+                            "each content part needs a 'type' and a 'text'",
+                        ));
+                    }
+                }
+            }
+            Ok(text)
+        }
+        _ => Err(ApiError::bad_request(
+            "message content must be a string or an array of content parts",
+        )),
+    }
+}
+
+pub(crate) fn encode_messages(
+    messages: &[Message],
+    add_generation_prompt: bool,
+) -> Result<Vec<u32>, ApiError> {
+    let texts = messages
+        .iter()
+        .map(|m| content_text(&m.content))
+        .collect::<Result<Vec<_>, _>>()?;
+    let turns: Vec<ChatTurn<'_>> = messages
+        .iter()
+        .zip(&texts)
+        .map(|(m, t)| ChatTurn {
+            role: &m.role,
+            content: t,
+        })
+        .collect();
+    Ok(tokenizer::encode_chat(&turns, add_generation_prompt))
+}
+
+/// A completion prompt: a string, a list of one string, or token ids (a list, or a list of one).
+pub(crate) fn encode_prompt_value(
+    prompt: &Value,
+    add_special_tokens: bool,
+) -> Result<Vec<u32>, ApiError> {
+    let ids = |arr: &[Value]| -> Option<Vec<u32>> {
+        arr.iter()
+            .map(|v| v.as_u64().and_then(|x| u32::try_from(x).ok()))
+            .collect()
+    };
+    match prompt {
+        Value::String(s) => Ok(tokenizer::encode_prompt(s, add_special_tokens)),
+        Value::Array(items) if items.len() == 1 && items[0].is_string() => Ok(
+            tokenizer::encode_prompt(items[0].as_str().unwrap_or_default(), add_special_tokens),
+        ),
+        Value::Array(items) if items.len() == 1 && items[0].is_array() => {
+            ids(items[0].as_array().map(Vec::as_slice).unwrap_or_default()).ok_or_else(|| {
+                ApiError::bad_request("prompt token ids must be non-negative integers")
+            })
+        }
+        Value::Array(items) if !items.is_empty() && items.iter().all(Value::is_number) => {
+            ids(items).ok_or_else(|| {
+                ApiError::bad_request("prompt token ids must be non-negative integers")
+            })
+        }
+        Value::Array(items) if items.len() > 1 => Err(ApiError::bad_request(
+            "batched prompts are not supported by the simulator; send one prompt per request",
+        )),
+        _ => Err(ApiError::bad_request(
+            "prompt must be a string, a list of one string, or a list of token ids",
+        )),
+    }
+}
+
+/// Everything needed to answer one generation request.
+pub(crate) struct Generation {
+    pub kind: Kind,
+    pub id: String,
+    pub model: String,
+    pub created: u64,
+    pub stream: bool,
+    pub include_usage: bool,
+    pub spec: SeqSpec,
+    /// Index into [`OUTPUT_WORDS`] of each output token.
+    pub words: Vec<u8>,
+    pub finish: FinishReason,
+}
+
+impl Generation {
+    pub fn prompt_tokens(&self) -> usize {
+        self.spec.prompt_len
+    }
+
+    pub fn text(&self, range: std::ops::Range<usize>) -> String {
+        self.words[range]
+            .iter()
+            .map(|&w| OUTPUT_WORDS[w as usize])
+            .collect()
+    }
+}
+
+/// The served model a request names (a base name or a loaded adapter), and its cache salt.
+pub(crate) fn resolve_model(sim: &Sim, requested: Option<&str>) -> Result<(String, u64), ApiError> {
+    let Some(name) = requested else {
+        return Ok((sim.cfg.model_name().to_string(), 0));
+    };
+    if sim.cfg.served_model_names.iter().any(|m| m == name) {
+        return Ok((name.to_string(), 0));
+    }
+    match sim.lora_index(name) {
+        Some(i) => Ok((name.to_string(), 1 + i as u64)),
+        None => Err(ApiError::model_not_found(name)),
+    }
+}
+
+pub(crate) fn request_id(sim: &Sim, headers: &HeaderMap) -> String {
+    match headers.get("x-request-id").and_then(|v| v.to_str().ok()) {
+        Some(id) if !id.is_empty() => id.to_string(),
+        _ => format!("{:032x}", sim.rng.lock().random::<u128>()),
+    }
+}
+
+fn prepare(
+    sim: &Sim,
+    headers: &HeaderMap,
+    body: &[u8],
+    kind: Kind,
+) -> Result<Generation, ApiError> {
+    let schema = match kind {
+        Kind::Chat => "ChatCompletionRequest",
+        Kind::Completion => "CompletionRequest",
+    };
+    let req: GenerationRequest = parse_json(headers, body, schema)?;
+    let (model, salt) = resolve_model(sim, req.model.as_deref())?;
+    if req.n.unwrap_or(1) != 1 {
+        return Err(ApiError::bad_request(
+            "n > 1 is not supported by the simulator",
+        ));
+    }
+    let prompt = match kind {
+        Kind::Chat => {
+            let messages = req.messages.as_deref().ok_or_else(|| {
+                ApiError::bad_request(format!(
+                    "1 validation error for {schema}\nmessages\n  Field required"
+                ))
+            })?;
+            if messages.is_empty() {
+                return Err(ApiError::bad_request(
+                    "messages must contain at least one message",
+                ));
+            }
+            encode_messages(messages, req.add_generation_prompt)?
+        }
+        Kind::Completion => {
+            let prompt = req.prompt.as_ref().ok_or_else(|| {
+                ApiError::bad_request(format!(
+                    "1 validation error for {schema}\nprompt\n  Field required"
+                ))
+            })?;
+            encode_prompt_value(prompt, req.add_special_tokens)?
+        }
+    };
+    if prompt.is_empty() {
+        return Err(ApiError::bad_request("The prompt cannot be empty."));
+    }
+    let max_len = sim.cfg.max_model_len;
+    let requested = req.max_completion_tokens.or(req.max_tokens);
+    if let Some(m) = requested
+        && m < 1
+    {
+        return Err(ApiError::bad_request(format!(
+            "max_tokens must be at least 1, got {m}."
+        )));
+    }
+    let max_tokens = requested.map_or(max_len.saturating_sub(prompt.len()), |m| m as usize);
+    if prompt.len() >= max_len || prompt.len() + max_tokens > max_len {
+        return Err(ApiError::bad_request(format!(
+            "This model's maximum context length is {max_len} tokens. However, your request has {} input tokens and requested {max_tokens} output tokens. Please reduce the length of the input or the number of requested output tokens.",
+            prompt.len()
+        )));
+    }
+    let fingerprint = tokenizer::prompt_fingerprint(sim.cfg.seed ^ salt, &prompt);
+    let natural = if req.ignore_eos {
+        usize::MAX
+    } else {
+        tokenizer::natural_output_len(fingerprint).max(req.min_tokens as usize)
+    };
+    let (out_len, finish) = if natural < max_tokens {
+        (natural, FinishReason::Stop)
+    } else {
+        (max_tokens, FinishReason::Length)
+    };
+    let words: Vec<u8> = (0..out_len)
+        .map(|i| tokenizer::output_word_index(fingerprint, i) as u8)
+        .collect();
+    let mut tokens = prompt;
+    let prompt_len = tokens.len();
+    tokens.extend(
+        words
+            .iter()
+            .map(|&w| tokenizer::piece_id(OUTPUT_WORDS[w as usize])),
+    );
+    let prefix = match kind {
+        Kind::Chat => "chatcmpl-",
+        Kind::Completion => "cmpl-",
+    };
+    Ok(Generation {
+        kind,
+        id: format!("{prefix}{}", request_id(sim, headers)),
+        model,
+        created: crate::metrics::unix_now() as u64,
+        stream: req.stream,
+        include_usage: req.stream_options.is_some_and(|o| o.include_usage),
+        spec: SeqSpec {
+            tokens,
+            prompt_len,
+            hash_salt: salt,
+        },
+        words,
+        finish,
+    })
+}
+
+/// An error status this request must get from an injected fault, if any.
+pub(crate) fn injected_error(sim: &Sim, headers: &HeaderMap) -> Option<ApiError> {
+    if let Some(v) = headers
+        .get(FORCE_ERROR_HEADER)
+        .and_then(|v| v.to_str().ok())
+    {
+        let status = v.trim().parse().unwrap_or(500);
+        return Some(ApiError::injected(status));
+    }
+    let faults = sim.faults.borrow();
+    if faults.error_rate > 0.0 && sim.rng.lock().random_bool(faults.error_rate) {
+        return Some(ApiError::injected(faults.error_status));
+    }
+    None
+}
+
+pub(crate) async fn chat(State(sim): State<Arc<Sim>>, headers: HeaderMap, body: Bytes) -> Response {
+    generate(sim, headers, body, Kind::Chat).await
+}
+
+pub(crate) async fn completions(
+    State(sim): State<Arc<Sim>>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    generate(sim, headers, body, Kind::Completion).await
+}
+
+/// Counts a generation request in `/load` for as long as it is handled (streams included).
+pub(crate) struct LoadGuard(Arc<Sim>);
+
+impl LoadGuard {
+    pub fn new(sim: &Arc<Sim>) -> Self {
+        sim.server_load.fetch_add(1, Ordering::Relaxed);
+        LoadGuard(sim.clone())
+    }
+}
+
+impl Drop for LoadGuard {
+    fn drop(&mut self) {
+        self.0.server_load.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+async fn generate(sim: Arc<Sim>, headers: HeaderMap, body: Bytes, kind: Kind) -> Response {
+    let load = LoadGuard::new(&sim);
+    let generation = match prepare(&sim, &headers, &body, kind) {
+        Ok(g) => g,
+        Err(e) => return e.into_response(),
+    };
+    if let Some(e) = injected_error(&sim, &headers) {
+        sim.pick_engine().count_error();
+        return e.into_response();
+    }
+    let api_latency = sim.cfg.profile.api_latency / sim.cfg.speed;
+    if api_latency > 0.0 {
+        tokio::time::sleep(std::time::Duration::from_secs_f64(api_latency)).await;
+    }
+    let submission = sim
+        .pick_engine()
+        .submit(generation.spec.clone(), generation.finish);
+    let die_after = sim.faults.borrow().die_after_chunks;
+    let request_id = headers.get("x-request-id").cloned();
+    let mut response = if generation.stream {
+        stream::sse_response(generation, submission, die_after, load)
+    } else {
+        let done = submission.outbox.wait_finished().await;
+        drop(load);
+        (
+            StatusCode::OK,
+            axum::Json(full_response(&generation, done.cached_tokens)),
+        )
+            .into_response()
+    };
+    if let Some(id) = request_id {
+        response.headers_mut().insert("x-request-id", id);
+    }
+    response
+}
+
+pub(crate) fn usage(prompt: usize, completion: usize, cached: usize) -> Value {
+    json!({
+        "prompt_tokens": prompt,
+        "total_tokens": prompt + completion,
+        "completion_tokens": completion,
+        "prompt_tokens_details": {"cached_tokens": cached},
+    })
+}
+
+pub(crate) fn finish_str(r: FinishReason) -> &'static str {
+    match r {
+        FinishReason::Length => "length",
+        _ => "stop",
+    }
+}
+
+fn full_response(g: &Generation, cached: usize) -> Value {
+    let text = g.text(0..g.words.len());
+    let usage = usage(g.prompt_tokens(), g.words.len(), cached);
+    match g.kind {
+        Kind::Chat => json!({
+            "id": g.id, "object": "chat.completion", "created": g.created, "model": g.model,
+            "choices": [{
+                "index": 0,
+                "message": {"role": "assistant", "content": text, "refusal": null, "annotations": null,
+                            "audio": null, "function_call": null, "tool_calls": [], "reasoning_content": null},
+                "logprobs": null, "finish_reason": finish_str(g.finish), "stop_reason": null,
+            }],
+            "service_tier": null, "system_fingerprint": null, "usage": usage,
+            "prompt_logprobs": null, "kv_transfer_params": null,
+        }),
+        Kind::Completion => json!({
+            "id": g.id, "object": "text_completion", "created": g.created, "model": g.model,
+            "choices": [{
+                "index": 0, "text": text, "logprobs": null, "finish_reason": finish_str(g.finish),
+                "stop_reason": null, "prompt_logprobs": null,
+            }],
+            "service_tier": null, "system_fingerprint": null, "usage": usage, "kv_transfer_params": null,
+        }),
+    }
+}

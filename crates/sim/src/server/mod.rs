@@ -1,0 +1,181 @@
+//! The simulated server's HTTP side: shared state ([`Sim`]), the in-process handle
+//! ([`SimHandle`]) and [`spawn`].
+
+mod body;
+mod errors;
+mod generate;
+mod listener;
+mod misc;
+mod routes;
+mod stream;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use parking_lot::Mutex;
+use rand::SeedableRng;
+use rand::rngs::StdRng;
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::SimConfig;
+use crate::engine::{EngineHandle, SchedulerConfig};
+use crate::faults::Faults;
+use crate::metrics::{EngineMetrics, Exposition};
+
+pub use errors::ApiError;
+
+/// State shared by every handler of one simulated server.
+pub(crate) struct Sim {
+    pub cfg: SimConfig,
+    pub engines: Vec<EngineHandle>,
+    pub faults: watch::Sender<Faults>,
+    /// Loaded LoRA adapters: (name, path).
+    pub loras: Mutex<Vec<(String, String)>>,
+    pub rng: Mutex<StdRng>,
+    /// Generation requests being handled (vLLM's `/load`).
+    pub server_load: AtomicUsize,
+    pub created: u64,
+}
+
+impl Sim {
+    /// The engine a new request goes to: the least loaded (vLLM's data-parallel balancing).
+    pub fn pick_engine(&self) -> &EngineHandle {
+        self.engines
+            .iter()
+            .min_by_key(|e| e.load())
+            .expect("at least one engine")
+    }
+
+    /// The LoRA adapter named `model`, if loaded.
+    pub fn lora_index(&self, model: &str) -> Option<usize> {
+        self.loras.lock().iter().position(|(n, _)| n == model)
+    }
+
+    pub fn render_metrics(&self) -> String {
+        let engines: Vec<EngineMetrics> = self
+            .engines
+            .iter()
+            .map(|e| {
+                let mut m = e.metrics();
+                m.running_lora_adapters.clear();
+                m
+            })
+            .collect();
+        Exposition {
+            model_name: self.cfg.model_name(),
+            engines: &engines,
+            legacy: self.cfg.legacy_metrics,
+            max_loras: self.cfg.max_loras,
+            block_size: crate::engine::blocks::BLOCK_SIZE,
+            prefix_caching: self.cfg.prefix_caching,
+        }
+        .render()
+    }
+}
+
+/// A simulated server running in this process. Dropping it stops the server.
+pub struct SimHandle {
+    sim: Arc<Sim>,
+    addr: SocketAddr,
+    shutdown: CancellationToken,
+}
+
+impl SimHandle {
+    /// The bound address (the real port when the config asked for port 0).
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// `http://ip:port`.
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    pub fn config(&self) -> &SimConfig {
+        &self.sim.cfg
+    }
+
+    pub fn faults(&self) -> Faults {
+        self.sim.faults.borrow().clone()
+    }
+
+    /// Replaces the faults; `down` takes effect at once (the port stops listening and in-flight
+    /// requests are cut), clearing it listens again.
+    pub fn set_faults(&self, faults: Faults) {
+        self.sim.faults.send_replace(faults);
+    }
+
+    pub fn update_faults(&self, f: impl FnOnce(&mut Faults)) {
+        self.sim.faults.send_modify(f);
+    }
+
+    /// Each engine's current figures (one per data-parallel rank).
+    pub fn engine_metrics(&self) -> Vec<EngineMetrics> {
+        self.sim.engines.iter().map(EngineHandle::metrics).collect()
+    }
+
+    /// Requests in the engines (waiting or running), summed over ranks.
+    pub fn requests_in_engine(&self) -> usize {
+        self.sim.engines.iter().map(EngineHandle::load).sum()
+    }
+
+    /// Generation requests the HTTP side is handling.
+    pub fn server_load(&self) -> usize {
+        self.sim.server_load.load(Ordering::Relaxed)
+    }
+
+    /// Stops listening and cuts every connection.
+    pub fn shutdown(&self) {
+        self.shutdown.cancel();
+    }
+}
+
+impl Drop for SimHandle {
+    fn drop(&mut self) {
+        self.shutdown.cancel();
+    }
+}
+
+/// Starts a simulated server on the current tokio runtime. The port is bound before this
+/// returns (so [`SimHandle::addr`] is final), but it only accepts connections after
+/// `startup_delay`, and not while the `down` fault is set.
+pub async fn spawn(cfg: SimConfig) -> std::io::Result<SimHandle> {
+    cfg.validate()
+        .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
+    let socket = listener::bind_socket(cfg.addr)?;
+    let addr = socket.local_addr()?;
+    let sched = SchedulerConfig {
+        max_num_seqs: cfg.max_num_seqs,
+        max_num_batched_tokens: cfg.max_num_batched_tokens,
+        num_blocks: cfg.num_blocks(),
+        prefix_caching: cfg.prefix_caching,
+    };
+    let engines = (0..cfg.data_parallel)
+        .map(|_| EngineHandle::spawn(sched.clone(), cfg.profile.clone(), cfg.speed))
+        .collect();
+    let loras = cfg
+        .loras
+        .iter()
+        .map(|n| (n.clone(), format!("/sim/loras/{n}")))
+        .collect();
+    let (faults, _) = watch::channel(cfg.faults.clone());
+    let shutdown = CancellationToken::new();
+    let sim = Arc::new(Sim {
+        rng: Mutex::new(StdRng::seed_from_u64(cfg.seed)),
+        created: crate::metrics::unix_now() as u64,
+        cfg,
+        engines,
+        faults,
+        loras: Mutex::new(loras),
+        server_load: AtomicUsize::new(0),
+    });
+    let app = routes::app(sim.clone());
+    tokio::spawn(listener::serve(sim.clone(), socket, app, shutdown.clone()));
+    Ok(SimHandle {
+        sim,
+        addr,
+        shutdown,
+    })
+}
