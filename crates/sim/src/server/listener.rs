@@ -31,35 +31,53 @@ pub fn bind_socket(addr: SocketAddr) -> std::io::Result<TcpSocket> {
     Ok(socket)
 }
 
-pub async fn serve(sim: Arc<Sim>, socket: TcpSocket, app: Router, shutdown: CancellationToken) {
-    let addr = match socket.local_addr() {
-        Ok(a) => a,
-        Err(e) => return tracing::error!("simulated server lost its socket: {e}"),
-    };
-    tokio::select! {
-        _ = tokio::time::sleep(sim.cfg.startup_delay) => {}
-        _ = shutdown.cancelled() => return,
+/// The port: bound only (refusing connections) or listening.
+pub enum Port {
+    Bound(TcpSocket),
+    Listening(TcpListener),
+}
+
+impl Port {
+    /// Listens at once unless the server must start late or down, so that a caller of
+    /// [`crate::spawn`] can connect as soon as it returns.
+    pub fn open(socket: TcpSocket, cfg: &crate::SimConfig) -> std::io::Result<Port> {
+        if cfg.startup_delay.is_zero() && !cfg.faults.down {
+            Ok(Port::Listening(socket.listen(1024)?))
+        } else {
+            Ok(Port::Bound(socket))
+        }
+    }
+}
+
+pub async fn serve(
+    sim: Arc<Sim>,
+    addr: SocketAddr,
+    mut port: Port,
+    app: Router,
+    shutdown: CancellationToken,
+) {
+    if matches!(port, Port::Bound(_)) {
+        tokio::select! {
+            _ = tokio::time::sleep(sim.cfg.startup_delay) => {}
+            _ = shutdown.cancelled() => return,
+        }
     }
     let mut faults = sim.faults.subscribe();
-    let mut socket = Some(socket);
     loop {
-        // Wait to be up.
-        while faults.borrow_and_update().down {
-            tokio::select! {
-                r = faults.changed() => if r.is_err() { return },
-                _ = shutdown.cancelled() => return,
+        let listener = match port {
+            Port::Listening(l) => l,
+            Port::Bound(socket) => {
+                while faults.borrow_and_update().down {
+                    tokio::select! {
+                        r = faults.changed() => if r.is_err() { return },
+                        _ = shutdown.cancelled() => return,
+                    }
+                }
+                match socket.listen(1024) {
+                    Ok(l) => l,
+                    Err(e) => return tracing::error!("simulated server {addr} cannot listen: {e}"),
+                }
             }
-        }
-        let bound = match socket.take() {
-            Some(s) => s,
-            None => match bind_socket(addr) {
-                Ok(s) => s,
-                Err(e) => return tracing::error!("simulated server {addr} cannot rebind: {e}"),
-            },
-        };
-        let listener = match bound.listen(1024) {
-            Ok(l) => l,
-            Err(e) => return tracing::error!("simulated server {addr} cannot listen: {e}"),
         };
         let incarnation = shutdown.child_token();
         tracing::debug!("simulated server {addr} is up");
@@ -72,7 +90,10 @@ pub async fn serve(sim: Arc<Sim>, socket: TcpSocket, app: Router, shutdown: Canc
         }
         // Hold the port while down, so that connecting is refused rather than reaching another
         // process, and come back with an empty prefix cache, as a restarted server.
-        socket = bind_socket(addr).ok();
+        port = match bind_socket(addr) {
+            Ok(s) => Port::Bound(s),
+            Err(e) => return tracing::error!("simulated server {addr} cannot rebind: {e}"),
+        };
         for e in &sim.engines {
             e.reset_prefix_cache();
         }

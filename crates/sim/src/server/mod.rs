@@ -172,7 +172,14 @@ pub async fn spawn(cfg: SimConfig) -> std::io::Result<SimHandle> {
         server_load: AtomicUsize::new(0),
     });
     let app = routes::app(sim.clone());
-    tokio::spawn(listener::serve(sim.clone(), socket, app, shutdown.clone()));
+    let port = listener::Port::open(socket, &sim.cfg)?;
+    tokio::spawn(listener::serve(
+        sim.clone(),
+        addr,
+        port,
+        app,
+        shutdown.clone(),
+    ));
     Ok(SimHandle {
         sim,
         addr,
