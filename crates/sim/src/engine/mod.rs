@@ -3,6 +3,7 @@
 //! on the clock and delivers tokens ([`runner`]).
 
 pub mod blocks;
+pub mod clock;
 pub mod cost;
 pub mod runner;
 pub mod scheduler;

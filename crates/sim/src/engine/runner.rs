@@ -225,15 +225,17 @@ impl Engine {
             }
             self.publish_gauges();
             let step = self.profile.step_time(&plan, self.speed);
+            // Continue from the previous step's planned end whether the timer woke us a little
+            // early or late; only a long stall (CPU starvation) re-dates from now.
             let start = match planned_start {
-                Some(t) if t <= now && now - t < RESYNC_AFTER => t,
+                Some(t) if now < t + RESYNC_AFTER => t,
                 _ => now,
             };
             let end = start + step;
             if step.is_zero() {
                 tokio::task::yield_now().await;
             } else {
-                tokio::time::sleep_until(end).await;
+                super::clock::sleep_until_nearest(end).await;
             }
             planned_start = Some(end);
             let done = Instant::now();
@@ -330,3 +332,7 @@ impl Engine {
         }
     }
 }
+
+#[cfg(test)]
+#[path = "runner_tests.rs"]
+mod tests;

@@ -354,7 +354,8 @@ async fn generate(sim: Arc<Sim>, headers: HeaderMap, body: Bytes, kind: Kind) ->
     }
     let api_latency = sim.cfg.profile.api_latency / sim.cfg.speed;
     if api_latency > 0.0 {
-        tokio::time::sleep(std::time::Duration::from_secs_f64(api_latency)).await;
+        let until = tokio::time::Instant::now() + std::time::Duration::from_secs_f64(api_latency);
+        crate::engine::clock::sleep_until_nearest(until).await;
     }
     let submission = sim
         .pick_engine()
