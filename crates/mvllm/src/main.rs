@@ -1,5 +1,6 @@
 //! The `mvllm` binary: one executable, one subcommand per job.
 
+mod bench_cmd;
 mod sim_cmd;
 
 use clap::{Parser, Subcommand};
@@ -19,6 +20,8 @@ struct Cli {
 enum Command {
     /// Run simulated vLLM servers (no GPU needed) for tests, demos and benchmarks.
     Sim(Box<sim_cmd::SimArgs>),
+    /// Run a benchmark suite.
+    Bench(bench_cmd::BenchArgs),
     /// Print the version.
     Version,
 }
@@ -27,6 +30,7 @@ fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Command::Sim(args) => sim_cmd::run(*args),
+        Command::Bench(args) => bench_cmd::run(args),
         Command::Version => {
             println!("mvllm {}", env!("CARGO_PKG_VERSION"));
             std::process::ExitCode::SUCCESS

@@ -31,7 +31,8 @@ pub struct Profile {
     /// Seconds of CPU work per sequence in the step.
     pub per_seq_overhead: f64,
     /// Seconds the API server spends on a request before the engine sees it (parsing,
-    /// tokenization); part of time to first token.
+    /// tokenization): it delays the first step after the engine was idle, so it is part of a
+    /// lone request's time to first token; a busy engine overlaps it with running steps.
     pub api_latency: f64,
 }
 

@@ -123,6 +123,7 @@ impl EngineHandle {
         };
         let engine = Engine {
             sched: Scheduler::new(cfg),
+            api_latency: Duration::from_secs_f64(profile.api_latency / speed),
             profile,
             speed,
             metrics,
@@ -184,6 +185,8 @@ struct Engine {
     sched: Scheduler,
     profile: Profile,
     speed: f64,
+    /// The profile's API latency at this speed.
+    api_latency: Duration,
     metrics: Arc<Mutex<EngineMetrics>>,
     load: Arc<AtomicUsize>,
     live: HashMap<ReqId, Live>,
@@ -214,6 +217,12 @@ impl Engine {
                 }
             }
             let now = Instant::now();
+            let after_idle = planned_start.is_none();
+            if after_idle {
+                // The API server's share of time to first token (tokenizing, queueing) delays
+                // the first step after idle; a busy engine overlaps it with running steps.
+                planned_start = Some(now + self.api_latency);
+            }
             for &(id, hit) in &plan.admitted {
                 if let Some(l) = self.live.get_mut(&id)
                     && l.scheduled.is_none()
@@ -232,8 +241,10 @@ impl Engine {
                 _ => now,
             };
             let end = start + step;
-            if step.is_zero() {
+            if end <= now {
                 tokio::task::yield_now().await;
+            } else if after_idle {
+                super::clock::sleep_until_precise(end).await;
             } else {
                 super::clock::sleep_until_nearest(end).await;
             }

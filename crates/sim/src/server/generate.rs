@@ -352,11 +352,6 @@ async fn generate(sim: Arc<Sim>, headers: HeaderMap, body: Bytes, kind: Kind) ->
         sim.pick_engine().count_error();
         return e.into_response();
     }
-    let api_latency = sim.cfg.profile.api_latency / sim.cfg.speed;
-    if api_latency > 0.0 {
-        let until = tokio::time::Instant::now() + std::time::Duration::from_secs_f64(api_latency);
-        crate::engine::clock::sleep_until_nearest(until).await;
-    }
     let submission = sim
         .pick_engine()
         .submit(generation.spec.clone(), generation.finish);

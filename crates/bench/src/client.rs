@@ -1,0 +1,179 @@
+//! A streaming OpenAI-API client that times every token.
+//!
+//! Why hyper directly: the load generator must never be the bottleneck, so it keeps a pooled
+//! HTTP/1 client, scans SSE bytes without parsing JSON, and records only arrival times.
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper::Request;
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
+use tokio::time::Instant;
+
+pub type HttpClient = Client<HttpConnector, Full<Bytes>>;
+
+pub fn http_client() -> HttpClient {
+    let mut connector = HttpConnector::new();
+    connector.set_nodelay(true);
+    Client::builder(TokioExecutor::new())
+        .pool_idle_timeout(Duration::from_secs(30))
+        .build(connector)
+}
+
+/// What one streamed request measured.
+#[derive(Debug, Clone, Default)]
+pub struct StreamTiming {
+    pub status: u16,
+    /// Seconds from sending to the first content chunk.
+    pub ttft: f64,
+    /// Seconds between consecutive content chunks.
+    pub gaps: Vec<f64>,
+    /// Seconds from sending to the end of the stream.
+    pub e2e: f64,
+    pub chunks: usize,
+    /// The stream ended with `data: [DONE]`.
+    pub done: bool,
+}
+
+impl StreamTiming {
+    /// Time per output token after the first: (e2e - ttft) / (tokens - 1).
+    pub fn tpot(&self, tokens: usize) -> f64 {
+        if tokens < 2 {
+            f64::NAN
+        } else {
+            (self.e2e - self.ttft) / (tokens - 1) as f64
+        }
+    }
+}
+
+/// Splits an SSE byte stream into events as bytes arrive, across chunk boundaries.
+#[derive(Default)]
+pub struct SseScanner {
+    buf: Vec<u8>,
+}
+
+/// What an event was, as far as timing cares.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SseEvent {
+    /// A chunk carrying generated text.
+    Content,
+    /// Role chunk, usage chunk, comment, anything else.
+    Other,
+    Done,
+}
+
+impl SseScanner {
+    /// Feeds bytes; calls `on_event` for each complete event.
+    pub fn feed(&mut self, bytes: &[u8], mut on_event: impl FnMut(SseEvent)) {
+        self.buf.extend_from_slice(bytes);
+        let mut start = 0;
+        while let Some(pos) = find(&self.buf[start..], b"\n\n") {
+            let event = &self.buf[start..start + pos];
+            on_event(classify(event));
+            start += pos + 2;
+        }
+        self.buf.drain(..start);
+    }
+}
+
+fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
+    hay.windows(needle.len()).position(|w| w == needle)
+}
+
+fn classify(event: &[u8]) -> SseEvent {
+    if event == b"data: [DONE]" {
+        SseEvent::Done
+    } else if find(event, b"\"role\"").is_some() || find(event, b"\"choices\":[]").is_some() {
+        SseEvent::Other
+    } else if find(event, b"\"content\":").is_some() || find(event, b"\"text\":").is_some() {
+        SseEvent::Content
+    } else {
+        SseEvent::Other
+    }
+}
+
+/// POSTs `body` as JSON to `url` and times the streamed answer.
+pub async fn stream_post(
+    client: &HttpClient,
+    url: &str,
+    body: String,
+) -> Result<StreamTiming, String> {
+    let req = Request::post(url)
+        .header("content-type", "application/json")
+        .body(Full::new(Bytes::from(body)))
+        .map_err(|e| e.to_string())?;
+    let t0 = Instant::now();
+    let resp = client.request(req).await.map_err(|e| format!("{e:?}"))?;
+    let mut timing = StreamTiming {
+        status: resp.status().as_u16(),
+        ..Default::default()
+    };
+    let mut body = resp.into_body();
+    let mut scanner = SseScanner::default();
+    let mut last: Option<Instant> = None;
+    while let Some(frame) = body.frame().await {
+        let frame = frame.map_err(|e| format!("stream broke: {e}"))?;
+        let Some(data) = frame.data_ref() else {
+            continue;
+        };
+        let now = Instant::now();
+        scanner.feed(data, |ev| match ev {
+            SseEvent::Content => {
+                match last {
+                    None => timing.ttft = (now - t0).as_secs_f64(),
+                    Some(prev) => timing.gaps.push((now - prev).as_secs_f64()),
+                }
+                last = Some(now);
+                timing.chunks += 1;
+            }
+            SseEvent::Done => timing.done = true,
+            SseEvent::Other => {}
+        });
+    }
+    timing.e2e = (Instant::now() - t0).as_secs_f64();
+    Ok(timing)
+}
+
+/// GETs `url` and returns the body as text.
+pub async fn get_text(client: &HttpClient, url: &str) -> Result<String, String> {
+    let req = Request::get(url)
+        .body(Full::new(Bytes::new()))
+        .map_err(|e| e.to_string())?;
+    let resp = client.request(req).await.map_err(|e| format!("{e:?}"))?;
+    let bytes = resp
+        .into_body()
+        .collect()
+        .await
+        .map_err(|e| e.to_string())?
+        .to_bytes();
+    String::from_utf8(bytes.to_vec()).map_err(|e| e.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn scanner_splits_events_across_chunks() {
+        let mut s = SseScanner::default();
+        let mut seen = Vec::new();
+        s.feed(b"data: {\"choices\":[{\"delta\":{\"role\":\"assistant\",\"content\":\"\"}}]}\n\ndata: {\"choices\":[{\"delta\":{\"con", |e| seen.push(e));
+        assert_eq!(seen, vec![SseEvent::Other]);
+        s.feed(
+            b"tent\":\" a\"}}]}\n\ndata: {\"choices\":[],\"usage\":{}}\n\ndata: [DONE]\n\n",
+            |e| seen.push(e),
+        );
+        assert_eq!(
+            seen,
+            vec![
+                SseEvent::Other,
+                SseEvent::Content,
+                SseEvent::Other,
+                SseEvent::Done
+            ]
+        );
+    }
+}

@@ -1,0 +1,8 @@
+//! `mvllm-bench`: measuring, never asserting. A real OpenAI-API client that records time to first
+//! token and inter-token latency per request ([`client`]), summaries ([`stats`]), and suites
+//! that produce the figures quoted in the README ([`sim_suite`]).
+
+pub mod client;
+pub mod process;
+pub mod sim_suite;
+pub mod stats;

@@ -1,0 +1,65 @@
+//! Simulated servers in a child process, so that the load generator and the servers do not
+//! share a runtime, and the servers' CPU time can be read apart.
+
+use std::process::Stdio;
+
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::{Child, Command};
+
+pub struct SimProcess {
+    pub child: Child,
+    pub urls: Vec<String>,
+}
+
+impl SimProcess {
+    /// Starts `mvllm sim --port 0 <args>` from the running executable and waits until every
+    /// instance printed its address.
+    pub async fn start(instances: usize, args: &[&str]) -> Result<SimProcess, String> {
+        let exe = std::env::current_exe().map_err(|e| e.to_string())?;
+        let mut child = Command::new(exe)
+            .arg("sim")
+            .args(["--port", "0", "--instances", &instances.to_string()])
+            .args(args)
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .kill_on_drop(true)
+            .spawn()
+            .map_err(|e| format!("cannot start the simulator: {e}"))?;
+        let stdout = child.stdout.take().ok_or("no stdout")?;
+        let mut lines = BufReader::new(stdout).lines();
+        let mut urls = Vec::new();
+        while urls.len() < instances {
+            let line = lines
+                .next_line()
+                .await
+                .map_err(|e| e.to_string())?
+                .ok_or("simulator exited early")?;
+            if let Some(rest) = line.strip_prefix("simulated vLLM server at ") {
+                urls.push(
+                    rest.split_whitespace()
+                        .next()
+                        .unwrap_or_default()
+                        .to_string(),
+                );
+            }
+        }
+        tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+        Ok(SimProcess { child, urls })
+    }
+
+    /// User plus system CPU seconds the process has used (Linux `/proc`), if readable.
+    pub fn cpu_seconds(&self) -> Option<f64> {
+        cpu_seconds_of(self.child.id()?)
+    }
+}
+
+/// User plus system CPU seconds of a process, from `/proc/<pid>/stat`.
+pub fn cpu_seconds_of(pid: u32) -> Option<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let after = stat.rsplit_once(')')?.1;
+    let fields: Vec<&str> = after.split_whitespace().collect();
+    let utime: f64 = fields.get(11)?.parse().ok()?;
+    let stime: f64 = fields.get(12)?.parse().ok()?;
+    Some((utime + stime) / 100.0)
+}
