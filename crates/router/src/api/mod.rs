@@ -1,0 +1,195 @@
+//! The router's own endpoints, with every field the Python mvllm's clients and scripts read
+//! (`/`, `/health`, `/load-stats`, `/server-models`) and `/v1/models` as the union of the
+//! healthy servers' model cards.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::SystemTime;
+
+use axum::Json;
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use serde_json::{Value, json};
+
+use crate::app::AppState;
+use crate::fleet::Server;
+
+fn iso(t: Option<SystemTime>) -> Value {
+    t.and_then(|t| t.duration_since(SystemTime::UNIX_EPOCH).ok())
+        .map_or(Value::Null, |d| json!(d.as_secs_f64()))
+}
+
+pub async fn root() -> Json<Value> {
+    Json(
+        json!({"service": "vLLM Router", "version": env!("CARGO_PKG_VERSION"), "status": "running"}),
+    )
+}
+
+fn server_health(s: &Server) -> Value {
+    let h = s.health.lock().clone();
+    let models = s.models.load();
+    json!({
+        "url": s.url(),
+        "healthy": s.is_healthy(),
+        "draining": s.draining.load(Ordering::Relaxed),
+        "last_check": iso(h.last_check),
+        "consecutive_failures": h.consecutive_check_failures.max(h.consecutive_request_failures),
+        "success_rate": h.success_rate(),
+        "avg_response_time": h.avg_response_time(),
+        "last_response_time": h.last_response_time,
+        "total_checks": h.total_checks,
+        "last_error": if s.is_healthy() { None } else { h.last_error.clone() },
+        "supported_models": s.model_ids(),
+        "models_last_updated": iso(models.updated),
+    })
+}
+
+/// Fleet health: `status` is "healthy" (>= 80% of servers healthy), "degraded" (>= 50%),
+/// "unhealthy" or "no_servers". Answers 503 when unhealthy or empty, so that a load balancer in
+/// front can act on the status code; the body is the same either way.
+pub async fn health(State(app): State<Arc<AppState>>) -> Response {
+    let servers = app.fleet.servers();
+    let settings = app.fleet.settings();
+    let total = servers.len();
+    let healthy = servers.iter().filter(|s| s.is_healthy()).count();
+    let score = if total == 0 {
+        0.0
+    } else {
+        healthy as f64 / total as f64
+    };
+    let status = match (total, score) {
+        (0, _) => "no_servers",
+        (_, s) if s >= 0.8 => "healthy",
+        (_, s) if s >= 0.5 => "degraded",
+        _ => "unhealthy",
+    };
+    let body = json!({
+        "status": status,
+        "health_score": score,
+        "total_servers": total,
+        "healthy_servers": healthy,
+        "unhealthy_servers": total - healthy,
+        "servers": servers.iter().map(|s| server_health(s)).collect::<Vec<_>>(),
+        "config": {
+            "health_check_enabled": settings.enable_active_health_check,
+            "health_check_interval": settings.health_check_interval.as_secs_f64(),
+            "min_success_rate": settings.health_check_min_success_rate,
+            "max_response_time": settings.health_check_max_response_time.as_secs_f64(),
+            "routing_policy": settings.routing_policy.name(),
+        },
+    });
+    let code = if matches!(status, "healthy" | "degraded") {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    (code, Json(body)).into_response()
+}
+
+/// Load per server: `current_load` is the larger of the router's in-flight count and the
+/// server's own running + waiting (from its last fresh scrape).
+pub async fn load_stats(State(app): State<Arc<AppState>>) -> Json<Value> {
+    let servers = app.fleet.servers();
+    let max_age = app.fleet.metrics_max_age();
+    let mut total_load = 0.0;
+    let mut total_capacity = 0.0;
+    let mut healthy = 0;
+    let rows: Vec<Value> = servers
+        .iter()
+        .map(|s| {
+            let fresh = s.fresh_metrics(max_age);
+            let scrape = s.scrape.lock().clone();
+            let in_flight = s.in_flight() as f64;
+            let load = fresh.map_or(in_flight, |m| in_flight.max(m.running + m.waiting));
+            let capacity = f64::from(s.cfg.max_concurrent_requests);
+            if s.is_healthy() {
+                healthy += 1;
+                total_load += load;
+                total_capacity += capacity;
+            }
+            let status = if !s.is_healthy() {
+                "unhealthy"
+            } else if s.draining.load(Ordering::Relaxed) {
+                "draining"
+            } else {
+                "healthy"
+            };
+            json!({
+                "url": s.url(),
+                "current_load": load,
+                "max_capacity": capacity,
+                "available_capacity": (capacity - load).max(0.0),
+                "utilization_percent": 100.0 * load / capacity,
+                "status": status,
+                "last_updated": iso(scrape.wall_at),
+                "in_flight": in_flight,
+                "metrics_fresh": fresh.is_some(),
+                "metrics_error": scrape.last_error,
+                "detailed_metrics": {
+                    "num_requests_running": fresh.map(|m| m.running),
+                    "num_requests_waiting": fresh.map(|m| m.waiting),
+                    "gpu_cache_usage_perc": fresh.map(|m| m.kv_usage),
+                    "kv_cache_usage_perc": fresh.map(|m| m.kv_usage),
+                    "prefix_cache_hits": fresh.map(|m| m.prefix_cache_hits),
+                    "prefix_cache_queries": fresh.map(|m| m.prefix_cache_queries),
+                    "engines": fresh.map(|m| m.engines),
+                },
+            })
+        })
+        .collect();
+    Json(json!({
+        "servers": rows,
+        "summary": {
+            "total_servers": servers.len(),
+            "healthy_servers": healthy,
+            "total_active_load": total_load,
+            "total_capacity": total_capacity,
+            "overall_utilization_percent": if total_capacity > 0.0 { 100.0 * total_load / total_capacity } else { 0.0 },
+            "routing_policy": app.fleet.settings().routing_policy.name(),
+        },
+    }))
+}
+
+pub async fn server_models(State(app): State<Arc<AppState>>) -> Json<Value> {
+    let servers = app.fleet.servers();
+    let map: serde_json::Map<String, Value> = servers
+        .iter()
+        .map(|s| {
+            let models = s.models.load();
+            (
+                s.url().to_string(),
+                json!({"supported_models": s.model_ids(), "models_last_updated": iso(models.updated), "healthy": s.is_healthy()}),
+            )
+        })
+        .collect();
+    Json(json!({
+        "servers": map,
+        "total_servers": servers.len(),
+        "healthy_servers": servers.iter().filter(|s| s.is_healthy()).count(),
+    }))
+}
+
+/// The union of the healthy servers' model cards as they wrote them (first seen wins), plus a
+/// minimal card for a model a server's static `models` list names but it did not describe.
+pub async fn models(State(app): State<Arc<AppState>>) -> Json<Value> {
+    let mut data: Vec<Value> = Vec::new();
+    let mut seen = std::collections::HashSet::new();
+    for s in app.fleet.servers().iter().filter(|s| s.is_healthy()) {
+        let models = s.models.load();
+        for card in &models.cards {
+            if let Some(id) = card.get("id").and_then(Value::as_str)
+                && s.serves(id)
+                && seen.insert(id.to_string())
+            {
+                data.push(card.clone());
+            }
+        }
+        for id in s.model_ids() {
+            if seen.insert(id.clone()) {
+                data.push(json!({"id": id, "object": "model", "owned_by": "vllm"}));
+            }
+        }
+    }
+    Json(json!({"object": "list", "data": data}))
+}

@@ -1,0 +1,423 @@
+//! The config file: the Python mvllm's `servers.toml` unchanged, plus our keys.
+//!
+//! Why strict: mvllm silently ignored unknown keys, so `max_concurent_requests = 8` quietly
+//! became 3. Here an unknown key, a bad URL, a capacity below 1 or a duplicate server refuses to
+//! start with `file:line:column: what is wrong` (and a did-you-mean for a typo). Every key is
+//! documented in `servers.example.toml` and the README.
+
+mod raw;
+
+use std::fmt;
+use std::path::Path;
+use std::time::Duration;
+
+use raw::{RawFile, RawSettings};
+use toml::Spanned;
+
+use crate::routing::PolicyKind;
+
+/// One upstream vLLM server.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ServerConfig {
+    /// `http(s)://host:port` plus an optional base path, without a trailing slash.
+    pub url: String,
+    pub max_concurrent_requests: u32,
+    /// Sent as `Authorization: Bearer` to this server.
+    pub api_key: Option<String>,
+    /// Models this server serves, instead of discovering them from its `/v1/models`.
+    pub models: Option<Vec<String>>,
+}
+
+/// `[config]`, validated, with defaults filled in.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Settings {
+    pub health_check_interval: Duration,
+    pub config_reload_interval: Duration,
+    pub request_timeout: Duration,
+    pub health_check_timeout: Duration,
+    pub max_retries: u32,
+    pub failure_threshold: u32,
+    pub auto_recovery_threshold: Duration,
+    pub enable_active_health_check: bool,
+    pub health_check_max_response_time: Duration,
+    pub health_check_min_success_rate: f64,
+    pub health_check_window_size: usize,
+    pub health_check_consecutive_failures: u32,
+    pub routing_policy: PolicyKind,
+    pub metrics_interval: Duration,
+    pub metrics_timeout: Duration,
+    pub models_refresh_interval: Duration,
+    pub recovery_successes: u32,
+    pub connect_timeout: Duration,
+    pub stream_idle_timeout: Duration,
+    pub max_body_bytes: usize,
+    pub timeout_retries: u32,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Settings {
+            health_check_interval: Duration::from_secs(5),
+            config_reload_interval: Duration::from_secs(60),
+            request_timeout: Duration::from_secs(30),
+            health_check_timeout: Duration::from_secs(5),
+            max_retries: 3,
+            failure_threshold: 2,
+            auto_recovery_threshold: Duration::from_secs(60),
+            enable_active_health_check: true,
+            health_check_max_response_time: Duration::from_secs(10),
+            health_check_min_success_rate: 0.8,
+            health_check_window_size: 10,
+            health_check_consecutive_failures: 3,
+            routing_policy: PolicyKind::default(),
+            metrics_interval: Duration::from_secs(1),
+            metrics_timeout: Duration::from_secs(1),
+            models_refresh_interval: Duration::from_secs(30),
+            recovery_successes: 2,
+            connect_timeout: Duration::from_secs(3),
+            stream_idle_timeout: Duration::from_secs(300),
+            max_body_bytes: 32 * 1024 * 1024,
+            timeout_retries: 1,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Config {
+    pub servers: Vec<ServerConfig>,
+    pub settings: Settings,
+}
+
+/// Why a config file was refused, and where.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ConfigError {
+    pub file: String,
+    /// 1-based; 0 when the error is not about one place (an unreadable file).
+    pub line: usize,
+    pub column: usize,
+    pub message: String,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.line == 0 {
+            write!(f, "{}: {}", self.file, self.message)
+        } else {
+            write!(
+                f,
+                "{}:{}:{}: {}",
+                self.file, self.line, self.column, self.message
+            )
+        }
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+impl Config {
+    /// Reads and validates a config file.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
+            file: path.display().to_string(),
+            line: 0,
+            column: 0,
+            message: format!("cannot read the config file: {e}"),
+        })?;
+        Config::parse(&text, &path.display().to_string())
+    }
+
+    /// Parses and validates config text; `file` names it in errors.
+    pub fn parse(text: &str, file: &str) -> Result<Config, ConfigError> {
+        let at = |span: std::ops::Range<usize>, message: String| {
+            let (line, column) = line_col(text, span.start);
+            ConfigError {
+                file: file.to_string(),
+                line,
+                column,
+                message,
+            }
+        };
+        let raw: RawFile = toml::from_str(text).map_err(|e| {
+            let span = e.span().unwrap_or(0..0);
+            at(span, explain(e.message()))
+        })?;
+        let mut servers: Vec<ServerConfig> = Vec::with_capacity(raw.servers.len());
+        for s in raw.servers {
+            let span = s.span();
+            let s = s.into_inner();
+            let url = normalize_url(s.url.get_ref()).map_err(|m| at(s.url.span(), m))?;
+            if let Some(prev) = servers.iter().position(|p| p.url == url) {
+                return Err(at(
+                    s.url.span(),
+                    format!("duplicate server url `{url}` (also server #{})", prev + 1),
+                ));
+            }
+            let capacity = match s.max_concurrent_requests {
+                None => 3,
+                Some(c) => match u32::try_from(*c.get_ref()) {
+                    Ok(v) if v >= 1 => v,
+                    _ => {
+                        return Err(at(
+                            c.span(),
+                            format!(
+                                "max_concurrent_requests must be an integer >= 1, got {}",
+                                c.get_ref()
+                            ),
+                        ));
+                    }
+                },
+            };
+            if let Some(models) = &s.models
+                && models.iter().any(|m| m.trim().is_empty())
+            {
+                return Err(at(
+                    span,
+                    "`models` entries must be non-empty model names".into(),
+                ));
+            }
+            servers.push(ServerConfig {
+                url,
+                max_concurrent_requests: capacity,
+                api_key: s.api_key,
+                models: s.models,
+            });
+        }
+        let settings = settings(raw.config, &at)?;
+        Ok(Config { servers, settings })
+    }
+}
+
+fn settings(
+    r: RawSettings,
+    at: &dyn Fn(std::ops::Range<usize>, String) -> ConfigError,
+) -> Result<Settings, ConfigError> {
+    let d = Settings::default();
+    let secs = |v: Option<Spanned<f64>>,
+                name: &str,
+                default: Duration,
+                min: f64|
+     -> Result<Duration, ConfigError> {
+        match v {
+            None => Ok(default),
+            Some(v) if v.get_ref().is_finite() && *v.get_ref() >= min && *v.get_ref() < 1e9 => {
+                Ok(Duration::from_secs_f64(*v.get_ref()))
+            }
+            Some(v) => Err(at(
+                v.span(),
+                format!(
+                    "{name} must be a number of seconds >= {min}, got {}",
+                    v.get_ref()
+                ),
+            )),
+        }
+    };
+    let int =
+        |v: Option<Spanned<i64>>, name: &str, default: u32, min: i64| -> Result<u32, ConfigError> {
+            match v {
+                None => Ok(default),
+                Some(v) if *v.get_ref() >= min && *v.get_ref() <= i64::from(u32::MAX) => {
+                    Ok(*v.get_ref() as u32)
+                }
+                Some(v) => Err(at(
+                    v.span(),
+                    format!("{name} must be an integer >= {min}, got {}", v.get_ref()),
+                )),
+            }
+        };
+    let routing_policy = match r.routing_policy {
+        None => d.routing_policy,
+        Some(p) => PolicyKind::parse(p.get_ref()).ok_or_else(|| {
+            let names = PolicyKind::ALL.map(PolicyKind::name);
+            at(
+                p.span(),
+                format!(
+                    "unknown routing_policy `{}`{}; one of: {}",
+                    p.get_ref(),
+                    did_you_mean(p.get_ref(), &names),
+                    names.join(", ")
+                ),
+            )
+        })?,
+    };
+    let min_success_rate = match r.health_check_min_success_rate {
+        None => d.health_check_min_success_rate,
+        Some(v) if (0.0..=1.0).contains(v.get_ref()) => *v.get_ref(),
+        Some(v) => {
+            return Err(at(
+                v.span(),
+                format!(
+                    "health_check_min_success_rate must be within 0..1, got {}",
+                    v.get_ref()
+                ),
+            ));
+        }
+    };
+    let max_body = match r.max_body_bytes {
+        None => d.max_body_bytes,
+        Some(v) if *v.get_ref() >= 1024 => *v.get_ref() as usize,
+        Some(v) => {
+            return Err(at(
+                v.span(),
+                format!("max_body_bytes must be at least 1024, got {}", v.get_ref()),
+            ));
+        }
+    };
+    Ok(Settings {
+        health_check_interval: secs(
+            r.health_check_interval,
+            "health_check_interval",
+            d.health_check_interval,
+            0.05,
+        )?,
+        config_reload_interval: secs(
+            r.config_reload_interval,
+            "config_reload_interval",
+            d.config_reload_interval,
+            0.05,
+        )?,
+        request_timeout: secs(
+            r.request_timeout,
+            "request_timeout",
+            d.request_timeout,
+            0.01,
+        )?,
+        health_check_timeout: secs(
+            r.health_check_timeout,
+            "health_check_timeout",
+            d.health_check_timeout,
+            0.01,
+        )?,
+        max_retries: int(r.max_retries, "max_retries", d.max_retries, 0)?,
+        failure_threshold: int(
+            r.failure_threshold,
+            "failure_threshold",
+            d.failure_threshold,
+            1,
+        )?,
+        auto_recovery_threshold: secs(
+            r.auto_recovery_threshold,
+            "auto_recovery_threshold",
+            d.auto_recovery_threshold,
+            0.05,
+        )?,
+        enable_active_health_check: r
+            .enable_active_health_check
+            .unwrap_or(d.enable_active_health_check),
+        health_check_max_response_time: secs(
+            r.health_check_max_response_time,
+            "health_check_max_response_time",
+            d.health_check_max_response_time,
+            0.001,
+        )?,
+        health_check_min_success_rate: min_success_rate,
+        health_check_window_size: int(
+            r.health_check_window_size,
+            "health_check_window_size",
+            d.health_check_window_size as u32,
+            1,
+        )? as usize,
+        health_check_consecutive_failures: int(
+            r.health_check_consecutive_failures,
+            "health_check_consecutive_failures",
+            d.health_check_consecutive_failures,
+            1,
+        )?,
+        routing_policy,
+        metrics_interval: secs(
+            r.metrics_interval,
+            "metrics_interval",
+            d.metrics_interval,
+            0.05,
+        )?,
+        metrics_timeout: secs(
+            r.metrics_timeout,
+            "metrics_timeout",
+            d.metrics_timeout,
+            0.01,
+        )?,
+        models_refresh_interval: secs(
+            r.models_refresh_interval,
+            "models_refresh_interval",
+            d.models_refresh_interval,
+            0.05,
+        )?,
+        recovery_successes: int(
+            r.recovery_successes,
+            "recovery_successes",
+            d.recovery_successes,
+            1,
+        )?,
+        connect_timeout: secs(
+            r.connect_timeout,
+            "connect_timeout",
+            d.connect_timeout,
+            0.01,
+        )?,
+        stream_idle_timeout: secs(
+            r.stream_idle_timeout,
+            "stream_idle_timeout",
+            d.stream_idle_timeout,
+            0.01,
+        )?,
+        max_body_bytes: max_body,
+        timeout_retries: int(r.timeout_retries, "timeout_retries", d.timeout_retries, 0)?,
+    })
+}
+
+/// Checks an upstream URL and drops a trailing slash.
+fn normalize_url(url: &str) -> Result<String, String> {
+    let trimmed = url.trim().trim_end_matches('/');
+    let rest = trimmed
+        .strip_prefix("http://")
+        .or_else(|| trimmed.strip_prefix("https://"))
+        .ok_or_else(|| format!("server url `{url}` must start with http:// or https://"))?;
+    let authority = rest.split('/').next().unwrap_or("");
+    if authority.is_empty() || authority.contains(['?', '#', ' ', '@']) {
+        return Err(format!("server url `{url}` has no valid host[:port]"));
+    }
+    if trimmed.contains(['?', '#']) {
+        return Err(format!(
+            "server url `{url}` must not have a query or fragment"
+        ));
+    }
+    trimmed
+        .parse::<hyper::Uri>()
+        .map_err(|e| format!("server url `{url}` is not a valid URL: {e}"))?;
+    Ok(trimmed.to_string())
+}
+
+fn line_col(text: &str, offset: usize) -> (usize, usize) {
+    let before = &text[..offset.min(text.len())];
+    let line = before.matches('\n').count() + 1;
+    let column = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
+    (line, column)
+}
+
+/// The closest of `names` to `word`, as ` (did you mean `x`?)`, when one is close.
+pub fn did_you_mean(word: &str, names: &[&str]) -> String {
+    names
+        .iter()
+        .map(|n| (strsim::jaro_winkler(word, n), n))
+        .filter(|(score, _)| *score > 0.85)
+        .max_by(|a, b| a.0.total_cmp(&b.0))
+        .map_or(String::new(), |(_, n)| format!(" (did you mean `{n}`?)"))
+}
+
+/// Rewords serde's unknown-field message with a did-you-mean.
+fn explain(message: &str) -> String {
+    let names: Vec<&str> = message.split('`').skip(1).step_by(2).collect();
+    if message.starts_with("unknown field")
+        && let Some((unknown, expected)) = names.split_first()
+    {
+        return format!(
+            "unknown key `{unknown}`{}; expected one of: {}",
+            did_you_mean(unknown, expected),
+            expected.join(", ")
+        );
+    }
+    message.trim().to_string()
+}
+
+#[cfg(test)]
+#[path = "tests.rs"]
+mod tests;

@@ -1,0 +1,155 @@
+use super::*;
+
+const SEED_EXAMPLE: &str = r#"
+[servers]
+servers = [
+  { url = "http://gpu-server-1:8081", max_concurrent_requests = 3 },
+  { url = "http://gpu-server-2:8088", max_concurrent_requests = 5 },
+  { url = "http://gpu-server-3:8089", max_concurrent_requests = 4 },
+]
+
+[config]
+health_check_interval = 10
+request_timeout = 120
+max_retries = 3
+"#;
+
+#[test]
+fn the_seed_example_loads_unchanged() {
+    let c = Config::parse(SEED_EXAMPLE, "servers.toml").unwrap();
+    assert_eq!(c.servers.len(), 3);
+    assert_eq!(c.servers[1].url, "http://gpu-server-2:8088");
+    assert_eq!(c.servers[1].max_concurrent_requests, 5);
+    assert_eq!(c.settings.health_check_interval, Duration::from_secs(10));
+    assert_eq!(c.settings.request_timeout, Duration::from_secs(120));
+    assert_eq!(c.settings.max_retries, 3);
+    assert_eq!(c.settings.failure_threshold, 2, "defaults fill the rest");
+}
+
+#[test]
+fn every_seed_key_is_accepted() {
+    let text = r#"
+[servers]
+servers = [{ url = "http://a:1" }]
+[config]
+health_check_interval = 30
+config_reload_interval = 60
+request_timeout = 30
+health_check_timeout = 5
+max_retries = 3
+failure_threshold = 2
+auto_recovery_threshold = 60
+enable_active_health_check = true
+health_check_max_response_time = 10.0
+health_check_min_success_rate = 0.8
+health_check_window_size = 10
+health_check_consecutive_failures = 3
+"#;
+    let c = Config::parse(text, "f").unwrap();
+    assert_eq!(
+        c.servers[0].max_concurrent_requests, 3,
+        "seed default capacity"
+    );
+    assert_eq!(c.settings.health_check_interval, Duration::from_secs(30));
+}
+
+#[test]
+fn array_of_tables_and_our_keys() {
+    let text = r#"
+[[servers]]
+url = "http://a:8000/"
+api_key = "k1"
+models = ["llama", "sql-lora"]
+
+[[servers]]
+url = "https://b:8000"
+max_concurrent_requests = 64
+
+[config]
+routing_policy = "least_load"
+metrics_interval = 0.5
+"#;
+    let c = Config::parse(text, "f").unwrap();
+    assert_eq!(c.servers[0].url, "http://a:8000", "trailing slash dropped");
+    assert_eq!(c.servers[0].api_key.as_deref(), Some("k1"));
+    assert_eq!(c.servers[0].models.as_ref().unwrap().len(), 2);
+    assert_eq!(c.settings.routing_policy, PolicyKind::LeastLoad);
+    assert_eq!(c.settings.metrics_interval, Duration::from_millis(500));
+}
+
+#[test]
+fn a_typo_is_refused_with_line_and_suggestion() {
+    let text =
+        "[servers]\nservers = [\n  { url = \"http://a:1\", max_concurent_requests = 8 },\n]\n";
+    let e = Config::parse(text, "servers.toml").unwrap_err();
+    assert_eq!(e.line, 3, "{e}");
+    assert!(
+        e.message.contains("unknown key `max_concurent_requests`"),
+        "{e}"
+    );
+    assert!(
+        e.message
+            .contains("did you mean `max_concurrent_requests`?"),
+        "{e}"
+    );
+    assert!(e.to_string().starts_with("servers.toml:3:"), "{e}");
+
+    let e = Config::parse("[config]\nhealth_chek_interval = 3\n", "f").unwrap_err();
+    assert_eq!(e.line, 2);
+    assert!(
+        e.message.contains("did you mean `health_check_interval`?"),
+        "{e}"
+    );
+
+    let e = Config::parse("[confg]\n", "f").unwrap_err();
+    assert!(e.message.contains("did you mean `config`?"), "{e}");
+}
+
+#[test]
+fn bad_values_are_refused_naming_the_line() {
+    let cases = [
+        (
+            "[servers]\nservers = [{ url = \"gpu:8000\" }]\n",
+            2,
+            "must start with http",
+        ),
+        (
+            "[servers]\nservers = [{ url = \"http://a:1\", max_concurrent_requests = 0 }]\n",
+            2,
+            ">= 1",
+        ),
+        (
+            "[servers]\nservers = [\n{ url = \"http://a:1\" },\n{ url = \"http://a:1/\" },\n]\n",
+            4,
+            "duplicate server url",
+        ),
+        (
+            "[config]\nrouting_policy = \"least-load\"\n",
+            2,
+            "did you mean `least_load`?",
+        ),
+        ("[config]\nrequest_timeout = -1\n", 2, "request_timeout"),
+        (
+            "[config]\nhealth_check_min_success_rate = 1.5\n",
+            2,
+            "within 0..1",
+        ),
+        ("[config]\nmax_retries = \"three\"\n", 2, "invalid type"),
+        ("[servers\n", 1, ""),
+    ];
+    for (text, line, needle) in cases {
+        let e = Config::parse(text, "f").unwrap_err();
+        assert_eq!(e.line, line, "{text}: {e}");
+        assert!(e.message.contains(needle), "{text}: {e}");
+    }
+}
+
+#[test]
+fn an_unreadable_file_is_named() {
+    let e = Config::load(Path::new("/nonexistent/servers.toml")).unwrap_err();
+    assert!(
+        e.to_string()
+            .starts_with("/nonexistent/servers.toml: cannot read"),
+        "{e}"
+    );
+}

@@ -1,0 +1,118 @@
+//! The router's own requests to servers: health checks, `/metrics` scrapes, model discovery.
+//! Each is bounded by a time-out and reads at most a few MiB.
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::{Request, StatusCode, header};
+use serde_json::Value;
+use tokio::time::Instant;
+
+use super::prom::{self, ServerMetrics};
+use super::server::Server;
+use crate::upstream::Client;
+
+const MAX_PROBE_BODY: usize = 8 * 1024 * 1024;
+
+/// A short reason for a failed upstream call, as shown in `/health` and logs.
+pub fn describe(e: &hyper_util::client::legacy::Error) -> String {
+    if e.is_connect() {
+        let text = format!("{e:?}");
+        if text.contains("ConnectionRefused") {
+            return "connection refused".into();
+        }
+        if text.contains("timed out") || text.contains("TimedOut") {
+            return "connect time-out".into();
+        }
+        return "connect error".into();
+    }
+    let mut source: Option<&dyn std::error::Error> = std::error::Error::source(e);
+    while let Some(s) = source {
+        if s.source().is_none() {
+            return format!("connection error: {s}");
+        }
+        source = s.source();
+    }
+    format!("connection error: {e}")
+}
+
+async fn get(
+    client: &Client,
+    server: &Server,
+    path: &str,
+    timeout: Duration,
+) -> Result<(StatusCode, Bytes), String> {
+    let mut req = Request::get(format!("{}{path}", server.url()));
+    if let Some(key) = &server.cfg.api_key {
+        req = req.header(header::AUTHORIZATION, format!("Bearer {key}"));
+    }
+    let req = req
+        .body(Full::new(Bytes::new()))
+        .map_err(|e| e.to_string())?;
+    let call = async {
+        let resp = client.request(req).await.map_err(|e| describe(&e))?;
+        let status = resp.status();
+        let body = Limited::new(resp.into_body(), MAX_PROBE_BODY)
+            .collect()
+            .await
+            .map_err(|e| format!("reading the body: {e}"))?
+            .to_bytes();
+        Ok((status, body))
+    };
+    tokio::time::timeout(timeout, call)
+        .await
+        .unwrap_or_else(|_| Err("time-out".into()))
+}
+
+/// `GET /health`: the seconds it took, or why it failed.
+pub async fn check_health(
+    client: &Client,
+    server: &Server,
+    timeout: Duration,
+) -> Result<f64, String> {
+    let t0 = Instant::now();
+    let (status, _) = get(client, server, "/health", timeout).await?;
+    if status != StatusCode::OK {
+        return Err(format!("HTTP {}", status.as_u16()));
+    }
+    Ok(t0.elapsed().as_secs_f64())
+}
+
+/// `GET /metrics`, parsed.
+pub async fn scrape(
+    client: &Client,
+    server: &Server,
+    timeout: Duration,
+) -> Result<ServerMetrics, String> {
+    let (status, body) = get(client, server, "/metrics", timeout).await?;
+    if status != StatusCode::OK {
+        return Err(format!("HTTP {}", status.as_u16()));
+    }
+    let text = std::str::from_utf8(&body).map_err(|_| "metrics are not UTF-8".to_string())?;
+    prom::parse(text)
+}
+
+/// `GET /v1/models`: the ids and the cards as written.
+pub async fn discover_models(
+    client: &Client,
+    server: &Server,
+    timeout: Duration,
+) -> Result<(Vec<String>, Vec<Value>), String> {
+    let (status, body) = get(client, server, "/v1/models", timeout).await?;
+    if status != StatusCode::OK {
+        return Err(format!("HTTP {}", status.as_u16()));
+    }
+    let v: Value =
+        serde_json::from_slice(&body).map_err(|e| format!("invalid /v1/models JSON: {e}"))?;
+    let cards = v
+        .get("data")
+        .and_then(Value::as_array)
+        .cloned()
+        .ok_or("/v1/models has no `data` list")?;
+    let ids = cards
+        .iter()
+        .filter_map(|c| c.get("id").and_then(Value::as_str).map(str::to_string))
+        .collect();
+    Ok((ids, cards))
+}

@@ -1,0 +1,170 @@
+//! Reading the few figures the router needs out of a vLLM server's Prometheus text.
+//!
+//! Why by hand: the scrape runs every second for every server and needs five families out of a
+//! few hundred lines, so a single pass that looks only at names is enough and cheap. It copes with
+//! what real servers write: `# HELP`/`# TYPE` comments, label values with escaped quotes, values
+//! such as `12.0`, `1.8432e+06`, `NaN`, `+Inf`, a timestamp after the value, and both the
+//! current and the older metric names. Series are summed over the `engine` label (a
+//! data-parallel server has one series per engine); cache usage is averaged over engines.
+//! `vllm:num_requests_waiting_by_reason` is a different metric and is not mistaken for
+//! `vllm:num_requests_waiting`.
+
+/// What one scrape tells the router.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct ServerMetrics {
+    pub running: f64,
+    pub waiting: f64,
+    /// Mean KV-cache usage over engines (0..1).
+    pub kv_usage: f64,
+    pub prefix_cache_queries: f64,
+    pub prefix_cache_hits: f64,
+    /// Engines seen (series of `num_requests_running`).
+    pub engines: u32,
+}
+
+/// Parses Prometheus text; `Err` when no vLLM load figure is present (not a vLLM `/metrics`).
+pub fn parse(text: &str) -> Result<ServerMetrics, String> {
+    let mut m = ServerMetrics::default();
+    let (mut kv_sum, mut kv_n) = (0.0, 0u32);
+    let mut seen_waiting = false;
+    for line in text.lines() {
+        let line = line.trim_start();
+        if line.is_empty() || line.starts_with('#') {
+            continue;
+        }
+        let Some((name, rest)) = split_name(line) else {
+            continue;
+        };
+        let target = match name {
+            "vllm:num_requests_running" => 0,
+            "vllm:num_requests_waiting" => 1,
+            "vllm:kv_cache_usage_perc" | "vllm:gpu_cache_usage_perc" => 2,
+            "vllm:prefix_cache_queries_total" | "vllm:gpu_prefix_cache_queries_total" => 3,
+            "vllm:prefix_cache_hits_total" | "vllm:gpu_prefix_cache_hits_total" => 4,
+            _ => continue,
+        };
+        let value =
+            sample_value(rest).ok_or_else(|| format!("unreadable sample: {}", truncate(line)))?;
+        if value.is_nan() {
+            continue;
+        }
+        match target {
+            0 => {
+                m.running += value;
+                m.engines += 1;
+            }
+            1 => {
+                m.waiting += value;
+                seen_waiting = true;
+            }
+            2 => {
+                kv_sum += value;
+                kv_n += 1;
+            }
+            3 => m.prefix_cache_queries += value,
+            _ => m.prefix_cache_hits += value,
+        }
+    }
+    if m.engines == 0 || !seen_waiting {
+        return Err("no vllm:num_requests_running / vllm:num_requests_waiting series".into());
+    }
+    if kv_n > 0 {
+        m.kv_usage = (kv_sum / f64::from(kv_n)).clamp(0.0, 1.0);
+    }
+    Ok(m)
+}
+
+/// Splits `name{labels} value [ts]` or `name value [ts]` into the name and what follows the
+/// labels.
+fn split_name(line: &str) -> Option<(&str, &str)> {
+    let end = line.find(['{', ' ', '\t'])?;
+    let (name, rest) = line.split_at(end);
+    if let Some(labels) = rest.strip_prefix('{') {
+        let close = labels_end(labels)?;
+        Some((name, &labels[close + 1..]))
+    } else {
+        Some((name, rest))
+    }
+}
+
+/// Index of the `}` closing a label set, skipping quoted values with escapes.
+fn labels_end(s: &str) -> Option<usize> {
+    let mut in_quotes = false;
+    let mut escaped = false;
+    for (i, c) in s.char_indices() {
+        match c {
+            _ if escaped => escaped = false,
+            '\\' if in_quotes => escaped = true,
+            '"' => in_quotes = !in_quotes,
+            '}' if !in_quotes => return Some(i),
+            _ => {}
+        }
+    }
+    None
+}
+
+fn sample_value(rest: &str) -> Option<f64> {
+    let token = rest.split_whitespace().next()?;
+    match token {
+        "+Inf" | "Inf" => Some(f64::INFINITY),
+        "-Inf" => Some(f64::NEG_INFINITY),
+        "NaN" => Some(f64::NAN),
+        _ => token.parse().ok(),
+    }
+}
+
+fn truncate(line: &str) -> &str {
+    let mut end = line.len().min(80);
+    while !line.is_char_boundary(end) {
+        end -= 1;
+    }
+    &line[..end]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sums_engines_and_ignores_waiting_by_reason() {
+        let text = r#"
+# HELP vllm:num_requests_running Number of requests in model execution batches.
+# TYPE vllm:num_requests_running gauge
+vllm:num_requests_running{engine="0",model_name="m"} 12.0
+vllm:num_requests_running{engine="1",model_name="m"} 3.0 1700000000000
+vllm:num_requests_waiting{engine="0",model_name="m"} 2.0
+vllm:num_requests_waiting{engine="1",model_name="m"} 1.8e+01
+vllm:num_requests_waiting_by_reason{reason="capacity",engine="0",model_name="m"} 99.0
+vllm:kv_cache_usage_perc{engine="0",model_name="m"} 0.5
+vllm:kv_cache_usage_perc{engine="1",model_name="m"} 0.25
+vllm:prefix_cache_hits_total{engine="0",model_name="m"} 921600.0
+vllm:prefix_cache_queries_total{engine="0",model_name="m"} 1.8432e+06
+"#;
+        let m = parse(text).unwrap();
+        assert_eq!(m.running, 15.0);
+        assert_eq!(m.waiting, 20.0);
+        assert_eq!(m.kv_usage, 0.375);
+        assert_eq!(m.engines, 2);
+        assert_eq!(m.prefix_cache_hits, 921600.0);
+        assert_eq!(m.prefix_cache_queries, 1_843_200.0);
+    }
+
+    #[test]
+    fn legacy_names_and_tricky_labels() {
+        let text = "vllm:num_requests_running{model_name=\"a \\\"quoted} name\",engine=\"0\"} 1\n\
+                    vllm:num_requests_waiting 0\n\
+                    vllm:gpu_cache_usage_perc{engine=\"0\"} 0.9\n\
+                    vllm:gpu_prefix_cache_hits_total{engine=\"0\"} NaN\n";
+        let m = parse(text).unwrap();
+        assert_eq!((m.running, m.waiting, m.kv_usage), (1.0, 0.0, 0.9));
+        assert_eq!(m.prefix_cache_hits, 0.0, "NaN is skipped");
+    }
+
+    #[test]
+    fn refuses_what_is_not_vllm_metrics() {
+        assert!(parse("<html>502 Bad Gateway</html>").is_err());
+        assert!(parse("vllm:num_requests_running{engine=\"0\" 3 garbage\n").is_err());
+        assert!(parse("vllm:num_requests_running 1\nvllm:num_requests_waiting abc\n").is_err());
+        assert!(parse("").is_err());
+    }
+}

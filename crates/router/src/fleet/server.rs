@@ -1,0 +1,199 @@
+//! One upstream server's live state, shared by the request path and the background loops.
+//!
+//! The request path reads it without waiting on anything slow: counters are atomics, the model
+//! list is an `ArcSwap`, and the two small mutexes (health, last scrape) are held for a few
+//! instructions and never across an `.await`.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::time::{Duration, SystemTime};
+
+use arc_swap::ArcSwap;
+use parking_lot::Mutex;
+use serde_json::Value;
+use tokio::time::Instant;
+
+use super::health::{Health, Transition};
+use super::prom::ServerMetrics;
+use crate::config::{ServerConfig, Settings};
+use crate::routing::{Candidate, Scraped};
+
+/// The models a server serves, as discovered from its `/v1/models`.
+#[derive(Debug, Clone, Default)]
+pub struct Models {
+    pub ids: Vec<String>,
+    /// The cards as the server wrote them (served names and LoRA adapters).
+    pub cards: Vec<Value>,
+    pub updated: Option<SystemTime>,
+    pub last_error: Option<String>,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct Scrape {
+    pub metrics: Option<ServerMetrics>,
+    /// When `metrics` was read.
+    pub at: Option<Instant>,
+    pub wall_at: Option<SystemTime>,
+    pub last_error: Option<String>,
+    pub errors: u64,
+}
+
+#[derive(Debug, Default)]
+pub struct ServerStats {
+    pub requests: AtomicU64,
+    pub failures: AtomicU64,
+    pub client_errors: AtomicU64,
+}
+
+#[derive(Debug)]
+pub struct Server {
+    pub cfg: ServerConfig,
+    in_flight: AtomicUsize,
+    healthy: AtomicBool,
+    pub draining: AtomicBool,
+    pub health: Mutex<Health>,
+    pub scrape: Mutex<Scrape>,
+    pub models: ArcSwap<Models>,
+    pub stats: ServerStats,
+}
+
+impl Server {
+    pub fn new(cfg: ServerConfig, active_checks: bool) -> Self {
+        let health = if active_checks {
+            Health::default()
+        } else {
+            Health::assumed_healthy()
+        };
+        let models = Models {
+            ids: cfg.models.clone().unwrap_or_default(),
+            ..Default::default()
+        };
+        Server {
+            healthy: AtomicBool::new(health.is_healthy()),
+            health: Mutex::new(health),
+            in_flight: AtomicUsize::new(0),
+            draining: AtomicBool::new(false),
+            scrape: Mutex::new(Scrape::default()),
+            models: ArcSwap::from_pointee(models),
+            stats: ServerStats::default(),
+            cfg,
+        }
+    }
+
+    pub fn url(&self) -> &str {
+        &self.cfg.url
+    }
+
+    pub fn is_healthy(&self) -> bool {
+        self.healthy.load(Ordering::Relaxed)
+    }
+
+    pub fn in_flight(&self) -> usize {
+        self.in_flight.load(Ordering::Relaxed)
+    }
+
+    /// Counts a request in flight until the guard is dropped (end of stream, error or client
+    /// disconnect).
+    pub fn begin_request(self: &Arc<Self>) -> InFlight {
+        self.in_flight.fetch_add(1, Ordering::Relaxed);
+        self.stats.requests.fetch_add(1, Ordering::Relaxed);
+        InFlight(self.clone())
+    }
+
+    /// Whether this server serves `model` (static list, else discovered).
+    pub fn serves(&self, model: &str) -> bool {
+        match &self.cfg.models {
+            Some(list) => list.iter().any(|m| m == model),
+            None => self.models.load().ids.iter().any(|m| m == model),
+        }
+    }
+
+    /// The model ids routing uses for this server.
+    pub fn model_ids(&self) -> Vec<String> {
+        match &self.cfg.models {
+            Some(list) => list.clone(),
+            None => self.models.load().ids.clone(),
+        }
+    }
+
+    /// The last scrape, if recent enough to trust.
+    pub fn fresh_metrics(&self, max_age: Duration) -> Option<ServerMetrics> {
+        let s = self.scrape.lock();
+        match (s.metrics, s.at) {
+            (Some(m), Some(at)) if at.elapsed() <= max_age => Some(m),
+            _ => None,
+        }
+    }
+
+    pub fn candidate(&self, max_age: Duration) -> Candidate {
+        Candidate {
+            capacity: f64::from(self.cfg.max_concurrent_requests),
+            in_flight: self.in_flight() as f64,
+            scraped: self.fresh_metrics(max_age).map(|m| Scraped {
+                running: m.running,
+                waiting: m.waiting,
+                kv_usage: m.kv_usage,
+            }),
+        }
+    }
+
+    pub fn record_check(&self, result: Result<f64, String>, s: &Settings) -> Transition {
+        let mut h = self.health.lock();
+        let t = h.record_check(result, s);
+        self.healthy.store(h.is_healthy(), Ordering::Relaxed);
+        t
+    }
+
+    pub fn record_failure(&self, why: String, s: &Settings) -> Transition {
+        self.stats.failures.fetch_add(1, Ordering::Relaxed);
+        let mut h = self.health.lock();
+        let t = h.record_request_failure(why, s);
+        self.healthy.store(h.is_healthy(), Ordering::Relaxed);
+        t
+    }
+
+    pub fn record_success(&self) {
+        self.health.lock().record_request_success();
+    }
+
+    pub fn auto_recover(&self, after: Duration) -> Transition {
+        let mut h = self.health.lock();
+        let t = h.auto_recover(Instant::now(), after);
+        self.healthy.store(h.is_healthy(), Ordering::Relaxed);
+        t
+    }
+
+    pub fn record_scrape(&self, result: Result<ServerMetrics, String>) {
+        let mut s = self.scrape.lock();
+        match result {
+            Ok(m) => {
+                s.metrics = Some(m);
+                s.at = Some(Instant::now());
+                s.wall_at = Some(SystemTime::now());
+                s.last_error = None;
+            }
+            Err(e) => {
+                // Stale data is worse than none: policies fall back to in-flight counts.
+                s.metrics = None;
+                s.last_error = Some(e);
+                s.errors += 1;
+            }
+        }
+    }
+}
+
+/// A request counted in flight on a server; dropping it ends the count.
+#[derive(Debug)]
+pub struct InFlight(Arc<Server>);
+
+impl InFlight {
+    pub fn server(&self) -> &Arc<Server> {
+        &self.0
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.in_flight.fetch_sub(1, Ordering::Relaxed);
+    }
+}

@@ -1,0 +1,161 @@
+//! The response body on its way back to the client.
+//!
+//! Why a wrapper: it is pulled by the client's connection, so a slow client slows the upstream
+//! read (backpressure: nothing is buffered beyond hyper's own buffers); it holds the server's
+//! in-flight count until the end of the stream, an error or the client's disconnect (dropping it
+//! drops the upstream connection, and vLLM aborts the request); it cuts a stream that stays
+//! silent longer than `stream_idle_timeout`; and when a server dies mid-stream it ends an SSE
+//! stream with an error event in vLLM's format instead of a silent truncation.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll, ready};
+use std::time::Duration;
+
+use bytes::Bytes;
+use hyper::body::{Body, Frame, Incoming, SizeHint};
+use tokio::time::{Instant, Sleep};
+
+use super::errors::ProxyError;
+use crate::config::Settings;
+use crate::fleet::InFlight;
+use crate::fleet::health::Transition;
+
+/// Everything logged once per request when its response ends.
+#[derive(Debug)]
+pub struct RequestLog {
+    pub id: String,
+    pub model: Option<String>,
+    pub server: String,
+    pub status: u16,
+    pub started: Instant,
+    pub ttfb: Duration,
+    pub retries: u32,
+}
+
+pub struct ProxyBody {
+    inner: Incoming,
+    guard: Option<InFlight>,
+    settings: Arc<Settings>,
+    idle: Pin<Box<Sleep>>,
+    idle_timeout: Duration,
+    sse: bool,
+    ended: bool,
+    log: RequestLog,
+    outcome: &'static str,
+}
+
+impl ProxyBody {
+    pub fn new(
+        inner: Incoming,
+        guard: InFlight,
+        settings: Arc<Settings>,
+        sse: bool,
+        log: RequestLog,
+    ) -> Self {
+        let idle_timeout = settings.stream_idle_timeout;
+        ProxyBody {
+            inner,
+            guard: Some(guard),
+            idle: Box::pin(tokio::time::sleep(idle_timeout)),
+            idle_timeout,
+            settings,
+            sse,
+            ended: false,
+            log,
+            outcome: "aborted by client",
+        }
+    }
+
+    /// The server failed mid-response: count it, and for SSE queue an error event.
+    fn fail(&mut self, why: String, error: ProxyError) -> Option<Bytes> {
+        self.outcome = "failed mid-stream";
+        if let Some(guard) = self.guard.take() {
+            let server = guard.server().clone();
+            if server.record_failure(why.clone(), &self.settings) == Transition::BecameUnhealthy {
+                tracing::warn!(server = server.url(), reason = %why, "server unhealthy");
+            }
+        }
+        tracing::warn!(id = %self.log.id, server = %self.log.server, reason = %why, "upstream failed mid-response");
+        self.ended = true;
+        self.sse
+            .then(|| Bytes::from(format!("data: {}\n\ndata: [DONE]\n\n", error.body())))
+    }
+}
+
+impl Body for ProxyBody {
+    type Data = Bytes;
+    type Error = Box<dyn std::error::Error + Send + Sync>;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+        let this = &mut *self;
+        if this.ended {
+            return Poll::Ready(None);
+        }
+        match Pin::new(&mut this.inner).poll_frame(cx) {
+            Poll::Ready(Some(Ok(frame))) => {
+                let deadline = Instant::now() + this.idle_timeout;
+                this.idle.as_mut().reset(deadline);
+                Poll::Ready(Some(Ok(frame)))
+            }
+            Poll::Ready(Some(Err(e))) => {
+                let why = format!("stream broke: {e}");
+                match this.fail(
+                    why,
+                    ProxyError::BadGateway("the server's response stopped before its end".into()),
+                ) {
+                    Some(event) => Poll::Ready(Some(Ok(Frame::data(event)))),
+                    None => Poll::Ready(Some(Err(Box::new(e)))),
+                }
+            }
+            Poll::Ready(None) => {
+                this.ended = true;
+                this.outcome = "completed";
+                this.guard = None;
+                Poll::Ready(None)
+            }
+            Poll::Pending => {
+                ready!(this.idle.as_mut().poll(cx));
+                let why = format!("no data for {:?}", this.idle_timeout);
+                match this.fail(why.clone(), ProxyError::Timeout) {
+                    Some(event) => Poll::Ready(Some(Ok(Frame::data(event)))),
+                    None => Poll::Ready(Some(Err(why.into()))),
+                }
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.ended || self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        if self.ended {
+            SizeHint::default()
+        } else {
+            self.inner.size_hint()
+        }
+    }
+}
+
+impl Drop for ProxyBody {
+    fn drop(&mut self) {
+        let l = &self.log;
+        tracing::info!(
+            target: "mvllm::access",
+            id = %l.id,
+            model = l.model.as_deref().unwrap_or("-"),
+            server = %l.server,
+            status = l.status,
+            ttfb_ms = l.ttfb.as_secs_f64() * 1e3,
+            duration_ms = l.started.elapsed().as_secs_f64() * 1e3,
+            retries = l.retries,
+            outcome = self.outcome,
+            "request"
+        );
+    }
+}

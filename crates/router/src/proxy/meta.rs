@@ -1,0 +1,151 @@
+//! What routing needs to know about a request, read from its body without changing a byte:
+//! the `model` (JSON field, or multipart form field for audio) and whether it streams.
+
+use axum::http::{HeaderMap, header};
+use bytes::Bytes;
+use serde::Deserialize;
+
+use super::errors::ProxyError;
+
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RequestMeta {
+    pub model: Option<String>,
+    pub stream: bool,
+}
+
+#[derive(Deserialize)]
+struct JsonFields {
+    #[serde(default)]
+    model: Option<String>,
+    #[serde(default)]
+    stream: Option<bool>,
+}
+
+/// Reads the routing fields. An empty body has none. A body must be JSON or multipart form
+/// data; anything else, invalid JSON, or a multipart body without a readable form is the
+/// client's error (400) and never reaches a server.
+pub async fn read_meta(headers: &HeaderMap, body: &Bytes) -> Result<RequestMeta, ProxyError> {
+    if body.is_empty() {
+        return Ok(RequestMeta::default());
+    }
+    let ct = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    let mime = ct
+        .split(';')
+        .next()
+        .unwrap_or("")
+        .trim()
+        .to_ascii_lowercase();
+    if mime == "application/json" || mime.ends_with("+json") {
+        let fields: JsonFields = serde_json::from_slice(body).map_err(|e| {
+            use serde_json::error::Category;
+            match e.classify() {
+                Category::Data => ProxyError::BadRequest(format!("invalid request body: {e}")),
+                _ => ProxyError::BadRequest(format!("request body is not valid JSON: {e}")),
+            }
+        })?;
+        return Ok(RequestMeta {
+            model: fields.model,
+            stream: fields.stream.unwrap_or(false),
+        });
+    }
+    if mime == "multipart/form-data" {
+        let boundary = multer::parse_boundary(ct)
+            .map_err(|e| ProxyError::BadRequest(format!("invalid multipart content type: {e}")))?;
+        let stream = futures_util::stream::once(std::future::ready(Ok::<Bytes, std::io::Error>(
+            body.clone(),
+        )));
+        let mut form = multer::Multipart::new(stream, boundary);
+        let mut meta = RequestMeta::default();
+        loop {
+            match form.next_field().await {
+                Ok(Some(field)) => match field.name() {
+                    Some("model") => meta.model = Some(read_text(field).await?),
+                    Some("stream") => meta.stream = read_text(field).await?.trim() == "true",
+                    _ => {}
+                },
+                Ok(None) => return Ok(meta),
+                Err(e) => {
+                    return Err(ProxyError::BadRequest(format!(
+                        "invalid multipart body: {e}"
+                    )));
+                }
+            }
+        }
+    }
+    Err(ProxyError::BadRequest(format!(
+        "unsupported Content-Type '{ct}': send application/json (or multipart/form-data for audio)"
+    )))
+}
+
+async fn read_text(field: multer::Field<'_>) -> Result<String, ProxyError> {
+    field
+        .text()
+        .await
+        .map_err(|e| ProxyError::BadRequest(format!("invalid multipart field: {e}")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn json_headers() -> HeaderMap {
+        let mut h = HeaderMap::new();
+        h.insert(header::CONTENT_TYPE, "application/json".parse().unwrap());
+        h
+    }
+
+    #[tokio::test]
+    async fn reads_model_and_stream_from_json() {
+        let m = read_meta(
+            &json_headers(),
+            &Bytes::from_static(br#"{"stream":true,"messages":[],"model":"m\u0031"}"#),
+        )
+        .await
+        .unwrap();
+        assert_eq!(
+            m,
+            RequestMeta {
+                model: Some("m1".into()),
+                stream: true
+            }
+        );
+        let m = read_meta(&json_headers(), &Bytes::from_static(b"{}"))
+            .await
+            .unwrap();
+        assert_eq!(m, RequestMeta::default());
+    }
+
+    #[tokio::test]
+    async fn rejects_invalid_json_and_other_content_types() {
+        assert!(matches!(
+            read_meta(&json_headers(), &Bytes::from_static(b"{nope")).await,
+            Err(ProxyError::BadRequest(_))
+        ));
+        assert!(matches!(
+            read_meta(&json_headers(), &Bytes::from_static(b"[1]")).await,
+            Err(ProxyError::BadRequest(_))
+        ));
+        let mut h = HeaderMap::new();
+        h.insert(header::CONTENT_TYPE, "text/plain".parse().unwrap());
+        assert!(matches!(
+            read_meta(&h, &Bytes::from_static(b"{}")).await,
+            Err(ProxyError::BadRequest(_))
+        ));
+    }
+
+    #[tokio::test]
+    async fn reads_model_from_a_multipart_form() {
+        let body = "--XX\r\nContent-Disposition: form-data; name=\"file\"; filename=\"a.wav\"\r\n\r\nRIFF....\r\n\
+                    --XX\r\nContent-Disposition: form-data; name=\"model\"\r\n\r\nwhisper-1\r\n--XX--\r\n";
+        let mut h = HeaderMap::new();
+        h.insert(
+            header::CONTENT_TYPE,
+            "multipart/form-data; boundary=XX".parse().unwrap(),
+        );
+        let m = read_meta(&h, &Bytes::from(body)).await.unwrap();
+        assert_eq!(m.model.as_deref(), Some("whisper-1"));
+    }
+}

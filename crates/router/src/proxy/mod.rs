@@ -1,0 +1,263 @@
+//! Forwarding a client's request to a server and its answer back.
+//!
+//! The body is read once (bounded by `max_body_bytes`), inspected only for `model` and
+//! `stream`, and sent byte for byte. A server is picked among the healthy, non-draining ones
+//! that serve the model; if it cannot be reached, times out before answering, or answers
+//! 502/503/504/429, another server not yet tried is picked, up to `max_retries` times, and only
+//! while nothing has been sent to the client. A 4xx is the client's: it is passed through and
+//! never counts against the server. The answer streams back through [`body::ProxyBody`].
+
+pub mod body;
+pub mod errors;
+pub mod headers;
+pub mod meta;
+
+use std::sync::Arc;
+
+use axum::body::Body;
+use axum::extract::{Request, State};
+use axum::http::{HeaderValue, StatusCode, Uri, header};
+use axum::response::{IntoResponse, Response};
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full, Limited};
+use rand::Rng;
+use tokio::time::Instant;
+
+use crate::app::AppState;
+use crate::fleet::Server;
+use crate::fleet::probe::describe;
+use body::{ProxyBody, RequestLog};
+use errors::ProxyError;
+use meta::RequestMeta;
+
+const REQUEST_ID: &str = "x-request-id";
+
+/// The fallback handler: everything that is not one of the router's own routes.
+pub async fn forward(State(app): State<Arc<AppState>>, req: Request) -> Response {
+    let started = Instant::now();
+    let (mut parts, body) = req.into_parts();
+    let request_id = match parts.headers.get(REQUEST_ID).and_then(|v| v.to_str().ok()) {
+        Some(id) if !id.is_empty() => id.to_string(),
+        _ => {
+            let id = format!("{:032x}", rand::rng().random::<u128>());
+            if let Ok(v) = HeaderValue::from_str(&id) {
+                parts.headers.insert(REQUEST_ID, v);
+            }
+            id
+        }
+    };
+    let settings = app.fleet.settings();
+    let result = async {
+        let body = match Limited::new(body, settings.max_body_bytes).collect().await {
+            Ok(b) => b.to_bytes(),
+            Err(e) if e.is::<http_body_util::LengthLimitError>() => {
+                return Err(ProxyError::TooLarge(settings.max_body_bytes));
+            }
+            Err(e) => {
+                return Err(ProxyError::BadRequest(format!(
+                    "could not read the request body: {e}"
+                )));
+            }
+        };
+        let meta = meta::read_meta(&parts.headers, &body).await?;
+        send(&app, parts, body, meta, &request_id, started).await
+    }
+    .await;
+    let mut response = result.unwrap_or_else(|e| {
+        tracing::info!(target: "mvllm::access", id = %request_id, status = e.status().as_u16(), error = ?e, "request refused");
+        e.into_response()
+    });
+    if let Ok(v) = HeaderValue::from_str(&request_id) {
+        response.headers_mut().insert(REQUEST_ID, v);
+    }
+    response
+}
+
+/// Why one attempt did not produce an answer for the client.
+enum Attempt {
+    /// Worth trying another server.
+    Retry(ProxyError),
+    /// The answer to send (a response, or a final error).
+    Done(Result<Response, ProxyError>),
+}
+
+async fn send(
+    app: &AppState,
+    parts: axum::http::request::Parts,
+    body: Bytes,
+    meta: RequestMeta,
+    request_id: &str,
+    started: Instant,
+) -> Result<Response, ProxyError> {
+    let fleet = &app.fleet;
+    let settings = fleet.settings();
+    let servers = fleet.servers();
+    if let Some(model) = &meta.model
+        && !servers.iter().any(|s| s.serves(model))
+    {
+        return Err(ProxyError::UnknownModel {
+            model: model.clone(),
+            available: fleet.all_models(),
+        });
+    }
+    let picker = fleet.picker();
+    let max_age = fleet.metrics_max_age();
+    let mut tried: Vec<usize> = Vec::new();
+    let mut timeouts = 0;
+    let mut last_error = None;
+    for attempt in 0..=settings.max_retries {
+        let eligible: Vec<usize> = (0..servers.len())
+            .filter(|&i| {
+                let s = &servers[i];
+                s.is_healthy()
+                    && !s.draining.load(std::sync::atomic::Ordering::Relaxed)
+                    && !tried.contains(&i)
+                    && meta.model.as_deref().is_none_or(|m| s.serves(m))
+            })
+            .collect();
+        let candidates: Vec<_> = eligible
+            .iter()
+            .map(|&i| servers[i].candidate(max_age))
+            .collect();
+        let Some(choice) = picker.pick(&candidates, &mut rand::rng()) else {
+            break;
+        };
+        let index = eligible[choice];
+        tried.push(index);
+        let server = &servers[index];
+        match try_server(
+            app, server, &parts, &body, &meta, request_id, started, attempt,
+        )
+        .await
+        {
+            Attempt::Done(r) => return r,
+            Attempt::Retry(e) => {
+                if e == ProxyError::Timeout {
+                    timeouts += 1;
+                    if timeouts > settings.timeout_retries {
+                        return Err(e);
+                    }
+                }
+                last_error = Some(e);
+            }
+        }
+    }
+    Err(match last_error {
+        Some(e) => e,
+        None => ProxyError::NoServerAvailable(match &meta.model {
+            Some(m) => format!("no healthy server serves `{m}`"),
+            None => "no healthy server".into(),
+        }),
+    })
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn try_server(
+    app: &AppState,
+    server: &Arc<Server>,
+    parts: &axum::http::request::Parts,
+    body: &Bytes,
+    meta: &RequestMeta,
+    request_id: &str,
+    started: Instant,
+    attempt: u32,
+) -> Attempt {
+    let settings = app.fleet.settings();
+    let guard = server.begin_request();
+    let req = match upstream_request(server, parts, body.clone()) {
+        Ok(r) => r,
+        Err(e) => return Attempt::Done(Err(e)),
+    };
+    let sent = tokio::time::timeout(settings.request_timeout, app.fleet.client.request(req)).await;
+    let resp = match sent {
+        Err(_) => {
+            let t =
+                server.record_failure("time-out waiting for response headers".into(), &settings);
+            app.fleet.on_transition(server, t).await;
+            tracing::warn!(
+                id = request_id,
+                server = server.url(),
+                "no response headers within request_timeout"
+            );
+            return Attempt::Retry(ProxyError::Timeout);
+        }
+        Ok(Err(e)) => {
+            let why = describe(&e);
+            let t = server.record_failure(why.clone(), &settings);
+            app.fleet.on_transition(server, t).await;
+            tracing::warn!(id = request_id, server = server.url(), reason = %why, "server unreachable; trying another");
+            return Attempt::Retry(ProxyError::BadGateway(why));
+        }
+        Ok(Ok(resp)) => resp,
+    };
+    let status = resp.status();
+    if status.is_server_error() {
+        let t = server.record_failure(format!("HTTP {}", status.as_u16()), &settings);
+        app.fleet.on_transition(server, t).await;
+    } else if status == StatusCode::TOO_MANY_REQUESTS {
+        // Overloaded, not broken: do not eject, but try elsewhere.
+    } else {
+        server.record_success();
+        if status.is_client_error() {
+            server
+                .stats
+                .client_errors
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
+    }
+    let retryable = matches!(status.as_u16(), 429 | 502 | 503 | 504);
+    if retryable && attempt < settings.max_retries {
+        tracing::info!(
+            id = request_id,
+            server = server.url(),
+            status = status.as_u16(),
+            "retrying on another server"
+        );
+        return Attempt::Retry(ProxyError::BadGateway(format!("HTTP {}", status.as_u16())));
+    }
+    let (mut rparts, incoming) = resp.into_parts();
+    headers::strip_hop_by_hop(&mut rparts.headers);
+    let sse = rparts
+        .headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("text/event-stream"));
+    let log = RequestLog {
+        id: request_id.to_string(),
+        model: meta.model.clone(),
+        server: server.url().to_string(),
+        status: status.as_u16(),
+        started,
+        ttfb: started.elapsed(),
+        retries: attempt,
+    };
+    let body = ProxyBody::new(incoming, guard, settings, sse, log);
+    Attempt::Done(Ok(Response::from_parts(rparts, Body::new(body))))
+}
+
+/// The request as the server gets it: same method, path, query and body; hop-by-hop headers
+/// dropped; the server's API key as the bearer when one is configured.
+fn upstream_request(
+    server: &Server,
+    parts: &axum::http::request::Parts,
+    body: Bytes,
+) -> Result<hyper::Request<Full<Bytes>>, ProxyError> {
+    let path = parts.uri.path_and_query().map_or("/", |p| p.as_str());
+    let uri: Uri = format!("{}{path}", server.url())
+        .parse()
+        .map_err(|_| ProxyError::BadRequest("the request path cannot be forwarded".into()))?;
+    let mut req = hyper::Request::new(Full::new(body));
+    *req.method_mut() = parts.method.clone();
+    *req.uri_mut() = uri;
+    let headers = req.headers_mut();
+    *headers = parts.headers.clone();
+    headers::strip_hop_by_hop(headers);
+    headers.remove(header::HOST);
+    headers.remove(header::CONTENT_LENGTH);
+    if let Some(key) = &server.cfg.api_key
+        && let Ok(v) = HeaderValue::from_str(&format!("Bearer {key}"))
+    {
+        headers.insert(header::AUTHORIZATION, v);
+    }
+    Ok(req)
+}

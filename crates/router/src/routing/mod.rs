@@ -1,0 +1,296 @@
+//! Routing policies: pure functions from a snapshot of the eligible servers to a choice.
+//!
+//! Why pure: a policy is the part of the router people tune and argue about, so it sees only
+//! numbers (capacity, the router's exact in-flight count, the last fresh scrape of the server's
+//! `/metrics`) and an RNG, and is tested without any I/O. Eligibility (healthy, not draining,
+//! serves the model, not tried yet) is decided before a policy runs.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use rand::Rng;
+
+/// The policies a config can name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum PolicyKind {
+    /// The Python mvllm's rule, exactly: score = (running + 0.5 * waiting) / capacity from the
+    /// server's metrics; a random server among those scoring below 0.5, else a random one among
+    /// the lowest.
+    Mvllm,
+    /// Each eligible server in turn.
+    RoundRobin,
+    /// The lowest router in-flight count relative to capacity.
+    LeastLoad,
+    /// The default: the least outstanding work relative to capacity, where outstanding work is
+    /// the larger of the router's exact in-flight count and the server's own running + waiting
+    /// (so traffic from other clients counts too), queued requests weigh double, and a nearly
+    /// full KV cache is avoided. Fresh in-flight counts move between scrapes, so consecutive
+    /// requests spread instead of piling onto the server that looked idlest at the last scrape.
+    #[default]
+    Adaptive,
+}
+
+impl PolicyKind {
+    pub const ALL: [PolicyKind; 4] = [
+        Self::Adaptive,
+        Self::Mvllm,
+        Self::RoundRobin,
+        Self::LeastLoad,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Mvllm => "mvllm",
+            Self::RoundRobin => "round_robin",
+            Self::LeastLoad => "least_load",
+            Self::Adaptive => "adaptive",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|p| p.name() == s)
+    }
+}
+
+/// A server's own figures from its last successful scrape (summed over data-parallel engines).
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct Scraped {
+    pub running: f64,
+    pub waiting: f64,
+    /// 0..1, the mean over engines.
+    pub kv_usage: f64,
+}
+
+/// What a policy sees of one eligible server.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Candidate {
+    pub capacity: f64,
+    /// Requests this router has in flight to the server now.
+    pub in_flight: f64,
+    /// `None` when the last scrape failed or is too old to trust.
+    pub scraped: Option<Scraped>,
+}
+
+/// A policy with the little state it needs (the round-robin cursor).
+#[derive(Debug, Default)]
+pub struct Picker {
+    kind: PolicyKind,
+    cursor: AtomicUsize,
+}
+
+impl Picker {
+    pub fn new(kind: PolicyKind) -> Self {
+        Picker {
+            kind,
+            cursor: AtomicUsize::new(0),
+        }
+    }
+
+    pub fn kind(&self) -> PolicyKind {
+        self.kind
+    }
+
+    /// Index into `candidates` of the chosen server, `None` only when there are none.
+    pub fn pick<R: Rng + ?Sized>(&self, candidates: &[Candidate], rng: &mut R) -> Option<usize> {
+        match candidates.len() {
+            0 => None,
+            1 => Some(0),
+            _ => Some(match self.kind {
+                PolicyKind::RoundRobin => {
+                    self.cursor.fetch_add(1, Ordering::Relaxed) % candidates.len()
+                }
+                PolicyKind::LeastLoad => lowest(candidates, rng, |c| c.in_flight / c.capacity),
+                PolicyKind::Adaptive => lowest(candidates, rng, adaptive_score),
+                PolicyKind::Mvllm => seed_rule(candidates, rng),
+            }),
+        }
+    }
+}
+
+/// Expected load after adding one request, relative to capacity (see [`PolicyKind::Adaptive`]).
+pub fn adaptive_score(c: &Candidate) -> f64 {
+    let (outstanding, waiting, kv) = match c.scraped {
+        Some(s) => (
+            c.in_flight.max(s.running + s.waiting),
+            s.waiting,
+            s.kv_usage,
+        ),
+        None => (c.in_flight, 0.0, 0.0),
+    };
+    let kv_penalty = if kv > 0.95 { 1.0 } else { 0.0 };
+    (outstanding + waiting + 1.0) / c.capacity + kv_penalty
+}
+
+/// The seed's score; a server without fresh metrics is scored on the router's in-flight count.
+pub fn seed_score(c: &Candidate) -> f64 {
+    let (running, waiting) = c
+        .scraped
+        .map_or((c.in_flight, 0.0), |s| (s.running, s.waiting));
+    (running + 0.5 * waiting) / c.capacity
+}
+
+fn seed_rule<R: Rng + ?Sized>(candidates: &[Candidate], rng: &mut R) -> usize {
+    let light: Vec<usize> = (0..candidates.len())
+        .filter(|&i| seed_score(&candidates[i]) < 0.5)
+        .collect();
+    if light.is_empty() {
+        lowest(candidates, rng, seed_score)
+    } else {
+        light[rng.random_range(0..light.len())]
+    }
+}
+
+/// A random one among the candidates with the lowest score.
+fn lowest<R: Rng + ?Sized>(
+    candidates: &[Candidate],
+    rng: &mut R,
+    score: impl Fn(&Candidate) -> f64,
+) -> usize {
+    let mut best = f64::INFINITY;
+    let mut ties = 0u32;
+    let mut chosen = 0;
+    for (i, c) in candidates.iter().enumerate() {
+        let s = score(c);
+        if s < best - 1e-12 {
+            best = s;
+            chosen = i;
+            ties = 1;
+        } else if (s - best).abs() <= 1e-12 {
+            // Reservoir sampling keeps a uniform choice among ties in one pass.
+            ties += 1;
+            if rng.random_range(0..ties) == 0 {
+                chosen = i;
+            }
+        }
+    }
+    chosen
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rand::SeedableRng;
+    use rand::rngs::StdRng;
+
+    fn cand(capacity: f64, in_flight: f64, scraped: Option<(f64, f64, f64)>) -> Candidate {
+        Candidate {
+            capacity,
+            in_flight,
+            scraped: scraped.map(|(running, waiting, kv_usage)| Scraped {
+                running,
+                waiting,
+                kv_usage,
+            }),
+        }
+    }
+
+    fn counts(p: &Picker, c: &[Candidate], n: usize) -> Vec<usize> {
+        let mut rng = StdRng::seed_from_u64(1);
+        let mut out = vec![0; c.len()];
+        for _ in 0..n {
+            out[p.pick(c, &mut rng).unwrap()] += 1;
+        }
+        out
+    }
+
+    #[test]
+    fn names_roundtrip() {
+        for k in PolicyKind::ALL {
+            assert_eq!(PolicyKind::parse(k.name()), Some(k));
+        }
+        assert_eq!(PolicyKind::parse("fastest"), None);
+    }
+
+    #[test]
+    fn round_robin_cycles() {
+        let c = vec![cand(1.0, 0.0, None); 3];
+        assert_eq!(
+            counts(&Picker::new(PolicyKind::RoundRobin), &c, 9),
+            vec![3, 3, 3]
+        );
+    }
+
+    #[test]
+    fn least_load_uses_capacity_and_breaks_ties_at_random() {
+        let c = [
+            cand(2.0, 1.0, None),
+            cand(10.0, 2.0, None),
+            cand(4.0, 1.0, None),
+        ];
+        assert_eq!(
+            counts(&Picker::new(PolicyKind::LeastLoad), &c, 10),
+            vec![0, 10, 0]
+        );
+        let tie = [cand(1.0, 0.0, None), cand(1.0, 0.0, None)];
+        let n = counts(&Picker::new(PolicyKind::LeastLoad), &tie, 1000);
+        assert!(n[0] > 400 && n[1] > 400, "{n:?}");
+    }
+
+    #[test]
+    fn seed_rule_prefers_servers_below_half_then_the_lowest() {
+        let p = Picker::new(PolicyKind::Mvllm);
+        // Scores: 4/4 = 1.0, (1 + 0.5)/4 = 0.375, 0/4 = 0.
+        let c = [
+            cand(4.0, 0.0, Some((4.0, 0.0, 0.0))),
+            cand(4.0, 0.0, Some((1.0, 1.0, 0.0))),
+            cand(4.0, 0.0, Some((0.0, 0.0, 0.0))),
+        ];
+        let n = counts(&p, &c, 1000);
+        assert_eq!(n[0], 0);
+        assert!(
+            n[1] > 400 && n[2] > 400,
+            "random among those below 0.5: {n:?}"
+        );
+        let busy = [
+            cand(4.0, 0.0, Some((8.0, 2.0, 0.0))),
+            cand(4.0, 0.0, Some((4.0, 4.0, 0.0))),
+        ];
+        assert_eq!(
+            counts(&p, &busy, 10),
+            vec![0, 10],
+            "2.25 vs 1.5: the lowest"
+        );
+    }
+
+    #[test]
+    fn adaptive_counts_other_clients_queues_and_full_caches() {
+        let p = Picker::new(PolicyKind::Adaptive);
+        // Same in-flight, but server 0 also runs 10 requests from elsewhere.
+        let c = [
+            cand(8.0, 1.0, Some((10.0, 0.0, 0.3))),
+            cand(8.0, 1.0, Some((1.0, 0.0, 0.3))),
+        ];
+        assert_eq!(counts(&p, &c, 10), vec![0, 10]);
+        // Queued requests weigh more than running ones.
+        let c = [
+            cand(8.0, 0.0, Some((4.0, 2.0, 0.3))),
+            cand(8.0, 0.0, Some((7.0, 0.0, 0.3))),
+        ];
+        assert_eq!(counts(&p, &c, 10), vec![0, 10]);
+        // A nearly full KV cache is avoided.
+        let c = [
+            cand(8.0, 0.0, Some((1.0, 0.0, 0.99))),
+            cand(8.0, 0.0, Some((5.0, 0.0, 0.5))),
+        ];
+        assert_eq!(counts(&p, &c, 10), vec![0, 10]);
+        // Without fresh metrics the in-flight count and capacity decide.
+        let c = [cand(3.0, 1.0, None), cand(5.0, 1.0, None)];
+        assert_eq!(counts(&p, &c, 10), vec![0, 10]);
+    }
+
+    #[test]
+    fn adaptive_spreads_between_scrapes_as_in_flight_grows() {
+        // Two idle servers with capacities 2 and 4, and a stale scrape saying both are idle:
+        // as requests are added the choice follows capacity, never piling onto one server.
+        let p = Picker::new(PolicyKind::Adaptive);
+        let mut rng = StdRng::seed_from_u64(3);
+        let mut c = [
+            cand(2.0, 0.0, Some((0.0, 0.0, 0.0))),
+            cand(4.0, 0.0, Some((0.0, 0.0, 0.0))),
+        ];
+        for _ in 0..6 {
+            let i = p.pick(&c, &mut rng).unwrap();
+            c[i].in_flight += 1.0;
+        }
+        assert_eq!((c[0].in_flight, c[1].in_flight), (2.0, 4.0));
+    }
+}
