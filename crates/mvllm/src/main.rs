@@ -1,6 +1,7 @@
 //! The `mvllm` binary: one executable, one subcommand per job.
 
 mod bench_cmd;
+mod run_cmd;
 mod sim_cmd;
 
 use clap::{Parser, Subcommand};
@@ -18,6 +19,12 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Run the router (reads servers.toml).
+    Run(Box<run_cmd::RunArgs>),
+    /// Validate a config file and probe every server it lists.
+    CheckConfig(run_cmd::CheckArgs),
+    /// The router in front of three simulated vLLM servers, all in this process.
+    Demo(run_cmd::DemoArgs),
     /// Run simulated vLLM servers (no GPU needed) for tests, demos and benchmarks.
     Sim(Box<sim_cmd::SimArgs>),
     /// Run a benchmark suite.
@@ -29,6 +36,9 @@ enum Command {
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     match cli.command {
+        Command::Run(args) => run_cmd::run(*args),
+        Command::CheckConfig(args) => run_cmd::check_config(args),
+        Command::Demo(args) => run_cmd::demo(args),
         Command::Sim(args) => sim_cmd::run(*args),
         Command::Bench(args) => bench_cmd::run(args),
         Command::Version => {

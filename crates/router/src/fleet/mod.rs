@@ -3,6 +3,7 @@
 //!
 //! The request path reads a snapshot (`ArcSwap` of the server list) with one atomic load.
 
+pub mod check;
 pub mod health;
 pub mod probe;
 pub mod prom;

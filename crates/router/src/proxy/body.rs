@@ -68,6 +68,12 @@ impl ProxyBody {
         }
     }
 
+    fn finish(&mut self) {
+        self.ended = true;
+        self.outcome = "completed";
+        self.guard = None;
+    }
+
     /// The server failed mid-response: count it, and for SSE queue an error event.
     fn fail(&mut self, why: String, error: ProxyError) -> Option<Bytes> {
         self.outcome = "failed mid-stream";
@@ -98,8 +104,13 @@ impl Body for ProxyBody {
         }
         match Pin::new(&mut this.inner).poll_frame(cx) {
             Poll::Ready(Some(Ok(frame))) => {
-                let deadline = Instant::now() + this.idle_timeout;
-                this.idle.as_mut().reset(deadline);
+                if this.inner.is_end_stream() {
+                    // Hyper stops polling once a Content-Length is satisfied: the end is now.
+                    this.finish();
+                } else {
+                    let deadline = Instant::now() + this.idle_timeout;
+                    this.idle.as_mut().reset(deadline);
+                }
                 Poll::Ready(Some(Ok(frame)))
             }
             Poll::Ready(Some(Err(e))) => {
@@ -113,9 +124,7 @@ impl Body for ProxyBody {
                 }
             }
             Poll::Ready(None) => {
-                this.ended = true;
-                this.outcome = "completed";
-                this.guard = None;
+                this.finish();
                 Poll::Ready(None)
             }
             Poll::Pending => {
@@ -151,8 +160,8 @@ impl Drop for ProxyBody {
             model = l.model.as_deref().unwrap_or("-"),
             server = %l.server,
             status = l.status,
-            ttfb_ms = l.ttfb.as_secs_f64() * 1e3,
-            duration_ms = l.started.elapsed().as_secs_f64() * 1e3,
+            ttfb_ms = %format_args!("{:.3}", l.ttfb.as_secs_f64() * 1e3),
+            duration_ms = %format_args!("{:.3}", l.started.elapsed().as_secs_f64() * 1e3),
             retries = l.retries,
             outcome = self.outcome,
             "request"

@@ -1,0 +1,104 @@
+//! `mvllm check-config`: probe every configured server once and say what works.
+//!
+//! Why: the Python mvllm's check-config never contacted a server, so a typo in a URL or a
+//! missing API key surfaced only under traffic. Each server is probed in parallel for
+//! reachability and `/health`, its served models (`/v1/models`) and a readable `/metrics`.
+
+use futures_util::future::join_all;
+
+use super::probe;
+use super::prom::ServerMetrics;
+use super::server::Server;
+use crate::config::Config;
+use crate::upstream;
+
+pub struct ServerReport {
+    pub url: String,
+    pub health: Result<f64, String>,
+    pub models: Result<Vec<String>, String>,
+    pub metrics: Result<ServerMetrics, String>,
+    /// Models the config lists for this server that it does not serve.
+    pub missing_models: Vec<String>,
+}
+
+impl ServerReport {
+    pub fn ok(&self) -> bool {
+        self.health.is_ok()
+            && self.models.is_ok()
+            && self.metrics.is_ok()
+            && self.missing_models.is_empty()
+    }
+
+    pub fn render(&self) -> String {
+        let mark = |ok: bool| if ok { "ok  " } else { "FAIL" };
+        let mut out = format!("{} {}\n", mark(self.ok()), self.url);
+        out += &match &self.health {
+            Ok(t) => format!("       health   ok ({:.1} ms)\n", t * 1e3),
+            Err(e) => format!("       health   FAIL: {e}\n"),
+        };
+        out += &match &self.models {
+            Ok(m) => format!(
+                "       models   {}\n",
+                if m.is_empty() {
+                    "(none)".to_string()
+                } else {
+                    m.join(", ")
+                }
+            ),
+            Err(e) => format!("       models   FAIL: {e}\n"),
+        };
+        if !self.missing_models.is_empty() {
+            out += &format!(
+                "       models   FAIL: configured but not served: {}\n",
+                self.missing_models.join(", ")
+            );
+        }
+        out += &match &self.metrics {
+            Ok(m) => format!(
+                "       metrics  ok (running {}, waiting {}, KV cache {:.0}%)",
+                m.running,
+                m.waiting,
+                m.kv_usage * 100.0
+            ),
+            Err(e) => format!("       metrics  FAIL: {e}"),
+        };
+        out
+    }
+}
+
+pub async fn check_all(config: &Config) -> Vec<ServerReport> {
+    let s = &config.settings;
+    let client = upstream::client(s.connect_timeout);
+    join_all(config.servers.iter().map(|cfg| {
+        let client = client.clone();
+        async move {
+            let server = Server::new(cfg.clone(), true);
+            let (health, models, metrics) = tokio::join!(
+                probe::check_health(&client, &server, s.health_check_timeout),
+                probe::discover_models(&client, &server, s.health_check_timeout),
+                probe::scrape(
+                    &client,
+                    &server,
+                    s.health_check_timeout.max(s.metrics_timeout)
+                ),
+            );
+            let models = models.map(|(ids, _)| ids);
+            let missing_models = match (&cfg.models, &models) {
+                (Some(listed), Ok(served)) => listed
+                    .iter()
+                    .filter(|m| !served.contains(m))
+                    .cloned()
+                    .collect(),
+                _ => Vec::new(),
+            };
+            ServerReport {
+                url: cfg.url.clone(),
+                health,
+                models,
+                metrics,
+                missing_models,
+            }
+        }
+    }))
+    .await
+}

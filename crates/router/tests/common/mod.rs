@@ -1,0 +1,128 @@
+//! Helpers for the router's integration tests: simulated servers and the router in-process on
+//! port 0, real HTTP, and waiting for conditions with a deadline.
+#![allow(dead_code)]
+
+use std::future::Future;
+use std::time::Duration;
+
+use mvllm_router::config::{ServerConfig, Settings};
+use mvllm_router::{Config, RouterHandle};
+use mvllm_sim::{SimConfig, SimHandle};
+use serde_json::{Value, json};
+
+pub const MODEL: &str = mvllm_sim::config::DEFAULT_MODEL;
+
+/// Short intervals so that health and load changes show within a test's time.
+pub fn fast_settings() -> Settings {
+    Settings {
+        health_check_interval: Duration::from_millis(100),
+        health_check_timeout: Duration::from_millis(500),
+        metrics_interval: Duration::from_millis(100),
+        metrics_timeout: Duration::from_millis(500),
+        models_refresh_interval: Duration::from_millis(500),
+        request_timeout: Duration::from_secs(2),
+        ..Settings::default()
+    }
+}
+
+pub async fn sim(cfg: SimConfig) -> SimHandle {
+    mvllm_sim::spawn(cfg).await.expect("simulator starts")
+}
+
+pub async fn sims(n: usize, cfg: SimConfig) -> Vec<SimHandle> {
+    let mut out = Vec::new();
+    for i in 0..n {
+        out.push(
+            sim(SimConfig {
+                seed: i as u64,
+                ..cfg.clone()
+            })
+            .await,
+        );
+    }
+    out
+}
+
+pub fn server_of(s: &SimHandle) -> ServerConfig {
+    ServerConfig {
+        url: s.url(),
+        max_concurrent_requests: 8,
+        api_key: None,
+        models: None,
+    }
+}
+
+pub async fn router(servers: Vec<ServerConfig>, settings: Settings) -> RouterHandle {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    mvllm_router::start(&Config { servers, settings }, listener)
+        .await
+        .expect("router starts")
+}
+
+pub async fn router_over(sims: &[SimHandle]) -> RouterHandle {
+    router(sims.iter().map(server_of).collect(), fast_settings()).await
+}
+
+pub fn client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .timeout(Duration::from_secs(30))
+        .build()
+        .unwrap()
+}
+
+pub fn chat(content: &str, max_tokens: u64, stream: bool) -> Value {
+    json!({"model": MODEL, "messages": [{"role": "user", "content": content}], "max_tokens": max_tokens, "stream": stream})
+}
+
+pub async fn post(url: &str, body: &Value) -> reqwest::Response {
+    client()
+        .post(url)
+        .json(body)
+        .send()
+        .await
+        .expect("request sent")
+}
+
+pub async fn get_json(url: &str) -> Value {
+    client()
+        .get(url)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap()
+}
+
+/// Polls `cond` until it holds, failing after `within`.
+pub async fn eventually<F, Fut>(within: Duration, what: &str, mut cond: F)
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = bool>,
+{
+    let deadline = tokio::time::Instant::now() + within;
+    loop {
+        if cond().await {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out waiting for: {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// Requests each simulator has finished (any reason), from its engine counters.
+pub fn finished(s: &SimHandle) -> u64 {
+    use mvllm_sim::metrics::FinishReason;
+    s.engine_metrics()
+        .iter()
+        .map(|m| {
+            FinishReason::ALL
+                .iter()
+                .map(|r| m.finished(*r))
+                .sum::<u64>()
+        })
+        .sum()
+}
