@@ -10,6 +10,7 @@ use crate::{api, proxy};
 
 pub struct AppState {
     pub fleet: Arc<Fleet>,
+    pub affinity: Arc<crate::proxy::affinity::Affinity>,
 }
 
 pub fn app(state: Arc<AppState>) -> Router {

@@ -57,6 +57,7 @@ pub async fn start(config: &Config, listener: TcpListener) -> std::io::Result<Ro
     fleet.spawn_loops(shutdown.clone());
     let app = app::app(Arc::new(app::AppState {
         fleet: fleet.clone(),
+        affinity: Default::default(),
     }));
     let stop = shutdown.clone();
     let task = tokio::spawn(async move {

@@ -344,3 +344,78 @@ async fn a_data_parallel_servers_load_is_summed_over_engines() {
     .await;
     drop((a, b));
 }
+
+#[tokio::test]
+async fn stored_responses_are_fetched_from_the_server_that_created_them() {
+    let s = sims(3, SimConfig::instant()).await;
+    let r = router_over(&s).await;
+    let mut ids = Vec::new();
+    for i in 0..6 {
+        let resp = post(
+            &format!("{}/v1/responses", r.url()),
+            &json!({"model": MODEL, "input": format!("question {i}")}),
+        )
+        .await;
+        assert_eq!(resp.status(), 200);
+        let v: Value = resp.json().await.unwrap();
+        ids.push(v["id"].as_str().unwrap().to_string());
+    }
+    for id in &ids {
+        // Any server other than the creator answers 404: a 200 proves the pinning.
+        let resp = client()
+            .get(format!("{}/v1/responses/{id}", r.url()))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 200, "GET {id}");
+        assert_eq!(resp.json::<Value>().await.unwrap()["id"], id.as_str());
+        let resp = client()
+            .post(format!("{}/v1/responses/{id}/cancel", r.url()))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(
+            resp.status(),
+            400,
+            "the creator says a synchronous response cannot be cancelled"
+        );
+    }
+}
+
+#[tokio::test]
+async fn multipart_audio_is_routed_by_its_model_form_field() {
+    let upstream = echo_server().await;
+    let other = sim(SimConfig::instant()).await;
+    let servers = vec![
+        ServerConfig {
+            url: upstream,
+            max_concurrent_requests: 4,
+            api_key: None,
+            models: Some(vec!["whisper-1".into()]),
+        },
+        server_of(&other),
+    ];
+    let r = router(servers, fast_settings()).await;
+    let form = reqwest::multipart::Form::new()
+        .part(
+            "file",
+            reqwest::multipart::Part::bytes(b"RIFF0000WAVE".to_vec()).file_name("a.wav"),
+        )
+        .text("model", "whisper-1");
+    let resp = client()
+        .post(format!("{}/v1/audio/transcriptions", r.url()))
+        .multipart(form)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let seen: Value = resp.json().await.unwrap();
+    assert_eq!(seen["path"], "/v1/audio/transcriptions");
+    assert!(seen["body"].as_str().unwrap().contains("RIFF0000WAVE"));
+    assert!(
+        seen["headers"]["content-type"]
+            .as_str()
+            .unwrap()
+            .starts_with("multipart/form-data; boundary=")
+    );
+}

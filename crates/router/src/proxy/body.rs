@@ -17,6 +17,7 @@ use bytes::Bytes;
 use hyper::body::{Body, Frame, Incoming, SizeHint};
 use tokio::time::{Instant, Sleep};
 
+use super::affinity::{Affinity, SCAN_LIMIT, find_response_id};
 use super::errors::ProxyError;
 use crate::config::Settings;
 use crate::fleet::InFlight;
@@ -44,6 +45,8 @@ pub struct ProxyBody {
     ended: bool,
     log: RequestLog,
     outcome: &'static str,
+    /// For `POST /v1/responses`: the body's first bytes, until the response id is found.
+    tap: Option<(Vec<u8>, Arc<Affinity>)>,
 }
 
 impl ProxyBody {
@@ -65,6 +68,26 @@ impl ProxyBody {
             ended: false,
             log,
             outcome: "aborted by client",
+            tap: None,
+        }
+    }
+
+    /// Records the response id found at the start of this body in `affinity`.
+    pub fn remember_response_id(mut self, affinity: Arc<Affinity>) -> Self {
+        self.tap = Some((Vec::new(), affinity));
+        self
+    }
+
+    fn scan(&mut self, data: &[u8]) {
+        let Some((seen, affinity)) = &mut self.tap else {
+            return;
+        };
+        seen.extend_from_slice(&data[..data.len().min(SCAN_LIMIT - seen.len().min(SCAN_LIMIT))]);
+        if let Some(id) = find_response_id(seen) {
+            affinity.remember(id, self.log.server.clone());
+            self.tap = None;
+        } else if seen.len() >= SCAN_LIMIT {
+            self.tap = None;
         }
     }
 
@@ -104,6 +127,9 @@ impl Body for ProxyBody {
         }
         match Pin::new(&mut this.inner).poll_frame(cx) {
             Poll::Ready(Some(Ok(frame))) => {
+                if let Some(data) = frame.data_ref() {
+                    this.scan(data);
+                }
                 if this.inner.is_end_stream() {
                     // Hyper stops polling once a Content-Length is satisfied: the end is now.
                     this.finish();

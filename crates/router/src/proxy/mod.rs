@@ -7,6 +7,7 @@
 //! while nothing has been sent to the client. A 4xx is the client's: it is passed through and
 //! never counts against the server. The answer streams back through [`body::ProxyBody`].
 
+pub mod affinity;
 pub mod body;
 pub mod errors;
 pub mod headers;
@@ -100,6 +101,8 @@ async fn send(
             available: fleet.all_models(),
         });
     }
+    // A stored response lives on the server that created it: no choice, no retry elsewhere.
+    let pinned = app.affinity.server_for_path(parts.uri.path());
     let picker = fleet.picker();
     let max_age = fleet.metrics_max_age();
     let mut tried: Vec<usize> = Vec::new();
@@ -112,6 +115,7 @@ async fn send(
                 s.is_healthy()
                     && !s.draining.load(std::sync::atomic::Ordering::Relaxed)
                     && !tried.contains(&i)
+                    && pinned.as_deref().is_none_or(|url| s.url() == url)
                     && meta.model.as_deref().is_none_or(|m| s.serves(m))
             })
             .collect();
@@ -144,6 +148,9 @@ async fn send(
     }
     Err(match last_error {
         Some(e) => e,
+        None if pinned.is_some() => {
+            ProxyError::NoServerAvailable("the server holding this response is unavailable".into())
+        }
         None => ProxyError::NoServerAvailable(match &meta.model {
             Some(m) => format!("no healthy server serves `{m}`"),
             None => "no healthy server".into(),
@@ -231,7 +238,13 @@ async fn try_server(
         ttfb: started.elapsed(),
         retries: attempt,
     };
-    let body = ProxyBody::new(incoming, guard, settings, sse, log);
+    let mut body = ProxyBody::new(incoming, guard, settings, sse, log);
+    if parts.method == axum::http::Method::POST
+        && parts.uri.path() == "/v1/responses"
+        && status.is_success()
+    {
+        body = body.remember_response_id(app.affinity.clone());
+    }
     Attempt::Done(Ok(Response::from_parts(rparts, Body::new(body))))
 }
 

@@ -6,6 +6,7 @@ mod errors;
 mod generate;
 mod listener;
 mod misc;
+mod responses;
 mod routes;
 mod stream;
 
@@ -34,6 +35,8 @@ pub(crate) struct Sim {
     /// Loaded LoRA adapters: (name, path).
     pub loras: Mutex<Vec<(String, String)>>,
     pub rng: Mutex<StdRng>,
+    /// Stored `/v1/responses` results.
+    pub responses: Mutex<responses::Store>,
     /// Generation requests being handled (vLLM's `/load`).
     pub server_load: AtomicUsize,
     pub created: u64,
@@ -170,6 +173,7 @@ pub async fn spawn(cfg: SimConfig) -> std::io::Result<SimHandle> {
         faults,
         loras: Mutex::new(loras),
         server_load: AtomicUsize::new(0),
+        responses: Mutex::new(responses::Store::default()),
     });
     let app = routes::app(sim.clone());
     let port = listener::Port::open(socket, &sim.cfg)?;

@@ -10,13 +10,16 @@ use axum::response::Response;
 use axum::routing::{get, post};
 
 use super::errors::{method_not_allowed, route_not_found, unauthorized};
-use super::{Sim, generate, misc};
+use super::{Sim, generate, misc, responses};
 
 pub fn app(sim: Arc<Sim>) -> Router {
     Router::new()
         .route("/v1/chat/completions", post(generate::chat))
         .route("/v1/completions", post(generate::completions))
         .route("/v1/embeddings", post(misc::embeddings))
+        .route("/v1/responses", post(responses::create))
+        .route("/v1/responses/{id}", get(responses::retrieve))
+        .route("/v1/responses/{id}/cancel", post(responses::cancel))
         .route("/v1/models", get(misc::models))
         .route("/v1/load_lora_adapter", post(misc::load_lora))
         .route("/v1/unload_lora_adapter", post(misc::unload_lora))
