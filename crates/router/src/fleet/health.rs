@@ -20,7 +20,7 @@ pub enum Transition {
     BecameUnhealthy,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Default)]
 pub struct Health {
     /// `None` until the first check answered.
     pub healthy: Option<bool>,
@@ -37,24 +37,6 @@ pub struct Health {
     /// When the server last became unhealthy (for auto-recovery without active checks).
     pub unhealthy_since: Option<tokio::time::Instant>,
     pub transitions: u64,
-}
-
-impl Default for Health {
-    fn default() -> Self {
-        Health {
-            healthy: None,
-            consecutive_check_failures: 0,
-            consecutive_check_successes: 0,
-            consecutive_request_failures: 0,
-            window: VecDeque::new(),
-            total_checks: 0,
-            last_check: None,
-            last_response_time: None,
-            last_error: None,
-            unhealthy_since: None,
-            transitions: 0,
-        }
-    }
 }
 
 impl Health {

@@ -1,0 +1,150 @@
+//! The real `mvllm` binary: `check-config` reports and exit codes, and `run` configured through
+//! environment variables.
+
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use mvllm_sim::SimConfig;
+
+const BIN: &str = env!("CARGO_BIN_EXE_mvllm");
+
+fn write_config(dir: &tempfile::TempDir, text: &str) -> std::path::PathBuf {
+    let path = dir.path().join("servers.toml");
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+#[tokio::test]
+async fn check_config_probes_every_server_and_fails_on_any_problem() {
+    let sim = mvllm_sim::spawn(SimConfig::instant()).await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    // A port nothing listens on: bind one and drop it.
+    let dead = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let good = write_config(
+        &dir,
+        &format!("[servers]\nservers = [{{ url = \"{}\" }}]\n", sim.url()),
+    );
+    let out = tokio::task::spawn_blocking(move || {
+        Command::new(BIN)
+            .args(["check-config", "--config"])
+            .arg(&good)
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(out.status.success(), "{text}");
+    assert!(
+        text.contains("health   ok")
+            && text.contains(mvllm_sim::config::DEFAULT_MODEL)
+            && text.contains("metrics  ok"),
+        "{text}"
+    );
+
+    let bad = write_config(
+        &dir,
+        &format!(
+            "[servers]\nservers = [{{ url = \"{}\" }}, {{ url = \"http://{dead}\" }}]\n",
+            sim.url()
+        ),
+    );
+    let out = tokio::task::spawn_blocking(move || {
+        Command::new(BIN)
+            .args(["check-config", "--config"])
+            .arg(&bad)
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    assert_eq!(out.status.code(), Some(1), "{text}");
+    assert!(
+        text.contains(&format!("FAIL http://{dead}")) && text.contains("connection refused"),
+        "{text}"
+    );
+    assert!(text.contains("1 of 2 servers failed"), "{text}");
+
+    let typo = write_config(
+        &dir,
+        "[servers]\nservers = [\n  { url = \"http://a:1\", max_concurent_requests = 2 },\n]\n",
+    );
+    let out = Command::new(BIN)
+        .args(["check-config", "--config"])
+        .arg(&typo)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        text.contains("servers.toml:3:")
+            && text.contains("did you mean `max_concurrent_requests`?"),
+        "{text}"
+    );
+}
+
+#[tokio::test]
+async fn run_takes_its_options_from_the_environment_and_logs_each_request() {
+    let sim = mvllm_sim::spawn(SimConfig::instant()).await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(
+        &dir,
+        &format!("[servers]\nservers = [{{ url = \"{}\" }}]\n", sim.url()),
+    );
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let mut child = Command::new(BIN)
+        .arg("run")
+        .env("MVLLM_CONFIG", &config)
+        .env("MVLLM_HOST", "127.0.0.1")
+        .env("MVLLM_PORT", port.to_string())
+        .env("MVLLM_LOG_LEVEL", "INFO")
+        .env("NO_COLOR", "1")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let url = format!("http://127.0.0.1:{port}");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        if reqwest::get(format!("{url}/health"))
+            .await
+            .is_ok_and(|r| r.status() == 200)
+        {
+            break;
+        }
+        assert!(Instant::now() < deadline, "router did not come up");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let resp = reqwest::Client::new()
+        .post(format!("{url}/v1/completions"))
+        .header("x-request-id", "cli-test-1")
+        .json(&serde_json::json!({"prompt": "hi", "max_tokens": 2}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let stdout = child.stdout.take().unwrap();
+    // Reads until the access line shows up; killing the child (on time-out) ends the read.
+    let reader = tokio::task::spawn_blocking(move || {
+        BufReader::new(stdout)
+            .lines()
+            .map_while(Result::ok)
+            .any(|l| l.contains("cli-test-1") && l.contains("status=200"))
+    });
+    let found = tokio::time::timeout(Duration::from_secs(10), reader).await;
+    let _ = child.kill();
+    let _ = child.wait();
+    assert!(
+        matches!(found, Ok(Ok(true))),
+        "an access log line with the request id"
+    );
+}
