@@ -13,6 +13,15 @@ pub struct BenchArgs {
 
 #[derive(Subcommand, Debug)]
 enum Suite {
+    /// Routing quality: each policy on simulated fleets at 50/80/100% of capacity.
+    Routing {
+        /// A seconds-long smoke run instead of the full one.
+        #[arg(long)]
+        quick: bool,
+        /// Also write the report as JSON here.
+        #[arg(long)]
+        json: Option<PathBuf>,
+    },
     /// Does the simulator match its cost model? (TTFT, ITL vs batch, prefix reuse, scale)
     Sim {
         /// A seconds-long smoke run instead of the full one.
@@ -32,30 +41,39 @@ pub fn run(args: BenchArgs) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match args.suite {
-        Suite::Sim { quick, json } => {
-            let report = runtime.block_on(mvllm_bench::sim_suite::run(
-                mvllm_bench::sim_suite::Options { quick },
-            ));
-            match report {
-                Ok(r) => {
-                    print!("{}", mvllm_bench::sim_suite::render(&r));
-                    if let Some(path) = json
-                        && let Err(e) = std::fs::write(
-                            &path,
-                            serde_json::to_string_pretty(&r).unwrap_or_default(),
-                        )
-                    {
-                        eprintln!("mvllm bench: cannot write {}: {e}", path.display());
-                        return ExitCode::FAILURE;
-                    }
-                    ExitCode::SUCCESS
-                }
-                Err(e) => {
-                    eprintln!("mvllm bench sim: {e}");
-                    ExitCode::FAILURE
-                }
+    let (report, render) = match args.suite {
+        Suite::Sim { quick, json } => (
+            runtime
+                .block_on(mvllm_bench::sim_suite::run(
+                    mvllm_bench::sim_suite::Options { quick },
+                ))
+                .map(|r| (r, json)),
+            mvllm_bench::sim_suite::render as fn(&serde_json::Value) -> String,
+        ),
+        Suite::Routing { quick, json } => (
+            runtime
+                .block_on(mvllm_bench::routing_suite::run(
+                    mvllm_bench::routing_suite::Options { quick },
+                ))
+                .map(|r| (r, json)),
+            mvllm_bench::routing_suite::render as fn(&serde_json::Value) -> String,
+        ),
+    };
+    match report {
+        Ok((r, json)) => {
+            print!("{}", render(&r));
+            if let Some(path) = json
+                && let Err(e) =
+                    std::fs::write(&path, serde_json::to_string_pretty(&r).unwrap_or_default())
+            {
+                eprintln!("mvllm bench: cannot write {}: {e}", path.display());
+                return ExitCode::FAILURE;
             }
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("mvllm bench: {e}");
+            ExitCode::FAILURE
         }
     }
 }

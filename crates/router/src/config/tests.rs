@@ -156,17 +156,44 @@ fn an_unreadable_file_is_named() {
 
 #[test]
 fn the_shipped_example_loads_and_documents_every_setting() {
-    let text = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../../servers.example.toml")).unwrap();
+    let text = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../servers.example.toml"
+    ))
+    .unwrap();
     let c = Config::parse(&text, "servers.example.toml").unwrap();
     assert_eq!(c.servers.len(), 3);
-    assert_eq!(c.settings, Settings::default(), "the example spells out the defaults");
+    assert_eq!(
+        c.settings,
+        Settings::default(),
+        "the example spells out the defaults"
+    );
     for key in [
-        "health_check_interval", "config_reload_interval", "request_timeout", "health_check_timeout", "max_retries",
-        "failure_threshold", "auto_recovery_threshold", "enable_active_health_check", "health_check_max_response_time",
-        "health_check_min_success_rate", "health_check_window_size", "health_check_consecutive_failures", "routing_policy",
-        "metrics_interval", "metrics_timeout", "models_refresh_interval", "recovery_successes", "connect_timeout",
-        "stream_idle_timeout", "max_body_bytes", "timeout_retries",
+        "health_check_interval",
+        "config_reload_interval",
+        "request_timeout",
+        "health_check_timeout",
+        "max_retries",
+        "failure_threshold",
+        "auto_recovery_threshold",
+        "enable_active_health_check",
+        "health_check_max_response_time",
+        "health_check_min_success_rate",
+        "health_check_window_size",
+        "health_check_consecutive_failures",
+        "routing_policy",
+        "metrics_interval",
+        "metrics_timeout",
+        "models_refresh_interval",
+        "recovery_successes",
+        "connect_timeout",
+        "stream_idle_timeout",
+        "max_body_bytes",
+        "timeout_retries",
     ] {
-        assert!(text.contains(&format!("\n{key} = ")), "servers.example.toml sets {key}");
+        assert!(
+            text.contains(&format!("\n{key} = ")),
+            "servers.example.toml sets {key}"
+        );
     }
 }

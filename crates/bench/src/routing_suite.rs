@@ -1,0 +1,285 @@
+//! `mvllm bench routing`: how much sooner users get tokens when the router picks well.
+//!
+//! For each fleet (heterogeneous: speeds 1, 1, 0.5, 0.25; homogeneous: 4 x 1) of simulated
+//! servers in a child process: first each server's capacity is measured (closed loop, saturated,
+//! directly), then for each policy the same seeded open-loop Poisson workload runs through an
+//! in-process router at a fraction of the fleet's capacity, and time to first token, time per
+//! output token, throughput and each server's share are recorded. Every server is configured
+//! with the same `max_concurrent_requests`: the policy has to find the speed differences itself.
+
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use futures_util::future::join_all;
+use mvllm_router::config::{ServerConfig, Settings};
+use mvllm_router::routing::PolicyKind;
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use serde_json::{Value, json};
+use tokio::time::Instant;
+
+use crate::client::{HttpClient, StreamTiming, http_client, stream_post};
+use crate::process::SimProcess;
+use crate::stats::{mean, quantile};
+
+#[derive(Debug, Clone, Copy)]
+pub struct Options {
+    pub quick: bool,
+}
+
+/// Simulator flags shared by every fleet: a small batch so that servers saturate at rates the
+/// load generator, the router and the simulators can all sustain on two cores.
+const SIM_ARGS: &[&str] = &["--max-num-seqs", "24"];
+const CAPACITY_SETTING: u32 = 24;
+
+/// One request of the workload: prompt and output lengths (sharegpt-like long tails, clipped).
+#[derive(Debug, Clone, Copy)]
+struct Shape {
+    prompt: usize,
+    output: usize,
+    first_id: u32,
+}
+
+fn workload(seed: u64, n: usize) -> Vec<Shape> {
+    let mut rng = StdRng::seed_from_u64(seed);
+    (0..n)
+        .map(|i| {
+            // Log-uniform lengths: many short, some long.
+            let prompt = (2f64.powf(rng.random_range(6.0..10.5))) as usize; // 64 .. ~1450
+            let output = (2f64.powf(rng.random_range(4.0..7.0))) as usize; // 16 .. 128
+            Shape {
+                prompt,
+                output,
+                first_id: (i as u32).wrapping_mul(2_654_435_761),
+            }
+        })
+        .collect()
+}
+
+fn body(s: Shape) -> String {
+    let ids: Vec<u32> = (0..s.prompt as u32)
+        .map(|j| 4 + (s.first_id.wrapping_add(j)) % 128_000)
+        .collect();
+    json!({"prompt": ids, "max_tokens": s.output, "ignore_eos": true, "stream": true}).to_string()
+}
+
+/// Requests per second one server completes when saturated with this workload.
+async fn server_capacity(client: &HttpClient, url: &str, seconds: f64, seed: u64) -> f64 {
+    let shapes = workload(seed, 100_000);
+    let end = Instant::now() + Duration::from_secs_f64(seconds);
+    let next = std::sync::atomic::AtomicUsize::new(0);
+    let done = std::sync::atomic::AtomicUsize::new(0);
+    let target = format!("{url}/v1/completions");
+    let worker = || async {
+        while Instant::now() < end {
+            let i = next.fetch_add(1, Ordering::Relaxed);
+            if stream_post(client, &target, body(shapes[i % shapes.len()]))
+                .await
+                .is_ok_and(|t| t.done)
+                && Instant::now() <= end
+            {
+                done.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    };
+    // Twice the batch size keeps the server saturated with a queue.
+    join_all((0..2 * CAPACITY_SETTING).map(|_| worker())).await;
+    done.load(Ordering::Relaxed) as f64 / seconds
+}
+
+struct RunResult {
+    timings: Vec<Result<StreamTiming, String>>,
+    shapes: Vec<Shape>,
+    wall: f64,
+    shares: Vec<u64>,
+}
+
+async fn run_policy(
+    client: &HttpClient,
+    urls: &[String],
+    policy: PolicyKind,
+    rate: f64,
+    seconds: f64,
+    seed: u64,
+) -> Result<RunResult, String> {
+    let servers = urls
+        .iter()
+        .map(|u| ServerConfig {
+            url: u.clone(),
+            max_concurrent_requests: CAPACITY_SETTING,
+            api_key: None,
+            models: None,
+        })
+        .collect();
+    let settings = Settings {
+        routing_policy: policy,
+        request_timeout: Duration::from_secs(300),
+        ..Settings::default()
+    };
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .map_err(|e| e.to_string())?;
+    let router = mvllm_router::start(&mvllm_router::Config { servers, settings }, listener)
+        .await
+        .map_err(|e| e.to_string())?;
+    let target = format!("{}/v1/completions", router.url());
+    let n = (rate * seconds).round() as usize;
+    let shapes = workload(seed, n);
+    let mut rng = StdRng::seed_from_u64(seed ^ 0xa5a5);
+    let start = Instant::now();
+    let mut at = 0.0;
+    let mut tasks = Vec::with_capacity(n);
+    for s in &shapes {
+        at += -(1.0 - rng.random::<f64>()).ln() / rate;
+        let when = start + Duration::from_secs_f64(at);
+        let client = client.clone();
+        let target = target.clone();
+        let b = body(*s);
+        tasks.push(tokio::spawn(async move {
+            tokio::time::sleep_until(when).await;
+            stream_post(&client, &target, b).await
+        }));
+    }
+    let timings: Vec<Result<StreamTiming, String>> = join_all(tasks)
+        .await
+        .into_iter()
+        .map(|r| r.unwrap_or_else(|e| Err(e.to_string())))
+        .collect();
+    let wall = start.elapsed().as_secs_f64();
+    let shares = router
+        .fleet
+        .servers()
+        .iter()
+        .map(|s| s.stats.requests.load(Ordering::Relaxed))
+        .collect();
+    router.shutdown().await.map_err(|e| e.to_string())?;
+    Ok(RunResult {
+        timings,
+        shapes,
+        wall,
+        shares,
+    })
+}
+
+fn summarize(policy: PolicyKind, r: &RunResult) -> Value {
+    let ok: Vec<(&StreamTiming, &Shape)> = r
+        .timings
+        .iter()
+        .zip(&r.shapes)
+        .filter_map(|(t, s)| {
+            t.as_ref()
+                .ok()
+                .filter(|t| t.status == 200 && t.done)
+                .map(|t| (t, s))
+        })
+        .collect();
+    let ttft: Vec<f64> = ok.iter().map(|(t, _)| t.ttft).collect();
+    let tpot: Vec<f64> = ok
+        .iter()
+        .map(|(t, s)| t.tpot(s.output))
+        .filter(|v| v.is_finite())
+        .collect();
+    let tokens: usize = ok.iter().map(|(_, s)| s.output).sum();
+    json!({
+        "policy": policy.name(),
+        "requests": r.timings.len(), "completed": ok.len(), "errors": r.timings.len() - ok.len(),
+        "ttft_p50": quantile(&ttft, 0.5), "ttft_p90": quantile(&ttft, 0.9), "ttft_p99": quantile(&ttft, 0.99),
+        "tpot_mean": mean(&tpot), "requests_per_s": ok.len() as f64 / r.wall, "output_tokens_per_s": tokens as f64 / r.wall,
+        "server_shares": r.shares,
+    })
+}
+
+pub async fn run(opts: Options) -> Result<Value, String> {
+    let client = http_client();
+    let (cap_secs, run_secs) = if opts.quick { (2.0, 2.0) } else { (10.0, 20.0) };
+    let fleets: &[(&str, &str)] = if opts.quick {
+        &[("heterogeneous", "1.0,1.0,0.5,0.25")]
+    } else {
+        &[
+            ("heterogeneous", "1.0,1.0,0.5,0.25"),
+            ("homogeneous", "1.0"),
+        ]
+    };
+    let loads: &[f64] = if opts.quick { &[0.8] } else { &[0.5, 0.8, 1.0] };
+    let policies = [
+        PolicyKind::RoundRobin,
+        PolicyKind::Mvllm,
+        PolicyKind::LeastLoad,
+        PolicyKind::Adaptive,
+    ];
+    let mut out = Vec::new();
+    for (name, speeds) in fleets {
+        let mut args = vec!["--speed", speeds];
+        args.extend_from_slice(SIM_ARGS);
+        let sim = SimProcess::start(4, &args).await?;
+        let caps = join_all(
+            sim.urls
+                .iter()
+                .enumerate()
+                .map(|(i, u)| server_capacity(&client, u, cap_secs, 77 + i as u64)),
+        )
+        .await;
+        let capacity: f64 = caps.iter().sum();
+        let mut runs = Vec::new();
+        for &load in loads {
+            for policy in &policies {
+                let r = run_policy(
+                    &client,
+                    &sim.urls,
+                    *policy,
+                    capacity * load,
+                    run_secs,
+                    1000 + (load * 100.0) as u64,
+                )
+                .await?;
+                let mut row = summarize(*policy, &r);
+                row["load"] = json!(load);
+                eprintln!(
+                    "  {name} {:.0}% {:<12} TTFT p99 {:.3}s",
+                    load * 100.0,
+                    policy.name(),
+                    row["ttft_p99"].as_f64().unwrap_or(f64::NAN)
+                );
+                runs.push(row);
+            }
+        }
+        out.push(json!({"fleet": name, "speeds": speeds, "server_capacity_rps": caps, "fleet_capacity_rps": capacity, "runs": runs}));
+    }
+    Ok(json!({"sim_args": SIM_ARGS, "max_concurrent_requests": CAPACITY_SETTING, "fleets": out}))
+}
+
+/// The report as a terminal table.
+pub fn render(report: &Value) -> String {
+    let mut s = String::new();
+    for f in report["fleets"].as_array().into_iter().flatten() {
+        s += &format!(
+            "\n{} fleet (speeds {}), capacity {:.1} req/s\n{:<6} {:<12} {:>9} {:>9} {:>9} {:>9} {:>8} {:>7}  shares\n",
+            f["fleet"].as_str().unwrap_or(""),
+            f["speeds"].as_str().unwrap_or(""),
+            f["fleet_capacity_rps"].as_f64().unwrap_or(0.0),
+            "load",
+            "policy",
+            "TTFT p50",
+            "TTFT p90",
+            "TTFT p99",
+            "TPOT",
+            "req/s",
+            "errors"
+        );
+        for r in f["runs"].as_array().into_iter().flatten() {
+            s += &format!(
+                "{:<6} {:<12} {:>8.3}s {:>8.3}s {:>8.3}s {:>7.1}ms {:>8.1} {:>7}  {}\n",
+                format!("{:.0}%", r["load"].as_f64().unwrap_or(0.0) * 100.0),
+                r["policy"].as_str().unwrap_or(""),
+                r["ttft_p50"].as_f64().unwrap_or(f64::NAN),
+                r["ttft_p90"].as_f64().unwrap_or(f64::NAN),
+                r["ttft_p99"].as_f64().unwrap_or(f64::NAN),
+                r["tpot_mean"].as_f64().unwrap_or(f64::NAN) * 1e3,
+                r["requests_per_s"].as_f64().unwrap_or(f64::NAN),
+                r["errors"],
+                r["server_shares"]
+            );
+        }
+    }
+    s
+}
