@@ -77,10 +77,11 @@ mod tests {
             find_response_id(br#"{"id": "resp_abc","object":"response"}"#).as_deref(),
             Some("resp_abc")
         );
+        // A streamed response names its id in its first event.
         assert_eq!(
             find_response_id(br#"data: {"type":"response.created","response":{"id":"resp_9""#)
                 .as_deref(),
-            None
+            Some("resp_9")
         );
         assert_eq!(find_response_id(br#"{"id":"chatcmpl-1"}"#), None);
     }
