@@ -152,7 +152,7 @@ async fn run_policy(
         .iter()
         .map(|s| s.stats.requests.load(Ordering::Relaxed))
         .collect();
-    router.shutdown().await.map_err(|e| e.to_string())?;
+    router.shutdown(Duration::from_secs(5)).await;
     Ok(RunResult {
         timings,
         shapes,

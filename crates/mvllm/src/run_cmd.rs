@@ -78,7 +78,12 @@ fn runtime() -> Result<tokio::runtime::Runtime, ExitCode> {
     })
 }
 
-async fn serve(config: Config, addr: SocketAddr, banner: impl FnOnce(&str)) -> ExitCode {
+async fn serve(
+    config: Config,
+    config_path: Option<PathBuf>,
+    addr: SocketAddr,
+    banner: impl FnOnce(&str),
+) -> ExitCode {
     let listener = match tokio::net::TcpListener::bind(addr).await {
         Ok(l) => l,
         Err(e) => {
@@ -86,7 +91,24 @@ async fn serve(config: Config, addr: SocketAddr, banner: impl FnOnce(&str)) -> E
             return ExitCode::FAILURE;
         }
     };
-    let router = match mvllm_router::start(&config, listener).await {
+    let admin_listener = match config.settings.admin_listen {
+        None => None,
+        Some(a) => match tokio::net::TcpListener::bind(a).await {
+            Ok(l) => Some(l),
+            Err(e) => {
+                eprintln!("mvllm: cannot listen on admin_listen {a}: {e}");
+                return ExitCode::FAILURE;
+            }
+        },
+    };
+    let grace = config.settings.shutdown_grace_period;
+    let opts = mvllm_router::Options {
+        config: config.clone(),
+        config_path,
+        listener,
+        admin_listener,
+    };
+    let router = match mvllm_router::start_with(opts).await {
         Ok(r) => r,
         Err(e) => {
             eprintln!("mvllm: cannot start: {e}");
@@ -100,21 +122,58 @@ async fn serve(config: Config, addr: SocketAddr, banner: impl FnOnce(&str)) -> E
         .filter(|s| s.is_healthy())
         .count();
     tracing::info!(
-        "mvllm {} listening on {} ({healthy}/{} servers healthy, policy {})",
+        "mvllm {} listening on {} ({healthy}/{} servers healthy, policy {}){}",
         env!("CARGO_PKG_VERSION"),
         router.addr,
         config.servers.len(),
-        config.settings.routing_policy.name()
+        config.settings.routing_policy.name(),
+        router
+            .admin_addr
+            .map(|a| format!(", admin API on {a}"))
+            .unwrap_or_default()
     );
     banner(&router.url());
-    let _ = tokio::signal::ctrl_c().await;
-    tracing::info!("shutting down: finishing in-flight requests");
-    match router.shutdown().await {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("mvllm: {e}");
-            ExitCode::FAILURE
+    let signal = shutdown_signal().await;
+    tracing::info!(
+        "{signal}: no longer accepting; finishing in-flight requests (up to {grace:?}; a second signal exits at once)"
+    );
+    tokio::select! {
+        finished = router.shutdown(grace) => {
+            if finished {
+                tracing::info!("all requests finished; bye");
+            } else {
+                tracing::warn!("grace period over with requests still in flight; exiting");
+            }
+            ExitCode::SUCCESS
         }
+        second = shutdown_signal() => {
+            tracing::warn!("{second} again: exiting now");
+            ExitCode::from(130)
+        }
+    }
+}
+
+/// Waits for SIGINT (Ctrl-C) or, on Unix, SIGTERM; returns its name.
+async fn shutdown_signal() -> &'static str {
+    #[cfg(unix)]
+    {
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(t) => t,
+                Err(_) => {
+                    let _ = tokio::signal::ctrl_c().await;
+                    return "SIGINT";
+                }
+            };
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => "SIGINT",
+            _ = term.recv() => "SIGTERM",
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+        "Ctrl-C"
     }
 }
 
@@ -141,7 +200,12 @@ pub fn run(args: RunArgs) -> ExitCode {
         Ok(r) => r,
         Err(c) => return c,
     };
-    rt.block_on(serve(config, SocketAddr::new(args.host, args.port), |_| {}))
+    rt.block_on(serve(
+        config,
+        Some(args.config),
+        SocketAddr::new(args.host, args.port),
+        |_| {},
+    ))
 }
 
 pub fn check_config(args: CheckArgs) -> ExitCode {
@@ -211,7 +275,7 @@ pub fn demo(args: DemoArgs) -> ExitCode {
             tracing::info!("simulated vLLM server at {} (speed {speed})", s.url());
         }
         let config = Config { servers, settings: Settings::default() };
-        serve(config, SocketAddr::new(args.host, args.port), |url| {
+        serve(config, None, SocketAddr::new(args.host, args.port), |url| {
             println!("\nmvllm demo: a router at {url} in front of 3 simulated vLLM servers. Try:\n");
             println!(
                 "  curl -sN {url}/v1/chat/completions -H 'content-type: application/json' \\\n    -d '{{\"model\":\"{}\",\"messages\":[{{\"role\":\"user\",\"content\":\"Hello!\"}}],\"max_tokens\":32,\"stream\":true}}'",

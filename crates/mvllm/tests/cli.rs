@@ -5,6 +5,7 @@ use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use futures_util::StreamExt;
 use mvllm_sim::SimConfig;
 
 const BIN: &str = env!("CARGO_BIN_EXE_mvllm");
@@ -147,4 +148,69 @@ async fn run_takes_its_options_from_the_environment_and_logs_each_request() {
         matches!(found, Ok(Ok(true))),
         "an access log line with the request id"
     );
+}
+
+#[tokio::test]
+async fn sigterm_during_a_stream_lets_it_finish_then_exits_zero() {
+    let sim = mvllm_sim::spawn(SimConfig::default()).await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(
+        &dir,
+        &format!(
+            "[servers]\nservers = [{{ url = \"{}\" }}]\n[config]\nshutdown_grace_period = 20\n",
+            sim.url()
+        ),
+    );
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let mut child = Command::new(BIN)
+        .args([
+            "run",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            &port.to_string(),
+            "--config",
+        ])
+        .arg(&config)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let url = format!("http://127.0.0.1:{port}");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !reqwest::get(format!("{url}/readyz"))
+        .await
+        .is_ok_and(|r| r.status() == 200)
+    {
+        assert!(Instant::now() < deadline, "router did not become ready");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let body = serde_json::json!({"messages": [{"role": "user", "content": "a story"}], "max_tokens": 150, "stream": true});
+    let resp = reqwest::Client::new()
+        .post(format!("{url}/v1/chat/completions"))
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    let mut stream = resp.bytes_stream();
+    let mut text = String::from_utf8(stream.next().await.unwrap().unwrap().to_vec()).unwrap();
+    let status = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    while let Some(chunk) = stream.next().await {
+        text.push_str(&String::from_utf8_lossy(
+            &chunk.expect("the stream is not cut by shutdown"),
+        ));
+    }
+    assert!(text.ends_with("data: [DONE]\n\n"), "the stream completed");
+    let exit = tokio::task::spawn_blocking(move || child.wait().unwrap())
+        .await
+        .unwrap();
+    assert_eq!(exit.code(), Some(0), "exit 0 after a graceful shutdown");
 }

@@ -1,25 +1,117 @@
-//! The router as an axum app: its own routes first, everything else forwarded.
+//! The router as an axum app: its own routes first, everything else forwarded; the admin routes
+//! either on the same listener or, with `admin_listen`, on their own.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use axum::Router;
-use axum::routing::get;
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use serde_json::json;
 
 use crate::fleet::Fleet;
+use crate::proxy::affinity::Affinity;
+use crate::reload::Reloader;
 use crate::{api, proxy};
 
 pub struct AppState {
     pub fleet: Arc<Fleet>,
-    pub affinity: Arc<crate::proxy::affinity::Affinity>,
+    pub affinity: Arc<Affinity>,
+    pub reloader: Arc<Reloader>,
+    /// False once shutdown began: `/readyz` tells load balancers in front to stop sending.
+    pub accepting: AtomicBool,
 }
 
-pub fn app(state: Arc<AppState>) -> Router {
-    Router::new()
+/// The main listener's routes. With `with_admin`, the admin API is mounted here too.
+pub fn app(state: Arc<AppState>, with_admin: bool) -> Router {
+    let mut router = Router::new()
         .route("/", get(api::root))
         .route("/health", get(api::health))
+        .route("/livez", get(livez))
+        .route("/readyz", get(readyz))
         .route("/load-stats", get(api::load_stats))
         .route("/server-models", get(api::server_models))
         .route("/v1/models", get(api::models))
-        .fallback(proxy::forward)
+        .route("/metrics", get(metrics));
+    if with_admin {
+        router = router.merge(admin_routes(state.clone()));
+    } else {
+        // The admin API lives on its own listener: never forward these paths to a server.
+        router = router
+            .route("/admin", axum::routing::any(not_here))
+            .route("/admin/{*rest}", axum::routing::any(not_here));
+    }
+    router.fallback(proxy::forward).with_state(state)
+}
+
+/// The admin API alone, for a separate listener.
+pub fn admin_app(state: Arc<AppState>) -> Router {
+    admin_routes(state.clone())
+        .route("/livez", get(livez))
+        .route("/readyz", get(readyz))
         .with_state(state)
+}
+
+fn admin_routes(state: Arc<AppState>) -> Router<Arc<AppState>> {
+    use api::admin;
+    Router::new()
+        .route("/admin/reload", post(admin::reload))
+        .route("/admin/servers", get(admin::list).post(admin::add))
+        .route("/admin/servers/remove", post(admin::remove))
+        .route("/admin/servers/drain", post(admin::drain))
+        .route("/admin/servers/undrain", post(admin::undrain))
+        .route_layer(axum::middleware::from_fn_with_state(
+            state,
+            admin::require_token,
+        ))
+}
+
+async fn not_here() -> Response {
+    (StatusCode::NOT_FOUND, axum::Json(json!({"error": {"message": "the admin API is served on admin_listen", "type": "NotFoundError", "param": null, "code": 404}})))
+        .into_response()
+}
+
+async fn metrics(State(app): State<Arc<AppState>>) -> Response {
+    let body = app.fleet.telemetry.render(&app.fleet);
+    (
+        [(
+            axum::http::header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        body,
+    )
+        .into_response()
+}
+
+async fn livez() -> Response {
+    axum::Json(json!({"status": "alive"})).into_response()
+}
+
+/// Ready once the config is loaded and at least one server is healthy, until shutdown begins.
+async fn readyz(State(app): State<Arc<AppState>>) -> Response {
+    let healthy = app
+        .fleet
+        .servers()
+        .iter()
+        .filter(|s| s.is_healthy())
+        .count();
+    let (ready, why) = if !app.accepting.load(Ordering::Relaxed) {
+        (false, "shutting down")
+    } else if healthy == 0 {
+        (false, "no healthy server")
+    } else {
+        (true, "ready")
+    };
+    let code = if ready {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    (
+        code,
+        axum::Json(json!({"ready": ready, "reason": why, "healthy_servers": healthy})),
+    )
+        .into_response()
 }

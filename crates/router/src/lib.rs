@@ -1,29 +1,52 @@
 //! `mvllm-router`: the router as a library, so tests and the `mvllm` binary start it the same
-//! way. [`start`] binds, probes the fleet once, starts the background loops and serves.
+//! way. [`start`] binds, probes the fleet once, starts the background loops and serves;
+//! [`RouterHandle::shutdown`] drains it.
 
 pub mod api;
 pub mod app;
 pub mod config;
 pub mod fleet;
 pub mod proxy;
+pub mod reload;
 pub mod routing;
+pub mod telemetry;
 pub mod upstream;
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
 
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 pub use config::{Config, ConfigError, Settings};
 pub use fleet::Fleet;
+pub use reload::Reloader;
 
-/// A running router. Dropping it stops it.
+/// How to start a router.
+pub struct Options {
+    pub config: Config,
+    /// The file the config came from: watched and reloaded.
+    pub config_path: Option<PathBuf>,
+    pub listener: TcpListener,
+    /// A listener for the admin API alone (`admin_listen`); `None` mounts it on `listener`.
+    pub admin_listener: Option<TcpListener>,
+}
+
+type ServeTask = tokio::task::JoinHandle<std::io::Result<()>>;
+
+/// A running router. Dropping it stops it at once; [`RouterHandle::shutdown`] drains it.
 pub struct RouterHandle {
     pub addr: SocketAddr,
+    pub admin_addr: Option<SocketAddr>,
     pub fleet: Arc<Fleet>,
-    shutdown: CancellationToken,
-    task: Option<tokio::task::JoinHandle<std::io::Result<()>>>,
+    pub reloader: Arc<Reloader>,
+    state: Arc<app::AppState>,
+    stop_accepting: CancellationToken,
+    background: CancellationToken,
+    tasks: Vec<ServeTask>,
 }
 
 impl RouterHandle {
@@ -31,44 +54,99 @@ impl RouterHandle {
         format!("http://{}", self.addr)
     }
 
-    /// Stops accepting, lets in-flight requests finish, and returns when it has stopped.
-    pub async fn shutdown(mut self) -> std::io::Result<()> {
-        self.shutdown.cancel();
-        match self.task.take() {
-            Some(task) => task.await.unwrap_or(Ok(())),
-            None => Ok(()),
-        }
+    /// Graceful shutdown: report not ready, stop accepting, let in-flight requests and streams
+    /// finish for up to `grace`. Returns whether everything finished in time.
+    pub async fn shutdown(mut self, grace: Duration) -> bool {
+        self.state.accepting.store(false, Ordering::Relaxed);
+        self.stop_accepting.cancel();
+        let tasks = std::mem::take(&mut self.tasks);
+        let finished = tokio::time::timeout(grace, futures_util::future::join_all(tasks))
+            .await
+            .is_ok();
+        self.background.cancel();
+        finished
     }
 }
 
 impl Drop for RouterHandle {
     fn drop(&mut self) {
-        self.shutdown.cancel();
+        self.stop_accepting.cancel();
+        self.background.cancel();
+        for t in &self.tasks {
+            t.abort();
+        }
     }
 }
 
-/// Starts the router on `listener` with `config`: one round of probes first (health, models,
-/// metrics), so the first request already knows the fleet.
+/// Starts a router on `listener` with `config` (no file watching, admin API on the same port).
 pub async fn start(config: &Config, listener: TcpListener) -> std::io::Result<RouterHandle> {
-    let addr = listener.local_addr()?;
-    let fleet = Fleet::new(config);
+    start_with(Options {
+        config: config.clone(),
+        config_path: None,
+        listener,
+        admin_listener: None,
+    })
+    .await
+}
+
+/// Starts a router: one round of probes first (health, models, metrics), so the first request
+/// already knows the fleet; then the background loops, the config watcher and the listeners.
+pub async fn start_with(opts: Options) -> std::io::Result<RouterHandle> {
+    let addr = opts.listener.local_addr()?;
+    let fleet = Fleet::new(&opts.config);
     fleet.probe_all().await;
-    let shutdown = CancellationToken::new();
-    fleet.spawn_loops(shutdown.clone());
-    let app = app::app(Arc::new(app::AppState {
+    let background = CancellationToken::new();
+    fleet.spawn_loops(background.clone());
+    let reloader = Reloader::new(opts.config_path, fleet.clone());
+    reloader.spawn_watch(background.clone());
+    let state = Arc::new(app::AppState {
         fleet: fleet.clone(),
         affinity: Default::default(),
-    }));
-    let stop = shutdown.clone();
-    let task = tokio::spawn(async move {
+        reloader: reloader.clone(),
+        accepting: AtomicBool::new(true),
+    });
+    let stop_accepting = CancellationToken::new();
+    let mut tasks = Vec::new();
+    let admin_addr = match opts.admin_listener {
+        Some(l) => {
+            let a = l.local_addr()?;
+            tasks.push(serve(
+                l,
+                app::admin_app(state.clone()),
+                stop_accepting.clone(),
+            ));
+            Some(a)
+        }
+        None => {
+            if opts.config.settings.admin_token.is_none() {
+                tracing::warn!(
+                    "the admin API is open on the main port: set admin_token, or admin_listen to a private address"
+                );
+            }
+            None
+        }
+    };
+    tasks.push(serve(
+        opts.listener,
+        app::app(state.clone(), admin_addr.is_none()),
+        stop_accepting.clone(),
+    ));
+    Ok(RouterHandle {
+        addr,
+        admin_addr,
+        fleet,
+        reloader,
+        state,
+        stop_accepting,
+        background,
+        tasks,
+    })
+}
+
+fn serve(listener: TcpListener, app: axum::Router, stop: CancellationToken) -> ServeTask {
+    tokio::spawn(async move {
         axum::serve(listener, app)
             .with_graceful_shutdown(async move { stop.cancelled().await })
             .await
-    });
-    Ok(RouterHandle {
-        addr,
-        fleet,
-        shutdown,
-        task: Some(task),
     })
 }

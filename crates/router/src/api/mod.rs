@@ -1,6 +1,8 @@
 //! The router's own endpoints, with every field the Python mvllm's clients and scripts read
 //! (`/`, `/health`, `/load-stats`, `/server-models`) and `/v1/models` as the union of the
-//! healthy servers' model cards.
+//! healthy servers' model cards. The admin API is in [`admin`].
+
+pub mod admin;
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -26,7 +28,7 @@ pub async fn root() -> Json<Value> {
     )
 }
 
-fn server_health(s: &Server) -> Value {
+pub(crate) fn server_health(s: &Server) -> Value {
     let h = s.health.lock().clone();
     let models = s.models.load();
     json!({
@@ -102,7 +104,7 @@ pub async fn load_stats(State(app): State<Arc<AppState>>) -> Json<Value> {
             let scrape = s.scrape.lock().clone();
             let in_flight = s.in_flight() as f64;
             let load = fresh.map_or(in_flight, |m| in_flight.max(m.running + m.waiting));
-            let capacity = f64::from(s.cfg.max_concurrent_requests);
+            let capacity = f64::from(s.capacity());
             if s.is_healthy() {
                 healthy += 1;
                 total_load += load;

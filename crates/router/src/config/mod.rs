@@ -52,6 +52,13 @@ pub struct Settings {
     pub stream_idle_timeout: Duration,
     pub max_body_bytes: usize,
     pub timeout_retries: u32,
+    /// How long in-flight requests may take to finish after SIGTERM before the router exits.
+    pub shutdown_grace_period: Duration,
+    /// Bearer token the admin API requires; `None` leaves it open (see `admin_listen`).
+    pub admin_token: Option<String>,
+    /// Serve the admin API on this address only (for example 127.0.0.1:8889) instead of the
+    /// main listener. Takes effect at start.
+    pub admin_listen: Option<std::net::SocketAddr>,
 }
 
 impl Default for Settings {
@@ -78,6 +85,9 @@ impl Default for Settings {
             stream_idle_timeout: Duration::from_secs(300),
             max_body_bytes: 32 * 1024 * 1024,
             timeout_retries: 1,
+            shutdown_grace_period: Duration::from_secs(30),
+            admin_token: None,
+            admin_listen: None,
         }
     }
 }
@@ -361,11 +371,39 @@ fn settings(
         )?,
         max_body_bytes: max_body,
         timeout_retries: int(r.timeout_retries, "timeout_retries", d.timeout_retries, 0)?,
+        shutdown_grace_period: secs(
+            r.shutdown_grace_period,
+            "shutdown_grace_period",
+            d.shutdown_grace_period,
+            0.0,
+        )?,
+        admin_token: match r.admin_token {
+            None => None,
+            Some(t) if t.get_ref().len() >= 16 => Some(t.into_inner()),
+            Some(t) => {
+                return Err(at(
+                    t.span(),
+                    "admin_token must be at least 16 characters".into(),
+                ));
+            }
+        },
+        admin_listen: match r.admin_listen {
+            None => None,
+            Some(a) => Some(a.get_ref().parse().map_err(|_| {
+                at(
+                    a.span(),
+                    format!(
+                        "admin_listen must be an address such as 127.0.0.1:8889, got `{}`",
+                        a.get_ref()
+                    ),
+                )
+            })?),
+        },
     })
 }
 
 /// Checks an upstream URL and drops a trailing slash.
-fn normalize_url(url: &str) -> Result<String, String> {
+pub(crate) fn normalize_url(url: &str) -> Result<String, String> {
     let trimmed = url.trim().trim_end_matches('/');
     let rest = trimmed
         .strip_prefix("http://")

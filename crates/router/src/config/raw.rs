@@ -49,6 +49,9 @@ pub struct RawSettings {
     pub stream_idle_timeout: Option<Spanned<f64>>,
     pub max_body_bytes: Option<Spanned<i64>>,
     pub timeout_retries: Option<Spanned<i64>>,
+    pub shutdown_grace_period: Option<Spanned<f64>>,
+    pub admin_token: Option<Spanned<String>>,
+    pub admin_listen: Option<Spanned<String>>,
 }
 
 /// `[servers]` in either form: the seed's `servers = [{...}]` inside a `[servers]` table, or an

@@ -16,7 +16,7 @@ use arc_swap::ArcSwap;
 use futures_util::future::join_all;
 use tokio_util::sync::CancellationToken;
 
-use crate::config::{Config, Settings};
+use crate::config::{Config, ServerConfig, Settings};
 use crate::routing::Picker;
 use crate::upstream::{self, Client};
 use health::Transition;
@@ -27,6 +27,20 @@ pub struct Fleet {
     settings: ArcSwap<Settings>,
     picker: ArcSwap<Picker>,
     pub client: Client,
+    pub telemetry: Arc<crate::telemetry::Telemetry>,
+    /// Wakes the background loops after a reload, so new intervals apply at once.
+    wake: tokio::sync::Notify,
+}
+
+/// What a reload changed.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
+pub struct ReloadSummary {
+    pub added: Vec<String>,
+    pub removed: Vec<String>,
+    /// Kept, with a changed capacity, API key or model list.
+    pub changed: Vec<String>,
+    pub unchanged: usize,
+    pub settings_changed: bool,
 }
 
 impl Fleet {
@@ -42,7 +56,101 @@ impl Fleet {
             picker: ArcSwap::from_pointee(Picker::new(config.settings.routing_policy)),
             client: upstream::client(config.settings.connect_timeout),
             settings: ArcSwap::from_pointee(config.settings.clone()),
+            wake: tokio::sync::Notify::new(),
+            telemetry: Arc::new(crate::telemetry::Telemetry::new()),
         })
+    }
+
+    /// Applies a new config as a diff. A server whose URL stays keeps its health, models, load
+    /// figures and in-flight requests (its capacity, key and model list may change); an added
+    /// server is probed at once and takes traffic once healthy; a removed one takes no new
+    /// requests while its in-flight streams finish (they hold it). Settings apply at once.
+    pub fn apply(self: &Arc<Self>, config: &Config) -> ReloadSummary {
+        let old = self.servers();
+        let mut summary = ReloadSummary::default();
+        let mut next = Vec::with_capacity(config.servers.len());
+        let mut added = Vec::new();
+        let active = config.settings.enable_active_health_check;
+        for c in &config.servers {
+            match old.iter().find(|s| s.url() == c.url) {
+                Some(s) => {
+                    if *s.config() == *c {
+                        summary.unchanged += 1;
+                    } else {
+                        s.set_config(c.clone());
+                        summary.changed.push(c.url.clone());
+                    }
+                    next.push(s.clone());
+                }
+                None => {
+                    let s = Arc::new(Server::new(c.clone(), active));
+                    summary.added.push(c.url.clone());
+                    added.push(s.clone());
+                    next.push(s);
+                }
+            }
+        }
+        summary.removed = old
+            .iter()
+            .filter(|s| !config.servers.iter().any(|c| c.url == s.url()))
+            .map(|s| s.url().to_string())
+            .collect();
+        self.servers.store(Arc::new(next));
+        let old_settings = self.settings();
+        if *old_settings != config.settings {
+            summary.settings_changed = true;
+            if old_settings.connect_timeout != config.settings.connect_timeout {
+                tracing::warn!("connect_timeout changes apply after a restart");
+            }
+            self.settings.store(Arc::new(config.settings.clone()));
+            if self.picker().kind() != config.settings.routing_policy {
+                self.picker
+                    .store(Arc::new(Picker::new(config.settings.routing_policy)));
+            }
+        }
+        for s in added {
+            let fleet = self.clone();
+            tokio::spawn(async move {
+                tokio::join!(fleet.check(&s), fleet.discover(&s), fleet.scrape(&s));
+            });
+        }
+        self.wake.notify_waiters();
+        summary
+    }
+
+    /// Adds one server at run time (the admin API); `Err` if its URL is already in the fleet.
+    pub fn add_server(self: &Arc<Self>, cfg: ServerConfig) -> Result<(), String> {
+        let mut config = self.current_config();
+        if config.servers.iter().any(|s| s.url == cfg.url) {
+            return Err(format!("server {} is already in the fleet", cfg.url));
+        }
+        config.servers.push(cfg);
+        self.apply(&config);
+        Ok(())
+    }
+
+    /// Removes one server at run time; `Err` if no server has that URL.
+    pub fn remove_server(self: &Arc<Self>, url: &str) -> Result<(), String> {
+        let mut config = self.current_config();
+        let before = config.servers.len();
+        config.servers.retain(|s| s.url != url);
+        if config.servers.len() == before {
+            return Err(format!("no server {url} in the fleet"));
+        }
+        self.apply(&config);
+        Ok(())
+    }
+
+    /// The fleet as a config: every server's current settings and the current `[config]`.
+    pub fn current_config(&self) -> Config {
+        Config {
+            servers: self
+                .servers()
+                .iter()
+                .map(|s| (*s.config()).clone())
+                .collect(),
+            settings: (*self.settings()).clone(),
+        }
     }
 
     pub fn servers(&self) -> Arc<Vec<Arc<Server>>> {
@@ -99,6 +207,18 @@ impl Fleet {
 
     /// Logs a health change; a server that came back has its models rediscovered at once.
     pub async fn on_transition(&self, server: &Arc<Server>, t: Transition) {
+        let to = match t {
+            Transition::None => return,
+            Transition::BecameHealthy => "healthy",
+            Transition::BecameUnhealthy => "unhealthy",
+        };
+        self.telemetry
+            .transitions
+            .get_or_create(&crate::telemetry::TransitionLabels {
+                server: server.url().to_string(),
+                to,
+            })
+            .inc();
         match t {
             Transition::None => {}
             Transition::BecameUnhealthy => {
@@ -112,10 +232,9 @@ impl Fleet {
         }
     }
 
+    /// Fetches the server's model cards; for a server with a static `models` list the cards only
+    /// feed `/v1/models`, routing uses the list.
     async fn discover(&self, server: &Arc<Server>) {
-        if server.cfg.models.is_some() {
-            return;
-        }
         let timeout = self.settings().health_check_timeout;
         let result = probe::discover_models(&self.client, server, timeout).await;
         let mut models = (**server.models.load()).clone();
@@ -134,7 +253,16 @@ impl Fleet {
 
     async fn scrape(&self, server: &Arc<Server>) {
         let timeout = self.settings().metrics_timeout;
-        server.record_scrape(probe::scrape(&self.client, server, timeout).await);
+        let result = probe::scrape(&self.client, server, timeout).await;
+        if result.is_err() {
+            self.telemetry
+                .scrape_errors
+                .get_or_create(&crate::telemetry::ServerLabels {
+                    server: server.url().to_string(),
+                })
+                .inc();
+        }
+        server.record_scrape(result);
     }
 
     /// Starts the health, metrics and model loops; they stop when `shutdown` is cancelled.
@@ -174,6 +302,7 @@ impl Fleet {
                 let wait = interval(&fleet.settings());
                 tokio::select! {
                     _ = tokio::time::sleep(wait) => {}
+                    _ = fleet.wake.notified() => {}
                     _ = shutdown.cancelled() => return,
                 }
                 let servers = fleet.servers();

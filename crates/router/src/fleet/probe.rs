@@ -44,7 +44,7 @@ async fn get(
     timeout: Duration,
 ) -> Result<(StatusCode, Bytes), String> {
     let mut req = Request::get(format!("{}{path}", server.url()));
-    if let Some(key) = &server.cfg.api_key {
+    if let Some(key) = server.api_key() {
         req = req.header(header::AUTHORIZATION, format!("Bearer {key}"));
     }
     let req = req

@@ -31,6 +31,8 @@ pub struct Models {
 #[derive(Debug, Clone, Default)]
 pub struct Scrape {
     pub metrics: Option<ServerMetrics>,
+    /// The router's in-flight count to the server when `metrics` was read.
+    pub in_flight_then: usize,
     /// When `metrics` was read.
     pub at: Option<Instant>,
     pub wall_at: Option<SystemTime>,
@@ -47,7 +49,10 @@ pub struct ServerStats {
 
 #[derive(Debug)]
 pub struct Server {
-    pub cfg: ServerConfig,
+    /// The server's identity: a reload that keeps the URL keeps the server and its state.
+    url: String,
+    /// Capacity, API key and static models, which a reload may change in place.
+    cfg: ArcSwap<ServerConfig>,
     in_flight: AtomicUsize,
     healthy: AtomicBool,
     pub draining: AtomicBool,
@@ -76,12 +81,36 @@ impl Server {
             scrape: Mutex::new(Scrape::default()),
             models: ArcSwap::from_pointee(models),
             stats: ServerStats::default(),
-            cfg,
+            url: cfg.url.clone(),
+            cfg: ArcSwap::from_pointee(cfg),
         }
     }
 
     pub fn url(&self) -> &str {
-        &self.cfg.url
+        &self.url
+    }
+
+    pub fn config(&self) -> Arc<ServerConfig> {
+        self.cfg.load_full()
+    }
+
+    /// Applies a reloaded config for this URL; health, models, load and in-flight are kept.
+    pub fn set_config(&self, cfg: ServerConfig) {
+        debug_assert_eq!(cfg.url, self.url);
+        self.cfg.store(Arc::new(cfg));
+    }
+
+    pub fn api_key(&self) -> Option<String> {
+        self.cfg.load().api_key.clone()
+    }
+
+    pub fn capacity(&self) -> u32 {
+        self.cfg.load().max_concurrent_requests
+    }
+
+    /// Whether the config lists this server's models (no discovery needed for routing).
+    pub fn has_static_models(&self) -> bool {
+        self.cfg.load().models.is_some()
     }
 
     pub fn is_healthy(&self) -> bool {
@@ -102,7 +131,7 @@ impl Server {
 
     /// Whether this server serves `model` (static list, else discovered).
     pub fn serves(&self, model: &str) -> bool {
-        match &self.cfg.models {
+        match &self.cfg.load().models {
             Some(list) => list.iter().any(|m| m == model),
             None => self.models.load().ids.iter().any(|m| m == model),
         }
@@ -110,7 +139,7 @@ impl Server {
 
     /// The model ids routing uses for this server.
     pub fn model_ids(&self) -> Vec<String> {
-        match &self.cfg.models {
+        match &self.cfg.load().models {
             Some(list) => list.clone(),
             None => self.models.load().ids.clone(),
         }
@@ -126,13 +155,15 @@ impl Server {
     }
 
     pub fn candidate(&self, max_age: Duration) -> Candidate {
+        let in_flight_then = self.scrape.lock().in_flight_then as f64;
         Candidate {
-            capacity: f64::from(self.cfg.max_concurrent_requests),
+            capacity: f64::from(self.capacity()),
             in_flight: self.in_flight() as f64,
             scraped: self.fresh_metrics(max_age).map(|m| Scraped {
                 running: m.running,
                 waiting: m.waiting,
                 kv_usage: m.kv_usage,
+                in_flight_then,
             }),
         }
     }
@@ -168,6 +199,7 @@ impl Server {
         match result {
             Ok(m) => {
                 s.metrics = Some(m);
+                s.in_flight_then = self.in_flight();
                 s.at = Some(Instant::now());
                 s.wall_at = Some(SystemTime::now());
                 s.last_error = None;

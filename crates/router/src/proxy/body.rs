@@ -24,8 +24,9 @@ use crate::fleet::InFlight;
 use crate::fleet::health::Transition;
 
 /// Everything logged once per request when its response ends.
-#[derive(Debug)]
 pub struct RequestLog {
+    pub route: &'static str,
+    pub telemetry: Arc<crate::telemetry::Telemetry>,
     pub id: String,
     pub model: Option<String>,
     pub server: String,
@@ -180,6 +181,10 @@ impl Body for ProxyBody {
 impl Drop for ProxyBody {
     fn drop(&mut self) {
         let l = &self.log;
+        l.telemetry
+            .duration
+            .get_or_create(&crate::telemetry::RouteLabels { route: l.route })
+            .observe(l.started.elapsed().as_secs_f64());
         tracing::info!(
             target: "mvllm::access",
             id = %l.id,

@@ -27,6 +27,7 @@ use tokio::time::Instant;
 use crate::app::AppState;
 use crate::fleet::Server;
 use crate::fleet::probe::describe;
+use crate::telemetry::{self, DecisionLabels, ReasonLabels, RequestLabels, RouteLabels};
 use body::{ProxyBody, RequestLog};
 use errors::ProxyError;
 use meta::RequestMeta;
@@ -48,6 +49,7 @@ pub async fn forward(State(app): State<Arc<AppState>>, req: Request) -> Response
         }
     };
     let settings = app.fleet.settings();
+    let path = parts.uri.path().to_string();
     let result = async {
         let body = match Limited::new(body, settings.max_body_bytes).collect().await {
             Ok(b) => b.to_bytes(),
@@ -66,6 +68,11 @@ pub async fn forward(State(app): State<Arc<AppState>>, req: Request) -> Response
     .await;
     let mut response = result.unwrap_or_else(|e| {
         tracing::info!(target: "mvllm::access", id = %request_id, status = e.status().as_u16(), error = ?e, "request refused");
+        let t = &app.fleet.telemetry;
+        let route = RouteLabels { route: telemetry::route_label(&path) };
+        t.requests.get_or_create(&RequestLabels { route: route.route, model: "none".into(), server: "none".into(), status: e.status().as_u16() }).inc();
+        t.ttfb.get_or_create(&route).observe(started.elapsed().as_secs_f64());
+        t.duration.get_or_create(&route).observe(started.elapsed().as_secs_f64());
         e.into_response()
     });
     if let Ok(v) = HeaderValue::from_str(&request_id) {
@@ -129,13 +136,36 @@ async fn send(
         let index = eligible[choice];
         tried.push(index);
         let server = &servers[index];
+        fleet
+            .telemetry
+            .decisions
+            .get_or_create(&DecisionLabels {
+                policy: picker.kind().name(),
+                server: server.url().to_string(),
+            })
+            .inc();
         match try_server(
             app, server, &parts, &body, &meta, request_id, started, attempt,
         )
         .await
         {
-            Attempt::Done(r) => return r,
+            Attempt::Done(r) => {
+                if attempt > 0 && r.is_ok() {
+                    fleet.telemetry.failovers.inc();
+                }
+                return r;
+            }
             Attempt::Retry(e) => {
+                let reason = match &e {
+                    ProxyError::Timeout => "timeout",
+                    ProxyError::BadGateway(why) if why.starts_with("HTTP") => "status",
+                    _ => "connection",
+                };
+                fleet
+                    .telemetry
+                    .retries
+                    .get_or_create(&ReasonLabels { reason })
+                    .inc();
                 if e == ProxyError::Timeout {
                     timeouts += 1;
                     if timeouts > settings.timeout_retries {
@@ -229,7 +259,29 @@ async fn try_server(
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
         .is_some_and(|v| v.starts_with("text/event-stream"));
+    let telemetry = app.fleet.telemetry.clone();
+    let route = telemetry::route_label(parts.uri.path());
+    let model = match &meta.model {
+        Some(m) if server.serves(m) => m.clone(),
+        Some(_) => "unknown".into(),
+        None => "none".into(),
+    };
+    telemetry
+        .requests
+        .get_or_create(&RequestLabels {
+            route,
+            model,
+            server: server.url().to_string(),
+            status: status.as_u16(),
+        })
+        .inc();
+    telemetry
+        .ttfb
+        .get_or_create(&RouteLabels { route })
+        .observe(started.elapsed().as_secs_f64());
     let log = RequestLog {
+        route,
+        telemetry,
         id: request_id.to_string(),
         model: meta.model.clone(),
         server: server.url().to_string(),
@@ -267,7 +319,7 @@ fn upstream_request(
     headers::strip_hop_by_hop(headers);
     headers.remove(header::HOST);
     headers.remove(header::CONTENT_LENGTH);
-    if let Some(key) = &server.cfg.api_key
+    if let Some(key) = server.api_key()
         && let Ok(v) = HeaderValue::from_str(&format!("Bearer {key}"))
     {
         headers.insert(header::AUTHORIZATION, v);

@@ -20,11 +20,12 @@ pub enum PolicyKind {
     RoundRobin,
     /// The lowest router in-flight count relative to capacity.
     LeastLoad,
-    /// The default: the least outstanding work relative to capacity, where outstanding work is
-    /// the larger of the router's exact in-flight count and the server's own running + waiting
-    /// (so traffic from other clients counts too), queued requests weigh double, and a nearly
-    /// full KV cache is avoided. Fresh in-flight counts move between scrapes, so consecutive
-    /// requests spread instead of piling onto the server that looked idlest at the last scrape.
+    /// The default: the least outstanding work relative to capacity. Outstanding work is the
+    /// router's exact in-flight count plus the load the server carries from elsewhere (other
+    /// routers, direct clients): its running + waiting at the last scrape minus what this router
+    /// had in flight then. So a stale scrape never hides what the router just sent, traffic from
+    /// other clients still counts, consecutive requests spread between scrapes, and a nearly full
+    /// KV cache (preemptions ahead) is avoided.
     #[default]
     Adaptive,
 }
@@ -58,6 +59,8 @@ pub struct Scraped {
     pub waiting: f64,
     /// 0..1, the mean over engines.
     pub kv_usage: f64,
+    /// This router's in-flight count to the server when the scrape was read.
+    pub in_flight_then: f64,
 }
 
 /// What a policy sees of one eligible server.
@@ -108,16 +111,15 @@ impl Picker {
 
 /// Expected load after adding one request, relative to capacity (see [`PolicyKind::Adaptive`]).
 pub fn adaptive_score(c: &Candidate) -> f64 {
-    let (outstanding, waiting, kv) = match c.scraped {
+    let (external, kv) = match c.scraped {
         Some(s) => (
-            c.in_flight.max(s.running + s.waiting),
-            s.waiting,
+            (s.running + s.waiting - s.in_flight_then).max(0.0),
             s.kv_usage,
         ),
-        None => (c.in_flight, 0.0, 0.0),
+        None => (0.0, 0.0),
     };
     let kv_penalty = if kv > 0.95 { 1.0 } else { 0.0 };
-    (outstanding + waiting + 1.0) / c.capacity + kv_penalty
+    (c.in_flight + external + 1.0) / c.capacity + kv_penalty
 }
 
 /// The seed's score; a server without fresh metrics is scored on the router's in-flight count.
@@ -179,6 +181,7 @@ mod tests {
                 running,
                 waiting,
                 kv_usage,
+                in_flight_then: in_flight,
             }),
         }
     }
@@ -252,18 +255,12 @@ mod tests {
     }
 
     #[test]
-    fn adaptive_counts_other_clients_queues_and_full_caches() {
+    fn adaptive_counts_other_clients_load_and_full_caches() {
         let p = Picker::new(PolicyKind::Adaptive);
-        // Same in-flight, but server 0 also runs 10 requests from elsewhere.
+        // Same in-flight, but server 0 also runs 9 requests from elsewhere.
         let c = [
             cand(8.0, 1.0, Some((10.0, 0.0, 0.3))),
             cand(8.0, 1.0, Some((1.0, 0.0, 0.3))),
-        ];
-        assert_eq!(counts(&p, &c, 10), vec![0, 10]);
-        // Queued requests weigh more than running ones.
-        let c = [
-            cand(8.0, 0.0, Some((4.0, 2.0, 0.3))),
-            cand(8.0, 0.0, Some((7.0, 0.0, 0.3))),
         ];
         assert_eq!(counts(&p, &c, 10), vec![0, 10]);
         // A nearly full KV cache is avoided.
@@ -275,6 +272,36 @@ mod tests {
         // Without fresh metrics the in-flight count and capacity decide.
         let c = [cand(3.0, 1.0, None), cand(5.0, 1.0, None)];
         assert_eq!(counts(&p, &c, 10), vec![0, 10]);
+    }
+
+    #[test]
+    fn adaptive_does_not_trust_a_stale_scrape_over_its_own_counts() {
+        // At the scrape, server 0 was running 6 requests, all from this router; they have since
+        // finished (in-flight 0). Server 1 has 2 in flight now. Server 0 is the idle one.
+        let p = Picker::new(PolicyKind::Adaptive);
+        let stale = Scraped {
+            running: 6.0,
+            waiting: 0.0,
+            kv_usage: 0.2,
+            in_flight_then: 6.0,
+        };
+        let c = [
+            Candidate {
+                capacity: 8.0,
+                in_flight: 0.0,
+                scraped: Some(stale),
+            },
+            Candidate {
+                capacity: 8.0,
+                in_flight: 2.0,
+                scraped: Some(Scraped {
+                    running: 2.0,
+                    in_flight_then: 2.0,
+                    ..stale
+                }),
+            },
+        ];
+        assert_eq!(counts(&p, &c, 10), vec![10, 0]);
     }
 
     #[test]

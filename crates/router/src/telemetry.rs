@@ -1,0 +1,256 @@
+//! The router's own Prometheus metrics (`GET /metrics`), every name defined here once.
+//!
+//! Labels have bounded values only: `route` is one of a fixed list, `model` is a model some
+//! server serves (anything else is "unknown"), `server` is a configured URL, `status` an HTTP
+//! code. Raw paths, request ids and client input never become labels. Per-server gauges are
+//! refreshed from the fleet's state when scraped, so removed servers disappear from them.
+
+use std::sync::atomic::Ordering;
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+
+use crate::fleet::Fleet;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RequestLabels {
+    pub route: &'static str,
+    pub model: String,
+    pub server: String,
+    pub status: u16,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RouteLabels {
+    pub route: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ServerLabels {
+    pub server: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReasonLabels {
+    pub reason: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct TransitionLabels {
+    pub server: String,
+    pub to: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ResultLabels {
+    pub result: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct DecisionLabels {
+    pub policy: &'static str,
+    pub server: String,
+}
+
+type FGauge = Gauge<f64, std::sync::atomic::AtomicU64>;
+
+pub struct Telemetry {
+    registry: Registry,
+    pub requests: Family<RequestLabels, Counter>,
+    pub ttfb: Family<RouteLabels, Histogram>,
+    pub duration: Family<RouteLabels, Histogram>,
+    pub retries: Family<ReasonLabels, Counter>,
+    pub failovers: Counter,
+    pub transitions: Family<TransitionLabels, Counter>,
+    pub scrape_errors: Family<ServerLabels, Counter>,
+    pub reloads: Family<ResultLabels, Counter>,
+    pub decisions: Family<DecisionLabels, Counter>,
+    in_flight: Family<ServerLabels, Gauge>,
+    healthy: Family<ServerLabels, Gauge>,
+    draining: Family<ServerLabels, Gauge>,
+    scrape_age: Family<ServerLabels, FGauge>,
+    running: Family<ServerLabels, FGauge>,
+    waiting: Family<ServerLabels, FGauge>,
+    kv_usage: Family<ServerLabels, FGauge>,
+}
+
+impl Default for Telemetry {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Telemetry {
+    pub fn new() -> Self {
+        let mut registry = Registry::with_prefix("mvllm");
+        let latency = || Histogram::new(exponential_buckets(0.0005, 2.0, 20));
+        let t = Telemetry {
+            requests: Family::default(),
+            ttfb: Family::new_with_constructor(latency),
+            duration: Family::new_with_constructor(latency),
+            retries: Family::default(),
+            failovers: Counter::default(),
+            transitions: Family::default(),
+            scrape_errors: Family::default(),
+            reloads: Family::default(),
+            decisions: Family::default(),
+            in_flight: Family::default(),
+            healthy: Family::default(),
+            draining: Family::default(),
+            scrape_age: Family::default(),
+            running: Family::default(),
+            waiting: Family::default(),
+            kv_usage: Family::default(),
+            registry: Registry::default(),
+        };
+        let r = &mut registry;
+        r.register("requests", "Requests answered, by route, model, server (\"none\" when the router answered itself) and HTTP status", t.requests.clone());
+        r.register(
+            "request_ttfb_seconds",
+            "Seconds from receiving a request to sending its response headers",
+            t.ttfb.clone(),
+        );
+        r.register(
+            "request_duration_seconds",
+            "Seconds from receiving a request to the end of its response (streams included)",
+            t.duration.clone(),
+        );
+        r.register(
+            "retries",
+            "Attempts retried on another server, by reason",
+            t.retries.clone(),
+        );
+        r.register(
+            "failovers",
+            "Requests answered by a server other than the first one tried",
+            t.failovers.clone(),
+        );
+        r.register(
+            "server_health_transitions",
+            "Health changes of a server, by new state",
+            t.transitions.clone(),
+        );
+        r.register(
+            "server_scrape_errors",
+            "Failed or unreadable /metrics scrapes of a server",
+            t.scrape_errors.clone(),
+        );
+        r.register(
+            "config_reloads",
+            "Config reloads, by result (success, failure)",
+            t.reloads.clone(),
+        );
+        r.register(
+            "policy_decisions",
+            "Servers chosen by the routing policy",
+            t.decisions.clone(),
+        );
+        r.register(
+            "server_in_flight",
+            "Requests the router has in flight to a server (streams until their end)",
+            t.in_flight.clone(),
+        );
+        r.register(
+            "server_healthy",
+            "1 when the server is healthy and takes traffic",
+            t.healthy.clone(),
+        );
+        r.register(
+            "server_draining",
+            "1 when the server is draining (no new requests)",
+            t.draining.clone(),
+        );
+        r.register(
+            "server_metrics_age_seconds",
+            "Seconds since the server's /metrics was last read successfully",
+            t.scrape_age.clone(),
+        );
+        r.register("server_running_requests", "The server's vllm:num_requests_running (summed over engines), from the last fresh scrape", t.running.clone());
+        r.register("server_waiting_requests", "The server's vllm:num_requests_waiting (summed over engines), from the last fresh scrape", t.waiting.clone());
+        r.register(
+            "server_kv_cache_usage",
+            "The server's KV-cache usage (0..1, mean over engines), from the last fresh scrape",
+            t.kv_usage.clone(),
+        );
+        Telemetry { registry, ..t }
+    }
+
+    /// The exposition text, with per-server gauges refreshed from `fleet`.
+    pub fn render(&self, fleet: &Fleet) -> String {
+        for f in [&self.in_flight, &self.healthy, &self.draining] {
+            f.clear();
+        }
+        for f in [
+            &self.scrape_age,
+            &self.running,
+            &self.waiting,
+            &self.kv_usage,
+        ] {
+            f.clear();
+        }
+        let max_age = fleet.metrics_max_age();
+        for s in fleet.servers().iter() {
+            let l = ServerLabels {
+                server: s.url().to_string(),
+            };
+            self.in_flight.get_or_create(&l).set(s.in_flight() as i64);
+            self.healthy
+                .get_or_create(&l)
+                .set(i64::from(s.is_healthy()));
+            self.draining
+                .get_or_create(&l)
+                .set(i64::from(s.draining.load(Ordering::Relaxed)));
+            if let Some(at) = s.scrape.lock().at {
+                self.scrape_age
+                    .get_or_create(&l)
+                    .set(at.elapsed().as_secs_f64());
+            }
+            if let Some(m) = s.fresh_metrics(max_age) {
+                self.running.get_or_create(&l).set(m.running);
+                self.waiting.get_or_create(&l).set(m.waiting);
+                self.kv_usage.get_or_create(&l).set(m.kv_usage);
+            }
+        }
+        let mut out = String::with_capacity(16 * 1024);
+        if prometheus_client::encoding::text::encode(&mut out, &self.registry).is_err() {
+            out.clear();
+        }
+        out
+    }
+}
+
+/// A request path's `route` label: one of a fixed list, never the raw path.
+pub fn route_label(path: &str) -> &'static str {
+    match path {
+        "/v1/chat/completions" => "chat_completions",
+        "/v1/completions" => "completions",
+        "/v1/embeddings" => "embeddings",
+        "/tokenize" | "/detokenize" => "tokenize",
+        "/invocations" => "invocations",
+        p if p.starts_with("/v1/responses") => "responses",
+        p if p.starts_with("/v1/audio/") => "audio",
+        p if p.starts_with("/v1/messages") => "messages",
+        "/rerank" | "/v1/rerank" | "/v2/rerank" | "/score" | "/v1/score" | "/pooling"
+        | "/classify" => "pooling",
+        p if p.starts_with("/v1/") => "other_v1",
+        _ => "other",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn route_labels_are_bounded() {
+        assert_eq!(route_label("/v1/chat/completions"), "chat_completions");
+        assert_eq!(route_label("/v1/responses/resp_123/cancel"), "responses");
+        assert_eq!(route_label("/v1/audio/transcriptions"), "audio");
+        assert_eq!(route_label("/v1/some/random/thing"), "other_v1");
+        assert_eq!(route_label("/etc/passwd"), "other");
+    }
+}

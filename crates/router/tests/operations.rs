@@ -1,0 +1,525 @@
+//! Running in production: hot reload that keeps state, the admin API, readiness, and the
+//! router's own `/metrics`.
+
+mod common;
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use common::*;
+use futures_util::StreamExt;
+use mvllm_router::{Config, Options, RouterHandle};
+use mvllm_sim::{SimConfig, SimHandle};
+use serde_json::{Value, json};
+
+const FAST: &str = "[config]\nhealth_check_interval = 0.1\nmetrics_interval = 0.1\nhealth_check_timeout = 0.5\nrequest_timeout = 5\n";
+
+fn config_text(sims: &[&SimHandle], extra: &str) -> String {
+    let list: Vec<String> = sims
+        .iter()
+        .map(|s| {
+            format!(
+                "  {{ url = \"{}\", max_concurrent_requests = 8 }},",
+                s.url()
+            )
+        })
+        .collect();
+    format!(
+        "[servers]\nservers = [\n{}\n]\n{FAST}{extra}",
+        list.join("\n")
+    )
+}
+
+/// Replaces the file the way editors do: write a temporary file, then rename it over.
+fn replace_file(path: &std::path::Path, text: &str) {
+    let tmp = path.with_extension("tmp~");
+    std::fs::write(&tmp, text).unwrap();
+    std::fs::rename(&tmp, path).unwrap();
+}
+
+async fn router_from_file(
+    dir: &tempfile::TempDir,
+    text: &str,
+) -> (RouterHandle, std::path::PathBuf) {
+    let path = dir.path().join("servers.toml");
+    std::fs::write(&path, text).unwrap();
+    let config = Config::load(&path).unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let r = mvllm_router::start_with(Options {
+        config,
+        config_path: Some(path.clone()),
+        listener,
+        admin_listener: None,
+    })
+    .await
+    .unwrap();
+    (r, path)
+}
+
+async fn read_stream_to_end(resp: reqwest::Response) -> String {
+    let mut out = Vec::new();
+    let mut s = resp.bytes_stream();
+    while let Some(c) = s.next().await {
+        out.extend_from_slice(&c.expect("the stream is not cut"));
+    }
+    String::from_utf8(out).unwrap()
+}
+
+#[tokio::test]
+async fn editing_the_file_during_a_stream_adds_a_server_within_two_seconds_and_the_stream_completes()
+ {
+    let a = sim(SimConfig::default()).await;
+    let b = sim(SimConfig::instant()).await;
+    let dir = tempfile::tempdir().unwrap();
+    let (r, path) = router_from_file(&dir, &config_text(&[&a], "")).await;
+    let stream = post(
+        &format!("{}/v1/chat/completions", r.url()),
+        &chat("long", 150, true),
+    )
+    .await;
+    assert_eq!(stream.status(), 200);
+    let server_a = r.fleet.servers()[0].clone();
+
+    replace_file(&path, &config_text(&[&a, &b], ""));
+    let url = format!("{}/v1/chat/completions", r.url());
+    eventually(
+        Duration::from_secs(2),
+        "the new server takes traffic",
+        || async {
+            post(&url, &chat("hi", 1, false)).await;
+            r.fleet
+                .servers()
+                .iter()
+                .any(|s| s.url() == b.url() && s.stats.requests.load(Ordering::Relaxed) > 0)
+        },
+    )
+    .await;
+    assert!(
+        Arc::ptr_eq(&r.fleet.servers()[0], &server_a),
+        "the unchanged server kept its state"
+    );
+    let text = read_stream_to_end(stream).await;
+    assert!(text.ends_with("data: [DONE]\n\n"), "the stream completed");
+    assert_eq!(r.reloader.succeeded.load(Ordering::Relaxed), 1);
+}
+
+#[tokio::test]
+async fn an_invalid_edit_keeps_the_running_config_and_says_why() {
+    let a = sim(SimConfig::instant()).await;
+    let dir = tempfile::tempdir().unwrap();
+    let (r, path) = router_from_file(&dir, &config_text(&[&a], "")).await;
+    replace_file(
+        &path,
+        &format!("{}\nmax_retires = 2\n", config_text(&[&a], "")),
+    );
+    eventually(Duration::from_secs(3), "the bad file was seen", || async {
+        r.reloader.failed.load(Ordering::Relaxed) >= 1
+    })
+    .await;
+    let why = r.reloader.last_error.lock().clone().unwrap();
+    assert!(
+        why.contains("servers.toml:")
+            && why.contains("max_retires")
+            && why.contains("did you mean `max_retries`?"),
+        "{why}"
+    );
+    // Still serving with the old config.
+    assert_eq!(
+        post(
+            &format!("{}/v1/chat/completions", r.url()),
+            &chat("x", 2, false)
+        )
+        .await
+        .status(),
+        200
+    );
+    // The admin API gives the same reason with a 400.
+    let resp = client()
+        .post(format!("{}/admin/reload", r.url()))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 400);
+    let v: Value = resp.json().await.unwrap();
+    assert!(
+        v["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("max_retires"),
+        "{v}"
+    );
+    assert_eq!(r.fleet.servers().len(), 1);
+}
+
+#[tokio::test]
+async fn a_removed_servers_in_flight_stream_completes_and_new_requests_go_elsewhere() {
+    let a = sim(SimConfig::default()).await;
+    let b = sim(SimConfig::instant()).await;
+    let dir = tempfile::tempdir().unwrap();
+    let (r, path) = router_from_file(&dir, &config_text(&[&a], "")).await;
+    let stream = post(
+        &format!("{}/v1/chat/completions", r.url()),
+        &chat("long", 120, true),
+    )
+    .await;
+    let removed = r.fleet.servers()[0].clone();
+    replace_file(&path, &config_text(&[&b], ""));
+    let resp = client()
+        .post(format!("{}/admin/reload", r.url()))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let v: Value = resp.json().await.unwrap();
+    assert!(
+        v["summary"]["removed"]
+            .as_array()
+            .unwrap()
+            .contains(&json!(a.url())),
+        "{v}"
+    );
+    eventually(Duration::from_secs(2), "b healthy", || async {
+        r.fleet.servers()[0].is_healthy()
+    })
+    .await;
+    assert_eq!(
+        post(
+            &format!("{}/v1/chat/completions", r.url()),
+            &chat("x", 2, false)
+        )
+        .await
+        .status(),
+        200
+    );
+    assert_eq!(
+        removed.stats.requests.load(Ordering::Relaxed),
+        1,
+        "no new request went to the removed server"
+    );
+    let text = read_stream_to_end(stream).await;
+    assert!(text.ends_with("data: [DONE]\n\n"));
+    assert_eq!(removed.in_flight(), 0);
+    let load = get_json(&format!("{}/load-stats", r.url())).await;
+    assert_eq!(
+        load["servers"].as_array().unwrap().len(),
+        1,
+        "a removed server's load no longer counts"
+    );
+}
+
+#[tokio::test]
+async fn a_reload_keeps_health_and_models_so_requests_naming_a_model_keep_working() {
+    let a = sim(SimConfig {
+        loras: vec!["sql-lora".into()],
+        ..SimConfig::instant()
+    })
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let (r, path) = router_from_file(&dir, &config_text(&[&a], "")).await;
+    let before = r.fleet.servers()[0].clone();
+    // Change settings and the server's capacity, then reload through the API.
+    replace_file(
+        &path,
+        &config_text(&[&a], "routing_policy = \"least_load\"\n").replace(
+            "max_concurrent_requests = 8",
+            "max_concurrent_requests = 16",
+        ),
+    );
+    let resp = client()
+        .post(format!("{}/admin/reload", r.url()))
+        .send()
+        .await
+        .unwrap();
+    let v: Value = resp.json().await.unwrap();
+    assert_eq!(v["summary"]["changed"], json!([a.url()]));
+    assert_eq!(v["summary"]["settings_changed"], true);
+    let after = r.fleet.servers()[0].clone();
+    assert!(Arc::ptr_eq(&before, &after));
+    assert!(after.is_healthy());
+    assert_eq!(after.capacity(), 16);
+    assert_eq!(r.fleet.picker().kind().name(), "least_load");
+    let mut body = chat("select", 2, false);
+    body["model"] = json!("sql-lora");
+    assert_eq!(
+        post(&format!("{}/v1/chat/completions", r.url()), &body)
+            .await
+            .status(),
+        200,
+        "models were not forgotten"
+    );
+}
+
+#[tokio::test]
+async fn admin_api_lists_adds_drains_and_removes_servers() {
+    let a = sim(SimConfig::instant()).await;
+    let b = sim(SimConfig::instant()).await;
+    let r = router_over(std::slice::from_ref(&a)).await;
+    let c = client();
+    let admin = |p: &str| format!("{}/admin/{p}", r.url());
+    let resp = c
+        .post(admin("servers"))
+        .json(&json!({"url": b.url(), "max_concurrent_requests": 4}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 201);
+    let resp = c
+        .post(admin("servers"))
+        .json(&json!({"url": b.url()}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 409, "already there");
+    let resp = c
+        .post(admin("servers"))
+        .json(&json!({"url": "ftp://x"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 400);
+    eventually(Duration::from_secs(2), "b healthy", || async {
+        r.fleet.servers().iter().all(|s| s.is_healthy())
+    })
+    .await;
+    let list = get_json(&admin("servers")).await;
+    assert_eq!(list["servers"].as_array().unwrap().len(), 2);
+    assert_eq!(list["servers"][1]["max_concurrent_requests"], 4);
+
+    let resp = c
+        .post(admin("servers/drain"))
+        .json(&json!({"url": a.url()}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let url = format!("{}/v1/chat/completions", r.url());
+    let a_before = r.fleet.servers()[0].stats.requests.load(Ordering::Relaxed);
+    for i in 0..6 {
+        assert_eq!(
+            post(&url, &chat(&format!("q{i}"), 1, false)).await.status(),
+            200
+        );
+    }
+    assert_eq!(
+        r.fleet.servers()[0].stats.requests.load(Ordering::Relaxed),
+        a_before,
+        "a drained server gets nothing new"
+    );
+    assert_eq!(
+        get_json(&format!("{}/load-stats", r.url())).await["servers"][0]["status"],
+        "draining"
+    );
+    c.post(admin("servers/undrain"))
+        .json(&json!({"url": a.url()}))
+        .send()
+        .await
+        .unwrap();
+    assert!(!r.fleet.servers()[0].draining.load(Ordering::Relaxed));
+
+    let resp = c
+        .post(admin("servers/remove"))
+        .json(&json!({"url": b.url()}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    assert_eq!(r.fleet.servers().len(), 1);
+    let resp = c
+        .post(admin("servers/remove"))
+        .json(&json!({"url": b.url()}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 404);
+}
+
+#[tokio::test]
+async fn the_admin_token_guards_admin_routes_and_admin_listen_moves_them() {
+    let a = sim(SimConfig::instant()).await;
+    let mut settings = fast_settings();
+    settings.admin_token = Some("0123456789abcdef-token".into());
+    let config = Config {
+        servers: vec![server_of(&a)],
+        settings,
+    };
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let admin_listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let r = mvllm_router::start_with(Options {
+        config,
+        config_path: None,
+        listener,
+        admin_listener: Some(admin_listener),
+    })
+    .await
+    .unwrap();
+    let admin = format!("http://{}", r.admin_addr.unwrap());
+    let c = client();
+    assert_eq!(
+        c.get(format!("{admin}/admin/servers"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        401
+    );
+    assert_eq!(
+        c.get(format!("{admin}/admin/servers"))
+            .bearer_auth("wrong")
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        401
+    );
+    let ok = c
+        .get(format!("{admin}/admin/servers"))
+        .bearer_auth("0123456789abcdef-token")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(ok.status(), 200);
+    // Not on the main port, and never forwarded to a server.
+    let main = c
+        .get(format!("{}/admin/servers", r.url()))
+        .bearer_auth("0123456789abcdef-token")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(main.status(), 404);
+    assert_eq!(
+        r.fleet.servers()[0].stats.requests.load(Ordering::Relaxed),
+        0
+    );
+}
+
+#[tokio::test]
+async fn livez_and_readyz_follow_the_fleet_and_shutdown() {
+    let a = sim(SimConfig::default()).await;
+    let r = router_over(std::slice::from_ref(&a)).await;
+    let c = client();
+    assert_eq!(
+        c.get(format!("{}/livez", r.url()))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+    assert_eq!(
+        c.get(format!("{}/readyz", r.url()))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+    a.update_faults(|f| f.down = true);
+    eventually(
+        Duration::from_secs(3),
+        "not ready without a healthy server",
+        || async {
+            c.get(format!("{}/readyz", r.url()))
+                .send()
+                .await
+                .unwrap()
+                .status()
+                == 503
+        },
+    )
+    .await;
+    assert_eq!(
+        c.get(format!("{}/livez", r.url()))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+    a.update_faults(|f| f.down = false);
+    eventually(Duration::from_secs(3), "ready again", || async {
+        c.get(format!("{}/readyz", r.url()))
+            .send()
+            .await
+            .unwrap()
+            .status()
+            == 200
+    })
+    .await;
+    // A stream in flight when shutdown begins completes.
+    let stream = post(
+        &format!("{}/v1/chat/completions", r.url()),
+        &chat("long", 60, true),
+    )
+    .await;
+    let finished = tokio::spawn(r.shutdown(Duration::from_secs(10)));
+    let text = read_stream_to_end(stream).await;
+    assert!(text.ends_with("data: [DONE]\n\n"));
+    assert!(
+        finished.await.unwrap(),
+        "shutdown finished within the grace period"
+    );
+}
+
+#[tokio::test]
+async fn metrics_parse_as_prometheus_text_and_agree_with_the_requests_sent() {
+    let s = sims(2, SimConfig::instant()).await;
+    let r = router_over(&s).await;
+    let url = format!("{}/v1/chat/completions", r.url());
+    for i in 0..7 {
+        assert_eq!(
+            post(&url, &chat(&format!("q{i}"), 2, false)).await.status(),
+            200
+        );
+    }
+    let mut unknown = chat("x", 2, false);
+    unknown["model"] = json!("nope");
+    for _ in 0..3 {
+        assert_eq!(post(&url, &unknown).await.status(), 404);
+    }
+    let text = client()
+        .get(format!("{}/metrics", r.url()))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let lines = text.lines().map(|l| Ok(l.to_string()));
+    let scrape = prometheus_parse::Scrape::parse(lines).expect("valid Prometheus text");
+    let sum = |name: &str, pred: &dyn Fn(&prometheus_parse::Sample) -> bool| -> f64 {
+        scrape
+            .samples
+            .iter()
+            .filter(|s| s.metric == name && pred(s))
+            .map(|s| match s.value {
+                prometheus_parse::Value::Counter(v)
+                | prometheus_parse::Value::Gauge(v)
+                | prometheus_parse::Value::Untyped(v) => v,
+                _ => 0.0,
+            })
+            .sum()
+    };
+    let ok = sum("mvllm_requests_total", &|s| {
+        s.labels.get("status") == Some("200") && s.labels.get("route") == Some("chat_completions")
+    });
+    assert_eq!(ok, 7.0, "{text}");
+    let refused = sum("mvllm_requests_total", &|s| {
+        s.labels.get("status") == Some("404") && s.labels.get("server") == Some("none")
+    });
+    assert_eq!(refused, 3.0);
+    assert_eq!(sum("mvllm_policy_decisions_total", &|_| true), 7.0);
+    assert_eq!(sum("mvllm_server_healthy", &|_| true), 2.0);
+    assert_eq!(sum("mvllm_server_in_flight", &|_| true), 0.0);
+    for family in [
+        "mvllm_request_ttfb_seconds",
+        "mvllm_request_duration_seconds",
+    ] {
+        assert!(scrape.docs.contains_key(family), "HELP for {family}");
+    }
+    // No unbounded label values: every label value is a route, a known model, a server, or a code.
+    assert!(
+        !text.contains("q0") && !text.contains("nope"),
+        "client input never becomes a label"
+    );
+}
