@@ -214,3 +214,118 @@ async fn sigterm_during_a_stream_lets_it_finish_then_exits_zero() {
         .unwrap();
     assert_eq!(exit.code(), Some(0), "exit 0 after a graceful shutdown");
 }
+
+/// Starts `mvllm run` on a free port with `config`; returns the child and its URL once ready.
+async fn start_router(config: &std::path::Path) -> (std::process::Child, String) {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let child = Command::new(BIN)
+        .args([
+            "run",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            &port.to_string(),
+            "--config",
+        ])
+        .arg(config)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let url = format!("http://127.0.0.1:{port}");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !reqwest::get(format!("{url}/readyz"))
+        .await
+        .is_ok_and(|r| r.status() == 200)
+    {
+        assert!(Instant::now() < deadline, "router did not become ready");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    (child, url)
+}
+
+fn signal(child: &std::process::Child, sig: &str) {
+    assert!(
+        Command::new("kill")
+            .args([sig, &child.id().to_string()])
+            .status()
+            .unwrap()
+            .success()
+    );
+}
+
+#[tokio::test]
+async fn sighup_reloads_the_config() {
+    let sim = mvllm_sim::spawn(SimConfig::instant()).await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(
+        &dir,
+        &format!("[servers]\nservers = [{{ url = \"{}\" }}]\n", sim.url()),
+    );
+    let (mut child, url) = start_router(&config).await;
+    signal(&child, "-HUP");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let text = reqwest::get(format!("{url}/metrics"))
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        if text.contains("mvllm_config_reloads_total{result=\"success\"} 1") {
+            break;
+        }
+        assert!(Instant::now() < deadline, "no reload after SIGHUP: {text}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+}
+
+#[tokio::test]
+async fn a_second_signal_exits_at_once() {
+    let sim = mvllm_sim::spawn(SimConfig::default()).await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(
+        &dir,
+        &format!(
+            "[servers]\nservers = [{{ url = \"{}\" }}]\n[config]\nshutdown_grace_period = 60\n",
+            sim.url()
+        ),
+    );
+    let (mut child, url) = start_router(&config).await;
+    let body = serde_json::json!({"messages": [{"role": "user", "content": "a very long story"}], "max_tokens": 100000, "stream": true});
+    let resp = reqwest::Client::new()
+        .post(format!("{url}/v1/chat/completions"))
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    let mut stream = resp.bytes_stream();
+    stream.next().await.unwrap().unwrap();
+    signal(&child, "-TERM");
+    // Shutdown has begun once new connections are refused (the stream keeps it draining);
+    // only then is the second signal sent, so the two cannot merge into one.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while reqwest::get(format!("{url}/livez")).await.is_ok() {
+        assert!(
+            Instant::now() < deadline,
+            "the router kept accepting after SIGTERM"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    signal(&child, "-TERM");
+    let exit = tokio::time::timeout(
+        Duration::from_secs(10),
+        tokio::task::spawn_blocking(move || child.wait().unwrap()),
+    )
+    .await;
+    let exit = exit
+        .expect("exited at once, not after the 60 s grace period")
+        .unwrap();
+    assert_eq!(exit.code(), Some(130));
+}

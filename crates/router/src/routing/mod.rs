@@ -18,7 +18,7 @@ pub enum PolicyKind {
     Mvllm,
     /// Each eligible server in turn.
     RoundRobin,
-    /// The lowest router in-flight count relative to capacity.
+    /// The lowest router in-flight count relative to capacity (ties take turns).
     LeastLoad,
     /// The default: the least outstanding work relative to capacity. Outstanding work is the
     /// router's exact in-flight count plus the load the server carries from elsewhere (other
@@ -101,8 +101,10 @@ impl Picker {
                 PolicyKind::RoundRobin => {
                     self.cursor.fetch_add(1, Ordering::Relaxed) % candidates.len()
                 }
-                PolicyKind::LeastLoad => lowest(candidates, rng, |c| c.in_flight / c.capacity),
-                PolicyKind::Adaptive => lowest(candidates, rng, adaptive_score),
+                PolicyKind::LeastLoad => {
+                    lowest(candidates, &self.cursor, |c| c.in_flight / c.capacity)
+                }
+                PolicyKind::Adaptive => lowest(candidates, &self.cursor, adaptive_score),
                 PolicyKind::Mvllm => seed_rule(candidates, rng),
             }),
         }
@@ -130,41 +132,37 @@ pub fn seed_score(c: &Candidate) -> f64 {
     (running + 0.5 * waiting) / c.capacity
 }
 
+/// The seed's rule, with its random choices: among those below 0.5, else among the lowest.
 fn seed_rule<R: Rng + ?Sized>(candidates: &[Candidate], rng: &mut R) -> usize {
-    let light: Vec<usize> = (0..candidates.len())
-        .filter(|&i| seed_score(&candidates[i]) < 0.5)
-        .collect();
-    if light.is_empty() {
-        lowest(candidates, rng, seed_score)
+    let scores: Vec<f64> = candidates.iter().map(seed_score).collect();
+    let light: Vec<usize> = (0..candidates.len()).filter(|&i| scores[i] < 0.5).collect();
+    let pool = if light.is_empty() {
+        let best = scores.iter().copied().fold(f64::INFINITY, f64::min);
+        (0..candidates.len())
+            .filter(|&i| scores[i] <= best + 1e-12)
+            .collect()
     } else {
-        light[rng.random_range(0..light.len())]
-    }
+        light
+    };
+    pool[rng.random_range(0..pool.len())]
 }
 
-/// A random one among the candidates with the lowest score.
-fn lowest<R: Rng + ?Sized>(
+/// One of the candidates with the lowest score: among ties, the first at or after the rotating
+/// `cursor`, so that equally loaded servers take turns (as round robin would) instead of being
+/// drawn at random, which lets short-term imbalances build up.
+fn lowest(
     candidates: &[Candidate],
-    rng: &mut R,
+    cursor: &AtomicUsize,
     score: impl Fn(&Candidate) -> f64,
 ) -> usize {
-    let mut best = f64::INFINITY;
-    let mut ties = 0u32;
-    let mut chosen = 0;
-    for (i, c) in candidates.iter().enumerate() {
-        let s = score(c);
-        if s < best - 1e-12 {
-            best = s;
-            chosen = i;
-            ties = 1;
-        } else if (s - best).abs() <= 1e-12 {
-            // Reservoir sampling keeps a uniform choice among ties in one pass.
-            ties += 1;
-            if rng.random_range(0..ties) == 0 {
-                chosen = i;
-            }
-        }
-    }
-    chosen
+    let scores: Vec<f64> = candidates.iter().map(score).collect();
+    let best = scores.iter().copied().fold(f64::INFINITY, f64::min);
+    let n = candidates.len();
+    let start = cursor.fetch_add(1, Ordering::Relaxed) % n;
+    (0..n)
+        .map(|k| (start + k) % n)
+        .find(|&i| scores[i] <= best + 1e-12)
+        .unwrap_or(0)
 }
 
 #[cfg(test)]
@@ -213,7 +211,7 @@ mod tests {
     }
 
     #[test]
-    fn least_load_uses_capacity_and_breaks_ties_at_random() {
+    fn least_load_uses_capacity_and_ties_take_turns() {
         let c = [
             cand(2.0, 1.0, None),
             cand(10.0, 2.0, None),
@@ -224,8 +222,14 @@ mod tests {
             vec![0, 10, 0]
         );
         let tie = [cand(1.0, 0.0, None), cand(1.0, 0.0, None)];
-        let n = counts(&Picker::new(PolicyKind::LeastLoad), &tie, 1000);
-        assert!(n[0] > 400 && n[1] > 400, "{n:?}");
+        let p = Picker::new(PolicyKind::LeastLoad);
+        let mut rng = StdRng::seed_from_u64(0);
+        let picks: Vec<usize> = (0..6).map(|_| p.pick(&tie, &mut rng).unwrap()).collect();
+        assert_eq!(
+            picks,
+            vec![0, 1, 0, 1, 0, 1],
+            "equally loaded servers take turns"
+        );
     }
 
     #[test]
