@@ -1,45 +1,97 @@
-//! The real `mvllm` binary: `check-config` reports and exit codes, and `run` configured through
-//! environment variables.
+//! The real `mvllm` binary: `check-config` reports and exit codes, `run` configured through
+//! environment variables, SIGHUP, and graceful shutdown on SIGTERM.
 
 use std::io::{BufRead, BufReader};
-use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
 
 use futures_util::StreamExt;
 use mvllm_sim::SimConfig;
+use mvllm_testkit::{eventually, wait_for_status};
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
 
 const BIN: &str = env!("CARGO_BIN_EXE_mvllm");
 
-fn write_config(dir: &tempfile::TempDir, text: &str) -> std::path::PathBuf {
+fn write_config(dir: &tempfile::TempDir, text: &str) -> PathBuf {
     let path = dir.path().join("servers.toml");
     std::fs::write(&path, text).unwrap();
     path
+}
+
+fn one_server(url: &str, extra: &str) -> String {
+    format!("[servers]\nservers = [{{ url = \"{url}\" }}]\n{extra}")
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// `mvllm check-config --config <path>`: exit code and stdout.
+async fn check_config(path: PathBuf) -> (Option<i32>, String) {
+    let out = tokio::task::spawn_blocking(move || {
+        Command::new(BIN)
+            .args(["check-config", "--config"])
+            .arg(&path)
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout).to_string(),
+    )
+}
+
+/// Starts `mvllm run` on a free port with `config`; returns the child and its URL once ready.
+async fn start_router(config: &Path) -> (Child, String) {
+    let port = free_port();
+    let child = Command::new(BIN)
+        .args([
+            "run",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            &port.to_string(),
+            "--config",
+        ])
+        .arg(config)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let url = format!("http://127.0.0.1:{port}");
+    wait_for_status(&format!("{url}/readyz"), 200, Duration::from_secs(20)).await;
+    (child, url)
+}
+
+fn signal(child: &Child, sig: Signal) {
+    kill(Pid::from_raw(i32::try_from(child.id()).unwrap()), sig).expect("signal sent");
+}
+
+async fn wait_exit(mut child: Child, within: Duration) -> Option<i32> {
+    let exit = tokio::time::timeout(
+        within,
+        tokio::task::spawn_blocking(move || child.wait().unwrap()),
+    )
+    .await;
+    exit.expect("the process exited in time").unwrap().code()
 }
 
 #[tokio::test]
 async fn check_config_probes_every_server_and_fails_on_any_problem() {
     let sim = mvllm_sim::spawn(SimConfig::instant()).await.unwrap();
     let dir = tempfile::tempdir().unwrap();
-    // A port nothing listens on: bind one and drop it.
-    let dead = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap();
-    let good = write_config(
-        &dir,
-        &format!("[servers]\nservers = [{{ url = \"{}\" }}]\n", sim.url()),
-    );
-    let out = tokio::task::spawn_blocking(move || {
-        Command::new(BIN)
-            .args(["check-config", "--config"])
-            .arg(&good)
-            .output()
-            .unwrap()
-    })
-    .await
-    .unwrap();
-    let text = String::from_utf8_lossy(&out.stdout).to_string();
-    assert!(out.status.success(), "{text}");
+    let dead = format!("http://127.0.0.1:{}", free_port()); // nothing listens there
+
+    let (code, text) = check_config(write_config(&dir, &one_server(&sim.url(), ""))).await;
+    assert_eq!(code, Some(0), "{text}");
     assert!(
         text.contains("health   ok")
             && text.contains(mvllm_sim::config::DEFAULT_MODEL)
@@ -47,41 +99,22 @@ async fn check_config_probes_every_server_and_fails_on_any_problem() {
         "{text}"
     );
 
-    let bad = write_config(
-        &dir,
-        &format!(
-            "[servers]\nservers = [{{ url = \"{}\" }}, {{ url = \"http://{dead}\" }}]\n",
-            sim.url()
-        ),
+    let both = format!(
+        "[servers]\nservers = [{{ url = \"{}\" }}, {{ url = \"{dead}\" }}]\n",
+        sim.url()
     );
-    let out = tokio::task::spawn_blocking(move || {
-        Command::new(BIN)
-            .args(["check-config", "--config"])
-            .arg(&bad)
-            .output()
-            .unwrap()
-    })
-    .await
-    .unwrap();
-    let text = String::from_utf8_lossy(&out.stdout).to_string();
-    assert_eq!(out.status.code(), Some(1), "{text}");
+    let (code, text) = check_config(write_config(&dir, &both)).await;
+    assert_eq!(code, Some(1), "{text}");
     assert!(
-        text.contains(&format!("FAIL http://{dead}")) && text.contains("connection refused"),
+        text.contains(&format!("FAIL {dead}")) && text.contains("connection refused"),
         "{text}"
     );
     assert!(text.contains("1 of 2 servers failed"), "{text}");
 
-    let typo = write_config(
-        &dir,
-        "[servers]\nservers = [\n  { url = \"http://a:1\", max_concurent_requests = 2 },\n]\n",
-    );
-    let out = Command::new(BIN)
-        .args(["check-config", "--config"])
-        .arg(&typo)
-        .output()
-        .unwrap();
-    let text = String::from_utf8_lossy(&out.stdout).to_string();
-    assert_eq!(out.status.code(), Some(2));
+    let typo =
+        "[servers]\nservers = [\n  { url = \"http://a:1\", max_concurent_requests = 2 },\n]\n";
+    let (code, text) = check_config(write_config(&dir, typo)).await;
+    assert_eq!(code, Some(2));
     assert!(
         text.contains("servers.toml:3:")
             && text.contains("did you mean `max_concurrent_requests`?"),
@@ -93,15 +126,8 @@ async fn check_config_probes_every_server_and_fails_on_any_problem() {
 async fn run_takes_its_options_from_the_environment_and_logs_each_request() {
     let sim = mvllm_sim::spawn(SimConfig::instant()).await.unwrap();
     let dir = tempfile::tempdir().unwrap();
-    let config = write_config(
-        &dir,
-        &format!("[servers]\nservers = [{{ url = \"{}\" }}]\n", sim.url()),
-    );
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let config = write_config(&dir, &one_server(&sim.url(), ""));
+    let port = free_port();
     let mut child = Command::new(BIN)
         .arg("run")
         .env("MVLLM_CONFIG", &config)
@@ -114,17 +140,7 @@ async fn run_takes_its_options_from_the_environment_and_logs_each_request() {
         .spawn()
         .unwrap();
     let url = format!("http://127.0.0.1:{port}");
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        if reqwest::get(format!("{url}/health"))
-            .await
-            .is_ok_and(|r| r.status() == 200)
-        {
-            break;
-        }
-        assert!(Instant::now() < deadline, "router did not come up");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    wait_for_status(&format!("{url}/health"), 200, Duration::from_secs(20)).await;
     let resp = reqwest::Client::new()
         .post(format!("{url}/v1/completions"))
         .header("x-request-id", "cli-test-1")
@@ -156,39 +172,9 @@ async fn sigterm_during_a_stream_lets_it_finish_then_exits_zero() {
     let dir = tempfile::tempdir().unwrap();
     let config = write_config(
         &dir,
-        &format!(
-            "[servers]\nservers = [{{ url = \"{}\" }}]\n[config]\nshutdown_grace_period = 20\n",
-            sim.url()
-        ),
+        &one_server(&sim.url(), "[config]\nshutdown_grace_period = 20\n"),
     );
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let mut child = Command::new(BIN)
-        .args([
-            "run",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            &port.to_string(),
-            "--config",
-        ])
-        .arg(&config)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let url = format!("http://127.0.0.1:{port}");
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while !reqwest::get(format!("{url}/readyz"))
-        .await
-        .is_ok_and(|r| r.status() == 200)
-    {
-        assert!(Instant::now() < deadline, "router did not become ready");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    let (child, url) = start_router(&config).await;
     let body = serde_json::json!({"messages": [{"role": "user", "content": "a story"}], "max_tokens": 150, "stream": true});
     let resp = reqwest::Client::new()
         .post(format!("{url}/v1/chat/completions"))
@@ -198,63 +184,17 @@ async fn sigterm_during_a_stream_lets_it_finish_then_exits_zero() {
         .unwrap();
     let mut stream = resp.bytes_stream();
     let mut text = String::from_utf8(stream.next().await.unwrap().unwrap().to_vec()).unwrap();
-    let status = Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(status.success());
+    signal(&child, Signal::SIGTERM);
     while let Some(chunk) = stream.next().await {
         text.push_str(&String::from_utf8_lossy(
             &chunk.expect("the stream is not cut by shutdown"),
         ));
     }
     assert!(text.ends_with("data: [DONE]\n\n"), "the stream completed");
-    let exit = tokio::task::spawn_blocking(move || child.wait().unwrap())
-        .await
-        .unwrap();
-    assert_eq!(exit.code(), Some(0), "exit 0 after a graceful shutdown");
-}
-
-/// Starts `mvllm run` on a free port with `config`; returns the child and its URL once ready.
-async fn start_router(config: &std::path::Path) -> (std::process::Child, String) {
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let child = Command::new(BIN)
-        .args([
-            "run",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            &port.to_string(),
-            "--config",
-        ])
-        .arg(config)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let url = format!("http://127.0.0.1:{port}");
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while !reqwest::get(format!("{url}/readyz"))
-        .await
-        .is_ok_and(|r| r.status() == 200)
-    {
-        assert!(Instant::now() < deadline, "router did not become ready");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    (child, url)
-}
-
-fn signal(child: &std::process::Child, sig: &str) {
-    assert!(
-        Command::new("kill")
-            .args([sig, &child.id().to_string()])
-            .status()
-            .unwrap()
-            .success()
+    assert_eq!(
+        wait_exit(child, Duration::from_secs(20)).await,
+        Some(0),
+        "exit 0 after a graceful shutdown"
     );
 }
 
@@ -262,26 +202,22 @@ fn signal(child: &std::process::Child, sig: &str) {
 async fn sighup_reloads_the_config() {
     let sim = mvllm_sim::spawn(SimConfig::instant()).await.unwrap();
     let dir = tempfile::tempdir().unwrap();
-    let config = write_config(
-        &dir,
-        &format!("[servers]\nservers = [{{ url = \"{}\" }}]\n", sim.url()),
-    );
-    let (mut child, url) = start_router(&config).await;
-    signal(&child, "-HUP");
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let text = reqwest::get(format!("{url}/metrics"))
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
-        if text.contains("mvllm_config_reloads_total{result=\"success\"} 1") {
-            break;
-        }
-        assert!(Instant::now() < deadline, "no reload after SIGHUP: {text}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    let (mut child, url) = start_router(&write_config(&dir, &one_server(&sim.url(), ""))).await;
+    signal(&child, Signal::SIGHUP);
+    eventually(
+        Duration::from_secs(10),
+        "a successful reload counted after SIGHUP",
+        || async {
+            let text = reqwest::get(format!("{url}/metrics"))
+                .await
+                .unwrap()
+                .text()
+                .await
+                .unwrap();
+            text.contains("mvllm_config_reloads_total{result=\"success\"} 1")
+        },
+    )
+    .await;
     let _ = child.kill();
     let _ = child.wait();
 }
@@ -292,13 +228,10 @@ async fn a_second_signal_exits_at_once() {
     let dir = tempfile::tempdir().unwrap();
     let config = write_config(
         &dir,
-        &format!(
-            "[servers]\nservers = [{{ url = \"{}\" }}]\n[config]\nshutdown_grace_period = 60\n",
-            sim.url()
-        ),
+        &one_server(&sim.url(), "[config]\nshutdown_grace_period = 60\n"),
     );
-    let (mut child, url) = start_router(&config).await;
-    let body = serde_json::json!({"messages": [{"role": "user", "content": "a very long story"}], "max_tokens": 100000, "stream": true});
+    let (child, url) = start_router(&config).await;
+    let body = serde_json::json!({"messages": [{"role": "user", "content": "a long story"}], "max_tokens": 100000, "stream": true});
     let resp = reqwest::Client::new()
         .post(format!("{url}/v1/chat/completions"))
         .json(&body)
@@ -307,25 +240,19 @@ async fn a_second_signal_exits_at_once() {
         .unwrap();
     let mut stream = resp.bytes_stream();
     stream.next().await.unwrap().unwrap();
-    signal(&child, "-TERM");
-    // Shutdown has begun once new connections are refused (the stream keeps it draining);
-    // only then is the second signal sent, so the two cannot merge into one.
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while reqwest::get(format!("{url}/livez")).await.is_ok() {
-        assert!(
-            Instant::now() < deadline,
-            "the router kept accepting after SIGTERM"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    signal(&child, "-TERM");
-    let exit = tokio::time::timeout(
+    signal(&child, Signal::SIGTERM);
+    // Shutdown has begun once new connections are refused (the endless stream keeps it
+    // draining); only then is the second signal sent, so that the two cannot merge into one.
+    eventually(
         Duration::from_secs(10),
-        tokio::task::spawn_blocking(move || child.wait().unwrap()),
+        "new connections refused after SIGTERM",
+        || async { reqwest::get(format!("{url}/livez")).await.is_err() },
     )
     .await;
-    let exit = exit
-        .expect("exited at once, not after the 60 s grace period")
-        .unwrap();
-    assert_eq!(exit.code(), Some(130));
+    signal(&child, Signal::SIGTERM);
+    assert_eq!(
+        wait_exit(child, Duration::from_secs(10)).await,
+        Some(130),
+        "at once, not after the 60 s grace period"
+    );
 }

@@ -2,7 +2,6 @@
 //! port 0, real HTTP, and waiting for conditions with a deadline.
 #![allow(dead_code)]
 
-use std::future::Future;
 use std::time::Duration;
 
 use mvllm_router::config::{ServerConfig, Settings};
@@ -94,24 +93,8 @@ pub async fn get_json(url: &str) -> Value {
         .unwrap()
 }
 
-/// Polls `cond` until it holds, failing after `within`.
-pub async fn eventually<F, Fut>(within: Duration, what: &str, mut cond: F)
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = bool>,
-{
-    let deadline = tokio::time::Instant::now() + within;
-    loop {
-        if cond().await {
-            return;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "timed out waiting for: {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-}
+#[allow(unused_imports)]
+pub use mvllm_testkit::eventually;
 
 /// Requests each simulator has finished (any reason), from its engine counters.
 pub fn finished(s: &SimHandle) -> u64 {

@@ -2,7 +2,6 @@
 //! split SSE streams, and wait for a condition with a deadline (never a fixed sleep).
 #![allow(dead_code)]
 
-use std::future::Future;
 use std::time::Duration;
 
 use mvllm_sim::{SimConfig, SimHandle};
@@ -57,24 +56,8 @@ pub fn sse_events(body: &str) -> Vec<String> {
         .collect()
 }
 
-/// Polls `cond` every few milliseconds until it holds, failing after `within`.
-pub async fn eventually<F, Fut>(within: Duration, what: &str, mut cond: F)
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = bool>,
-{
-    let deadline = tokio::time::Instant::now() + within;
-    loop {
-        if cond().await {
-            return;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "timed out waiting for: {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
-}
+#[allow(unused_imports)]
+pub use mvllm_testkit::eventually;
 
 pub async fn metrics_text(url: &str) -> String {
     client()
