@@ -22,9 +22,13 @@ use crate::client::{HttpClient, StreamTiming, http_client, stream_post};
 use crate::process::SimProcess;
 use crate::stats::{mean, quantile};
 
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Default)]
 pub struct Options {
     pub quick: bool,
+    /// Only this fleet ("heterogeneous" or "homogeneous").
+    pub fleet: Option<String>,
+    /// Only these loads (fractions of capacity).
+    pub loads: Option<Vec<f64>>,
 }
 
 /// Simulator flags shared by every fleet: a small batch so that servers saturate at rates the
@@ -192,15 +196,23 @@ fn summarize(policy: PolicyKind, r: &RunResult) -> Value {
 pub async fn run(opts: Options) -> Result<Value, String> {
     let client = http_client();
     let (cap_secs, run_secs) = if opts.quick { (2.0, 2.0) } else { (10.0, 20.0) };
-    let fleets: &[(&str, &str)] = if opts.quick {
-        &[("heterogeneous", "1.0,1.0,0.5,0.25")]
-    } else {
-        &[
-            ("heterogeneous", "1.0,1.0,0.5,0.25"),
-            ("homogeneous", "1.0"),
-        ]
+    let all_fleets = [
+        ("heterogeneous", "1.0,1.0,0.5,0.25"),
+        ("homogeneous", "1.0"),
+    ];
+    let fleets: Vec<(&str, &str)> = match (&opts.fleet, opts.quick) {
+        (Some(f), _) => all_fleets.iter().copied().filter(|(n, _)| n == f).collect(),
+        (None, true) => all_fleets[..1].to_vec(),
+        (None, false) => all_fleets.to_vec(),
     };
-    let loads: &[f64] = if opts.quick { &[0.8] } else { &[0.5, 0.8, 1.0] };
+    if fleets.is_empty() {
+        return Err("--fleet must be heterogeneous or homogeneous".into());
+    }
+    let loads: Vec<f64> = match (&opts.loads, opts.quick) {
+        (Some(l), _) => l.clone(),
+        (None, true) => vec![0.8],
+        (None, false) => vec![0.5, 0.8, 1.0],
+    };
     let policies = [
         PolicyKind::RoundRobin,
         PolicyKind::Mvllm,
@@ -208,7 +220,7 @@ pub async fn run(opts: Options) -> Result<Value, String> {
         PolicyKind::Adaptive,
     ];
     let mut out = Vec::new();
-    for (name, speeds) in fleets {
+    for (name, speeds) in &fleets {
         let mut args = vec!["--speed", speeds];
         args.extend_from_slice(SIM_ARGS);
         let sim = SimProcess::start(4, &args).await?;
@@ -221,7 +233,7 @@ pub async fn run(opts: Options) -> Result<Value, String> {
         .await;
         let capacity: f64 = caps.iter().sum();
         let mut runs = Vec::new();
-        for &load in loads {
+        for &load in &loads {
             for policy in &policies {
                 let r = run_policy(
                     &client,

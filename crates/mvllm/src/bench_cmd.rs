@@ -18,6 +18,12 @@ enum Suite {
         /// A seconds-long smoke run instead of the full one.
         #[arg(long)]
         quick: bool,
+        /// Only this fleet: heterogeneous or homogeneous.
+        #[arg(long)]
+        fleet: Option<String>,
+        /// Only these loads, as fractions of capacity (e.g. 0.8 or 0.5,1.0).
+        #[arg(long, value_delimiter = ',')]
+        load: Option<Vec<f64>>,
         /// Also write the report as JSON here.
         #[arg(long)]
         json: Option<PathBuf>,
@@ -50,10 +56,19 @@ pub fn run(args: BenchArgs) -> ExitCode {
                 .map(|r| (r, json)),
             mvllm_bench::sim_suite::render as fn(&serde_json::Value) -> String,
         ),
-        Suite::Routing { quick, json } => (
+        Suite::Routing {
+            quick,
+            fleet,
+            load,
+            json,
+        } => (
             runtime
                 .block_on(mvllm_bench::routing_suite::run(
-                    mvllm_bench::routing_suite::Options { quick },
+                    mvllm_bench::routing_suite::Options {
+                        quick,
+                        fleet,
+                        loads: load,
+                    },
                 ))
                 .map(|r| (r, json)),
             mvllm_bench::routing_suite::render as fn(&serde_json::Value) -> String,

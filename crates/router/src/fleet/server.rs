@@ -54,6 +54,9 @@ pub struct Server {
     /// Capacity, API key and static models, which a reload may change in place.
     cfg: ArcSwap<ServerConfig>,
     in_flight: AtomicUsize,
+    /// Requests in flight that have not yet received their first response byte (queued or in
+    /// prefill, for a stream; the whole request, for a non-streamed answer).
+    awaiting_first_byte: AtomicUsize,
     healthy: AtomicBool,
     pub draining: AtomicBool,
     pub health: Mutex<Health>,
@@ -77,6 +80,7 @@ impl Server {
             healthy: AtomicBool::new(health.is_healthy()),
             health: Mutex::new(health),
             in_flight: AtomicUsize::new(0),
+            awaiting_first_byte: AtomicUsize::new(0),
             draining: AtomicBool::new(false),
             scrape: Mutex::new(Scrape::default()),
             models: ArcSwap::from_pointee(models),
@@ -125,8 +129,16 @@ impl Server {
     /// disconnect).
     pub fn begin_request(self: &Arc<Self>) -> InFlight {
         self.in_flight.fetch_add(1, Ordering::Relaxed);
+        self.awaiting_first_byte.fetch_add(1, Ordering::Relaxed);
         self.stats.requests.fetch_add(1, Ordering::Relaxed);
-        InFlight(self.clone())
+        InFlight {
+            server: self.clone(),
+            awaiting_first_byte: true,
+        }
+    }
+
+    pub fn awaiting_first_byte(&self) -> usize {
+        self.awaiting_first_byte.load(Ordering::Relaxed)
     }
 
     /// Whether this server serves `model` (static list, else discovered).
@@ -159,6 +171,7 @@ impl Server {
         Candidate {
             capacity: f64::from(self.capacity()),
             in_flight: self.in_flight() as f64,
+            awaiting_first_byte: self.awaiting_first_byte() as f64,
             scraped: self.fresh_metrics(max_age).map(|m| Scraped {
                 running: m.running,
                 waiting: m.waiting,
@@ -216,16 +229,29 @@ impl Server {
 
 /// A request counted in flight on a server; dropping it ends the count.
 #[derive(Debug)]
-pub struct InFlight(Arc<Server>);
+pub struct InFlight {
+    server: Arc<Server>,
+    awaiting_first_byte: bool,
+}
 
 impl InFlight {
     pub fn server(&self) -> &Arc<Server> {
-        &self.0
+        &self.server
+    }
+
+    /// The response's first byte arrived: the request is no longer waiting on the server.
+    pub fn first_byte(&mut self) {
+        if std::mem::take(&mut self.awaiting_first_byte) {
+            self.server
+                .awaiting_first_byte
+                .fetch_sub(1, Ordering::Relaxed);
+        }
     }
 }
 
 impl Drop for InFlight {
     fn drop(&mut self) {
-        self.0.in_flight.fetch_sub(1, Ordering::Relaxed);
+        self.first_byte();
+        self.server.in_flight.fetch_sub(1, Ordering::Relaxed);
     }
 }

@@ -129,6 +129,9 @@ impl Body for ProxyBody {
         match Pin::new(&mut this.inner).poll_frame(cx) {
             Poll::Ready(Some(Ok(frame))) => {
                 if let Some(data) = frame.data_ref() {
+                    if let Some(guard) = this.guard.as_mut() {
+                        guard.first_byte();
+                    }
                     this.scan(data);
                 }
                 if this.inner.is_end_stream() {

@@ -25,7 +25,9 @@ pub enum PolicyKind {
     /// routers, direct clients): its running + waiting at the last scrape minus what this router
     /// had in flight then. So a stale scrape never hides what the router just sent, traffic from
     /// other clients still counts, consecutive requests spread between scrapes, and a nearly full
-    /// KV cache (preemptions ahead) is avoided.
+    /// KV cache (preemptions ahead) is avoided. A request still waiting for its first byte
+    /// counts twice: a new request's time to first token depends on the prefills queued ahead of
+    /// it, so arrivals spread over servers instead of herding onto the one that was idlest.
     #[default]
     Adaptive,
 }
@@ -69,6 +71,8 @@ pub struct Candidate {
     pub capacity: f64,
     /// Requests this router has in flight to the server now.
     pub in_flight: f64,
+    /// Of those, the ones still waiting for their first response byte (queued or prefilling).
+    pub awaiting_first_byte: f64,
     /// `None` when the last scrape failed or is too old to trust.
     pub scraped: Option<Scraped>,
 }
@@ -121,7 +125,7 @@ pub fn adaptive_score(c: &Candidate) -> f64 {
         None => (0.0, 0.0),
     };
     let kv_penalty = if kv > 0.95 { 1.0 } else { 0.0 };
-    (c.in_flight + external + 1.0) / c.capacity + kv_penalty
+    (c.in_flight + c.awaiting_first_byte + external + 1.0) / c.capacity + kv_penalty
 }
 
 /// The seed's score; a server without fresh metrics is scored on the router's in-flight count.
@@ -175,6 +179,7 @@ mod tests {
         Candidate {
             capacity,
             in_flight,
+            awaiting_first_byte: 0.0,
             scraped: scraped.map(|(running, waiting, kv_usage)| Scraped {
                 running,
                 waiting,
@@ -293,11 +298,13 @@ mod tests {
             Candidate {
                 capacity: 8.0,
                 in_flight: 0.0,
+                awaiting_first_byte: 0.0,
                 scraped: Some(stale),
             },
             Candidate {
                 capacity: 8.0,
                 in_flight: 2.0,
+                awaiting_first_byte: 0.0,
                 scraped: Some(Scraped {
                     running: 2.0,
                     in_flight_then: 2.0,
@@ -306,6 +313,16 @@ mod tests {
             },
         ];
         assert_eq!(counts(&p, &c, 10), vec![10, 0]);
+    }
+
+    #[test]
+    fn adaptive_avoids_a_server_with_a_prefill_pending() {
+        // Equal in-flight counts, but server 0's request has not produced its first byte yet:
+        // a new request would queue behind that prefill.
+        let p = Picker::new(PolicyKind::Adaptive);
+        let mut c = [cand(8.0, 1.0, None), cand(8.0, 1.0, None)];
+        c[0].awaiting_first_byte = 1.0;
+        assert_eq!(counts(&p, &c, 10), vec![0, 10]);
     }
 
     #[test]
