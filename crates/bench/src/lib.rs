@@ -1,8 +1,10 @@
 //! `mvllm-bench`: measuring, never asserting. A real OpenAI-API client that records time to first
 //! token and inter-token latency per request ([`client`]), summaries ([`stats`]), and suites
-//! that produce the figures quoted in the README ([`sim_suite`], [`routing_suite`]).
+//! that produce the figures quoted in the README ([`sim_suite`], [`routing_suite`],
+//! [`overhead_suite`]).
 
 pub mod client;
+pub mod overhead_suite;
 pub mod process;
 pub mod routing_suite;
 pub mod sim_suite;

@@ -13,6 +13,15 @@ pub struct BenchArgs {
 
 #[derive(Subcommand, Debug)]
 enum Suite {
+    /// Router overhead: direct against through the router, on an instant backend.
+    Overhead {
+        /// A seconds-long smoke run instead of the full one.
+        #[arg(long)]
+        quick: bool,
+        /// Also write the report as JSON here.
+        #[arg(long)]
+        json: Option<PathBuf>,
+    },
     /// Routing quality: each policy on simulated fleets at 50/80/100% of capacity.
     Routing {
         /// A seconds-long smoke run instead of the full one.
@@ -48,6 +57,14 @@ pub fn run(args: BenchArgs) -> ExitCode {
         }
     };
     let (report, render) = match args.suite {
+        Suite::Overhead { quick, json } => (
+            runtime
+                .block_on(mvllm_bench::overhead_suite::run(
+                    mvllm_bench::overhead_suite::Options { quick },
+                ))
+                .map(|r| (r, json)),
+            mvllm_bench::overhead_suite::render as fn(&serde_json::Value) -> String,
+        ),
         Suite::Sim { quick, json } => (
             runtime
                 .block_on(mvllm_bench::sim_suite::run(
