@@ -143,7 +143,16 @@ pub async fn start_with(opts: Options) -> std::io::Result<RouterHandle> {
     })
 }
 
+/// Serves `app` on `listener` until `stop`. Every accepted connection gets `TCP_NODELAY`: with
+/// Nagle's algorithm on, each small SSE chunk after the first waits for the client's delayed
+/// ACK (~40 ms), which would stall streams token by token.
 fn serve(listener: TcpListener, app: axum::Router, stop: CancellationToken) -> ServeTask {
+    use axum::serve::ListenerExt;
+    let listener = listener.tap_io(|tcp| {
+        if let Err(e) = tcp.set_nodelay(true) {
+            tracing::debug!("cannot set TCP_NODELAY on a connection: {e}");
+        }
+    });
     tokio::spawn(async move {
         axum::serve(listener, app)
             .with_graceful_shutdown(async move { stop.cancelled().await })
