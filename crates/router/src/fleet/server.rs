@@ -167,17 +167,23 @@ impl Server {
     }
 
     pub fn candidate(&self, max_age: Duration) -> Candidate {
-        let in_flight_then = self.scrape.lock().in_flight_then as f64;
+        let scraped = {
+            let s = self.scrape.lock();
+            match (s.metrics, s.at) {
+                (Some(m), Some(at)) if at.elapsed() <= max_age => Some(Scraped {
+                    running: m.running,
+                    waiting: m.waiting,
+                    kv_usage: m.kv_usage,
+                    in_flight_then: s.in_flight_then as f64,
+                }),
+                _ => None,
+            }
+        };
         Candidate {
             capacity: f64::from(self.capacity()),
             in_flight: self.in_flight() as f64,
             awaiting_first_byte: self.awaiting_first_byte() as f64,
-            scraped: self.fresh_metrics(max_age).map(|m| Scraped {
-                running: m.running,
-                waiting: m.waiting,
-                kv_usage: m.kv_usage,
-                in_flight_then,
-            }),
+            scraped,
         }
     }
 

@@ -49,7 +49,7 @@ pub async fn forward(State(app): State<Arc<AppState>>, req: Request) -> Response
         }
     };
     let settings = app.fleet.settings();
-    let path = parts.uri.path().to_string();
+    let route = telemetry::route_label(parts.uri.path());
     let result = async {
         let body = match Limited::new(body, settings.max_body_bytes).collect().await {
             Ok(b) => b.to_bytes(),
@@ -69,7 +69,7 @@ pub async fn forward(State(app): State<Arc<AppState>>, req: Request) -> Response
     let mut response = result.unwrap_or_else(|e| {
         tracing::info!(target: "mvllm::access", id = %request_id, status = e.status().as_u16(), error = ?e, "request refused");
         let t = &app.fleet.telemetry;
-        let route = RouteLabels { route: telemetry::route_label(&path) };
+        let route = RouteLabels { route };
         t.requests.get_or_create(&RequestLabels { route: route.route, model: "none".into(), server: "none".into(), status: e.status().as_u16() }).inc();
         t.ttfb.get_or_create(&route).observe(started.elapsed().as_secs_f64());
         t.duration.get_or_create(&route).observe(started.elapsed().as_secs_f64());
