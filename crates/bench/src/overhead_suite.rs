@@ -179,60 +179,41 @@ pub async fn run(opts: Options) -> Result<Value, String> {
     } else {
         &[1, 16, 64, 256]
     };
+    let direct_url = format!("{backend}/v1/completions");
+    let routed_url = format!("{}/v1/completions", router.url);
     let unary = json!({"prompt": "hello", "max_tokens": 1}).to_string();
     let mut rows = Vec::new();
     for &c in concurrencies {
-        let direct = closed_loop(
+        let (direct, routed, cpu) = side_by_side(
             &client,
-            &format!("{backend}/v1/completions"),
+            &direct_url,
+            &routed_url,
+            pid,
             c,
             seconds,
             &unary,
             false,
         )
         .await;
-        let cpu0 = cpu_seconds_of(pid);
-        let routed = closed_loop(
-            &client,
-            &format!("{}/v1/completions", router.url),
-            c,
-            seconds,
-            &unary,
-            false,
-        )
-        .await;
-        let cpu = cpu0.and_then(|c0| cpu_seconds_of(pid).map(|c1| c1 - c0));
         rows.push(row("non-streaming", c, &direct, &routed, cpu));
     }
     let stream_tokens = if opts.quick { 100 } else { 1000 };
     let streamed =
         json!({"prompt": "hello", "max_tokens": stream_tokens, "ignore_eos": true, "stream": true})
             .to_string();
-    for &c in if opts.quick {
-        &[1usize][..]
-    } else {
-        &[1usize, 16, 64][..]
-    } {
-        let direct = closed_loop(
+    let stream_concurrencies: &[usize] = if opts.quick { &[1] } else { &[1, 16, 64] };
+    for &c in stream_concurrencies {
+        let (direct, routed, cpu) = side_by_side(
             &client,
-            &format!("{backend}/v1/completions"),
+            &direct_url,
+            &routed_url,
+            pid,
             c,
             seconds,
             &streamed,
             true,
         )
         .await;
-        let cpu0 = cpu_seconds_of(pid);
-        let routed = closed_loop(
-            &client,
-            &format!("{}/v1/completions", router.url),
-            c,
-            seconds,
-            &streamed,
-            true,
-        )
-        .await;
-        let cpu = cpu0.and_then(|c0| cpu_seconds_of(pid).map(|c1| c1 - c0));
         let mut r = row(
             &format!("streaming {stream_tokens} tokens"),
             c,
@@ -246,6 +227,25 @@ pub async fn run(opts: Options) -> Result<Value, String> {
     }
     let peak_rss = memory_mib(pid, "VmHWM:");
     Ok(json!({"idle_rss_mib": idle_rss, "peak_rss_mib": peak_rss, "rows": rows}))
+}
+
+/// The same closed loop direct, then through the router, with the router's CPU seconds.
+#[allow(clippy::too_many_arguments)]
+async fn side_by_side(
+    client: &HttpClient,
+    direct_url: &str,
+    routed_url: &str,
+    router_pid: u32,
+    concurrency: usize,
+    seconds: f64,
+    body: &str,
+    stream: bool,
+) -> (LoopResult, LoopResult, Option<f64>) {
+    let direct = closed_loop(client, direct_url, concurrency, seconds, body, stream).await;
+    let cpu0 = cpu_seconds_of(router_pid);
+    let routed = closed_loop(client, routed_url, concurrency, seconds, body, stream).await;
+    let cpu = cpu0.and_then(|c0| cpu_seconds_of(router_pid).map(|c1| c1 - c0));
+    (direct, routed, cpu)
 }
 
 fn row(

@@ -84,6 +84,49 @@ async fn wait_exit(mut child: Child, within: Duration) -> Option<i32> {
     exit.expect("the process exited in time").unwrap().code()
 }
 
+/// A router over one simulated server (default profile) with `shutdown_grace_period`, and a chat
+/// stream of exactly `max_tokens` tokens through it whose first chunk has arrived (returned as
+/// text).
+async fn router_with_a_stream(grace_secs: u32, max_tokens: u64) -> StreamSetup {
+    let sim = mvllm_sim::spawn(SimConfig::default()).await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(
+        &dir,
+        &one_server(
+            &sim.url(),
+            &format!("[config]\nshutdown_grace_period = {grace_secs}\n"),
+        ),
+    );
+    let (child, url) = start_router(&config).await;
+    let body = serde_json::json!({"messages": [{"role": "user", "content": "a story"}], "max_tokens": max_tokens, "ignore_eos": true, "stream": true});
+    let resp = reqwest::Client::new()
+        .post(format!("{url}/v1/chat/completions"))
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    let mut stream = Box::pin(resp.bytes_stream());
+    let first = String::from_utf8(stream.next().await.unwrap().unwrap().to_vec()).unwrap();
+    StreamSetup {
+        _sim: sim,
+        _dir: dir,
+        child,
+        url,
+        stream,
+        first,
+    }
+}
+
+struct StreamSetup {
+    _sim: mvllm_sim::SimHandle,
+    _dir: tempfile::TempDir,
+    child: Child,
+    url: String,
+    stream:
+        std::pin::Pin<Box<dyn futures_util::Stream<Item = reqwest::Result<bytes::Bytes>> + Send>>,
+    first: String,
+}
+
 #[tokio::test]
 async fn check_config_probes_every_server_and_fails_on_any_problem() {
     let sim = mvllm_sim::spawn(SimConfig::instant()).await.unwrap();
@@ -168,29 +211,31 @@ async fn run_takes_its_options_from_the_environment_and_logs_each_request() {
 
 #[tokio::test]
 async fn sigterm_during_a_stream_lets_it_finish_then_exits_zero() {
-    let sim = mvllm_sim::spawn(SimConfig::default()).await.unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    let config = write_config(
-        &dir,
-        &one_server(&sim.url(), "[config]\nshutdown_grace_period = 20\n"),
-    );
-    let (child, url) = start_router(&config).await;
-    let body = serde_json::json!({"messages": [{"role": "user", "content": "a story"}], "max_tokens": 150, "stream": true});
-    let resp = reqwest::Client::new()
-        .post(format!("{url}/v1/chat/completions"))
-        .json(&body)
-        .send()
-        .await
-        .unwrap();
-    let mut stream = resp.bytes_stream();
-    let mut text = String::from_utf8(stream.next().await.unwrap().unwrap().to_vec()).unwrap();
+    // Bind every field: an unbound one would be dropped here (the simulator with it).
+    let StreamSetup {
+        _sim,
+        _dir,
+        child,
+        url: _,
+        mut stream,
+        first: mut text,
+    } = router_with_a_stream(20, 150).await;
     signal(&child, Signal::SIGTERM);
     while let Some(chunk) = stream.next().await {
         text.push_str(&String::from_utf8_lossy(
             &chunk.expect("the stream is not cut by shutdown"),
         ));
     }
+    assert_eq!(
+        text.matches("\"content\":\"").count(),
+        151,
+        "the role chunk and all 150 tokens"
+    );
     assert!(text.ends_with("data: [DONE]\n\n"), "the stream completed");
+    assert!(
+        !text.contains("\"error\""),
+        "and not with an error event: {text}"
+    );
     assert_eq!(
         wait_exit(child, Duration::from_secs(20)).await,
         Some(0),
@@ -224,22 +269,14 @@ async fn sighup_reloads_the_config() {
 
 #[tokio::test]
 async fn a_second_signal_exits_at_once() {
-    let sim = mvllm_sim::spawn(SimConfig::default()).await.unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    let config = write_config(
-        &dir,
-        &one_server(&sim.url(), "[config]\nshutdown_grace_period = 60\n"),
-    );
-    let (child, url) = start_router(&config).await;
-    let body = serde_json::json!({"messages": [{"role": "user", "content": "a long story"}], "max_tokens": 100000, "stream": true});
-    let resp = reqwest::Client::new()
-        .post(format!("{url}/v1/chat/completions"))
-        .json(&body)
-        .send()
-        .await
-        .unwrap();
-    let mut stream = resp.bytes_stream();
-    stream.next().await.unwrap().unwrap();
+    let StreamSetup {
+        _sim,
+        _dir,
+        child,
+        url,
+        stream,
+        first: _,
+    } = router_with_a_stream(60, 100_000).await;
     signal(&child, Signal::SIGTERM);
     // Shutdown has begun once new connections are refused (the endless stream keeps it
     // draining); only then is the second signal sent, so that the two cannot merge into one.
@@ -255,4 +292,5 @@ async fn a_second_signal_exits_at_once() {
         Some(130),
         "at once, not after the 60 s grace period"
     );
+    drop(stream);
 }

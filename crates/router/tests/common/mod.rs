@@ -69,8 +69,13 @@ pub fn client() -> reqwest::Client {
         .unwrap()
 }
 
+/// A chat request that writes exactly `max_tokens` tokens (`ignore_eos`: the simulated model
+/// would otherwise stop at its own natural length).
 pub fn chat(content: &str, max_tokens: u64, stream: bool) -> Value {
-    json!({"model": MODEL, "messages": [{"role": "user", "content": content}], "max_tokens": max_tokens, "stream": stream})
+    json!({
+        "model": MODEL, "messages": [{"role": "user", "content": content}],
+        "max_tokens": max_tokens, "ignore_eos": true, "stream": stream,
+    })
 }
 
 pub async fn post(url: &str, body: &Value) -> reqwest::Response {
