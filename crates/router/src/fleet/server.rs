@@ -45,7 +45,12 @@ pub struct ServerStats {
     pub requests: AtomicU64,
     pub failures: AtomicU64,
     pub client_errors: AtomicU64,
+    /// Answers 429 or 503 (overloaded).
+    pub overloaded: AtomicU64,
 }
+
+/// How long a 429 or 503 lowers a server's share.
+pub const OVERLOAD_PENALTY: Duration = Duration::from_secs(1);
 
 #[derive(Debug)]
 pub struct Server {
@@ -60,6 +65,8 @@ pub struct Server {
     healthy: AtomicBool,
     pub draining: AtomicBool,
     pub health: Mutex<Health>,
+    /// Until when the server counts as overloaded after answering 429 or 503.
+    overloaded_until: Mutex<Option<Instant>>,
     pub scrape: Mutex<Scrape>,
     pub models: ArcSwap<Models>,
     pub stats: ServerStats,
@@ -83,6 +90,7 @@ impl Server {
             awaiting_first_byte: AtomicUsize::new(0),
             draining: AtomicBool::new(false),
             scrape: Mutex::new(Scrape::default()),
+            overloaded_until: Mutex::new(None),
             models: ArcSwap::from_pointee(models),
             stats: ServerStats::default(),
             url: cfg.url.clone(),
@@ -141,6 +149,19 @@ impl Server {
         self.awaiting_first_byte.load(Ordering::Relaxed)
     }
 
+    /// The server answered 429 or 503: it is busy, not broken. For [`OVERLOAD_PENALTY`] it
+    /// weighs more in routing (see `routing::adaptive_score`) instead of being ejected.
+    pub fn note_overloaded(&self) {
+        self.stats.overloaded.fetch_add(1, Ordering::Relaxed);
+        *self.overloaded_until.lock() = Some(Instant::now() + OVERLOAD_PENALTY);
+    }
+
+    pub fn is_overloaded(&self) -> bool {
+        self.overloaded_until
+            .lock()
+            .is_some_and(|t| Instant::now() < t)
+    }
+
     /// Whether this server serves `model` (static list, else discovered).
     pub fn serves(&self, model: &str) -> bool {
         match &self.cfg.load().models {
@@ -183,6 +204,7 @@ impl Server {
             capacity: f64::from(self.capacity()),
             in_flight: self.in_flight() as f64,
             awaiting_first_byte: self.awaiting_first_byte() as f64,
+            overloaded: self.is_overloaded(),
             scraped,
         }
     }

@@ -228,11 +228,16 @@ async fn try_server(
         Ok(Ok(resp)) => resp,
     };
     let status = resp.status();
-    if status.is_server_error() {
+    if matches!(
+        status,
+        StatusCode::TOO_MANY_REQUESTS | StatusCode::SERVICE_UNAVAILABLE
+    ) {
+        // Overloaded, not broken (vLLM's 503 is its admission control saying "busy"): do not
+        // eject, but lower its share for a moment and try elsewhere.
+        server.note_overloaded();
+    } else if status.is_server_error() {
         let t = server.record_failure(format!("HTTP {}", status.as_u16()), &settings);
         app.fleet.on_transition(server, t).await;
-    } else if status == StatusCode::TOO_MANY_REQUESTS {
-        // Overloaded, not broken: do not eject, but try elsewhere.
     } else {
         server.record_success();
         if status.is_client_error() {

@@ -25,7 +25,7 @@ pub enum PolicyKind {
     /// routers, direct clients): its running + waiting at the last scrape minus what this router
     /// had in flight then. So a stale scrape never hides what the router just sent, traffic from
     /// other clients still counts, consecutive requests spread between scrapes, and a nearly full
-    /// KV cache (preemptions ahead) is avoided. A request still waiting for its first byte
+    /// KV cache (preemptions ahead) and a server that just answered 429/503 are avoided. A request still waiting for its first byte
     /// counts twice: a new request's time to first token depends on the prefills queued ahead of
     /// it, so arrivals spread over servers instead of herding onto the one that was idlest.
     #[default]
@@ -73,6 +73,8 @@ pub struct Candidate {
     pub in_flight: f64,
     /// Of those, the ones still waiting for their first response byte (queued or prefilling).
     pub awaiting_first_byte: f64,
+    /// The server answered 429 or 503 within the last moment (busy, not broken).
+    pub overloaded: bool,
     /// `None` when the last scrape failed or is too old to trust.
     pub scraped: Option<Scraped>,
 }
@@ -125,7 +127,10 @@ pub fn adaptive_score(c: &Candidate) -> f64 {
         None => (0.0, 0.0),
     };
     let kv_penalty = if kv > 0.95 { 1.0 } else { 0.0 };
-    (c.in_flight + c.awaiting_first_byte + external + 1.0) / c.capacity + kv_penalty
+    let overload_penalty = if c.overloaded { 1.0 } else { 0.0 };
+    (c.in_flight + c.awaiting_first_byte + external + 1.0) / c.capacity
+        + kv_penalty
+        + overload_penalty
 }
 
 /// The seed's score; a server without fresh metrics is scored on the router's in-flight count.
@@ -180,6 +185,7 @@ mod tests {
             capacity,
             in_flight,
             awaiting_first_byte: 0.0,
+            overloaded: false,
             scraped: scraped.map(|(running, waiting, kv_usage)| Scraped {
                 running,
                 waiting,
@@ -299,12 +305,14 @@ mod tests {
                 capacity: 8.0,
                 in_flight: 0.0,
                 awaiting_first_byte: 0.0,
+                overloaded: false,
                 scraped: Some(stale),
             },
             Candidate {
                 capacity: 8.0,
                 in_flight: 2.0,
                 awaiting_first_byte: 0.0,
+                overloaded: false,
                 scraped: Some(Scraped {
                     running: 2.0,
                     in_flight_then: 2.0,
@@ -323,6 +331,20 @@ mod tests {
         let mut c = [cand(8.0, 1.0, None), cand(8.0, 1.0, None)];
         c[0].awaiting_first_byte = 1.0;
         assert_eq!(counts(&p, &c, 10), vec![0, 10]);
+    }
+
+    #[test]
+    fn adaptive_lowers_the_share_of_a_server_that_just_said_busy() {
+        let p = Picker::new(PolicyKind::Adaptive);
+        let mut c = [cand(8.0, 0.0, None), cand(8.0, 3.0, None)];
+        c[0].overloaded = true;
+        assert_eq!(counts(&p, &c, 10), vec![0, 10], "1/8 + 1 > 4/8");
+        c[1].in_flight = 9.0;
+        assert_eq!(
+            counts(&p, &c, 10),
+            vec![10, 0],
+            "still used when the others are fuller"
+        );
     }
 
     #[test]
