@@ -40,6 +40,16 @@ pub struct Scrape {
     pub errors: u64,
 }
 
+impl Scrape {
+    /// The metrics, if read within `max_age` (older ones must not steer routing).
+    pub fn fresh(&self, max_age: Duration) -> Option<ServerMetrics> {
+        match (self.metrics, self.at) {
+            (Some(m), Some(at)) if at.elapsed() <= max_age => Some(m),
+            _ => None,
+        }
+    }
+}
+
 #[derive(Debug, Default)]
 pub struct ServerStats {
     pub requests: AtomicU64,
@@ -180,25 +190,18 @@ impl Server {
 
     /// The last scrape, if recent enough to trust.
     pub fn fresh_metrics(&self, max_age: Duration) -> Option<ServerMetrics> {
-        let s = self.scrape.lock();
-        match (s.metrics, s.at) {
-            (Some(m), Some(at)) if at.elapsed() <= max_age => Some(m),
-            _ => None,
-        }
+        self.scrape.lock().fresh(max_age)
     }
 
     pub fn candidate(&self, max_age: Duration) -> Candidate {
         let scraped = {
             let s = self.scrape.lock();
-            match (s.metrics, s.at) {
-                (Some(m), Some(at)) if at.elapsed() <= max_age => Some(Scraped {
-                    running: m.running,
-                    waiting: m.waiting,
-                    kv_usage: m.kv_usage,
-                    in_flight_then: s.in_flight_then as f64,
-                }),
-                _ => None,
-            }
+            s.fresh(max_age).map(|m| Scraped {
+                running: m.running,
+                waiting: m.waiting,
+                kv_usage: m.kv_usage,
+                in_flight_then: s.in_flight_then as f64,
+            })
         };
         Candidate {
             capacity: f64::from(self.capacity()),

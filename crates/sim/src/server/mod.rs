@@ -57,15 +57,7 @@ impl Sim {
     }
 
     pub fn render_metrics(&self) -> String {
-        let engines: Vec<EngineMetrics> = self
-            .engines
-            .iter()
-            .map(|e| {
-                let mut m = e.metrics();
-                m.running_lora_adapters.clear();
-                m
-            })
-            .collect();
+        let engines: Vec<EngineMetrics> = self.engines.iter().map(EngineHandle::metrics).collect();
         Exposition {
             model_name: self.cfg.model_name(),
             engines: &engines,
