@@ -25,6 +25,8 @@ enum Command {
     CheckConfig(run_cmd::CheckArgs),
     /// The router in front of three simulated vLLM servers, all in this process.
     Demo(run_cmd::DemoArgs),
+    /// The live dashboard of a router running elsewhere, from its status API.
+    Top(run_cmd::TopArgs),
     /// Run simulated vLLM servers (no GPU needed) for tests, demos and benchmarks.
     Sim(Box<sim_cmd::SimArgs>),
     /// Run a benchmark suite.
@@ -39,6 +41,7 @@ fn main() -> std::process::ExitCode {
         Command::Run(args) => run_cmd::run(*args),
         Command::CheckConfig(args) => run_cmd::check_config(args),
         Command::Demo(args) => run_cmd::demo(args),
+        Command::Top(args) => run_cmd::top(args),
         Command::Sim(args) => sim_cmd::run(*args),
         Command::Bench(args) => bench_cmd::run(args),
         Command::Version => {

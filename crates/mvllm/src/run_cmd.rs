@@ -19,8 +19,8 @@ pub struct RunArgs {
     /// Port to listen on.
     #[arg(short, long, env = "MVLLM_PORT", default_value_t = 8888)]
     port: u16,
-    /// Log lines to the console (the full-screen dashboard is not built yet, so this is always
-    /// the case for now).
+    /// Log lines to the console instead of the full-screen dashboard (the dashboard needs a
+    /// terminal: without one, mvllm logs anyway).
     #[arg(short, long, env = "MVLLM_CONSOLE")]
     console: bool,
     /// debug, info, warning or error (case-insensitive).
@@ -48,6 +48,63 @@ pub struct DemoArgs {
     host: IpAddr,
     #[arg(long, env = "MVLLM_LOG_LEVEL", default_value = "info")]
     log_level: String,
+    /// Log lines to the console instead of the full-screen dashboard.
+    #[arg(short, long, env = "MVLLM_CONSOLE")]
+    console: bool,
+    /// Streamed chat requests per second sent through the router, so the demo has something
+    /// to show (0: none).
+    #[arg(long, default_value_t = 3.0)]
+    traffic: f64,
+}
+
+#[derive(Args, Debug)]
+pub struct TopArgs {
+    /// The router's URL (or its admin_listen address).
+    #[arg(long, env = "MVLLM_URL", default_value = "http://127.0.0.1:8888")]
+    url: String,
+    /// The router's admin_token, if it has one.
+    #[arg(long, env = "MVLLM_ADMIN_TOKEN")]
+    admin_token: Option<String>,
+    /// Show served models.
+    #[arg(short, long)]
+    model: bool,
+}
+
+/// How the router shows itself: the dashboard on a terminal unless `--console`, log lines
+/// otherwise (never silent).
+#[derive(Debug, Clone, Copy)]
+struct Display {
+    dashboard: bool,
+    show_models: bool,
+}
+
+impl Display {
+    fn choose(console: bool, show_models: bool) -> Self {
+        use std::io::IsTerminal;
+        Display {
+            dashboard: !console && std::io::stdout().is_terminal(),
+            show_models,
+        }
+    }
+}
+
+type LogFilterHandle =
+    tracing_subscriber::reload::Handle<tracing_subscriber::EnvFilter, tracing_subscriber::Registry>;
+
+/// The log filter, switched off while the dashboard owns the screen (so lines are neither
+/// printed over it nor formatted for nothing) and back on for the shutdown messages.
+static LOG_FILTER: std::sync::OnceLock<(LogFilterHandle, String)> = std::sync::OnceLock::new();
+
+fn set_logging(on: bool) {
+    if let Some((handle, level)) = LOG_FILTER.get() {
+        let filter = if on {
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level))
+        } else {
+            tracing_subscriber::EnvFilter::new("off")
+        };
+        let _ = handle.reload(filter);
+    }
 }
 
 /// Sets up logging; `level` takes the seed's names (WARNING) as well as tracing's.
@@ -62,11 +119,15 @@ pub fn init_logging(level: &str) -> Result<(), String> {
             ));
         }
     };
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level));
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_target(false)
+    let (filter, handle) = tracing_subscriber::reload::Layer::new(filter);
+    let _ = LOG_FILTER.set((handle, level.to_string()));
+    tracing_subscriber::registry()
+        .with(filter)
+        .with(tracing_subscriber::fmt::layer().with_target(false))
         .init();
     Ok(())
 }
@@ -82,6 +143,7 @@ async fn serve(
     config: Config,
     config_path: Option<PathBuf>,
     addr: SocketAddr,
+    display: Display,
     banner: impl FnOnce(&str),
 ) -> ExitCode {
     let listener = match tokio::net::TcpListener::bind(addr).await {
@@ -133,7 +195,30 @@ async fn serve(
             .unwrap_or_default()
     );
     banner(&router.url());
-    let signal = shutdown_signal().await;
+    let signal = if display.dashboard {
+        set_logging(false);
+        let source = mvllm_dashboard::Source::Local(router.fleet.clone());
+        let options = mvllm_dashboard::Options {
+            address: router.url(),
+            color: mvllm_dashboard::color_wanted(),
+            show_models: display.show_models,
+        };
+        let ended = tokio::select! {
+            r = mvllm_dashboard::run(source, options) => match r {
+                Ok(()) => "quit from the dashboard",
+                Err(e) => {
+                    set_logging(true);
+                    tracing::error!("the dashboard failed: {e}; logging to the console");
+                    shutdown_signal().await
+                }
+            },
+            s = shutdown_signal() => s,
+        };
+        set_logging(true);
+        ended
+    } else {
+        shutdown_signal().await
+    };
     tracing::info!(
         "{signal}: no longer accepting; finishing in-flight requests (up to {grace:?}; a second signal exits at once)"
     );
@@ -195,7 +280,7 @@ pub fn run(args: RunArgs) -> ExitCode {
             args.config.display()
         );
     }
-    let _ = (args.console, args.model);
+    let display = Display::choose(args.console, args.model);
     let rt = match runtime() {
         Ok(r) => r,
         Err(c) => return c,
@@ -204,6 +289,7 @@ pub fn run(args: RunArgs) -> ExitCode {
         config,
         Some(args.config),
         SocketAddr::new(args.host, args.port),
+        display,
         |_| {},
     ))
 }
@@ -275,7 +361,12 @@ pub fn demo(args: DemoArgs) -> ExitCode {
             tracing::info!("simulated vLLM server at {} (speed {speed})", s.url());
         }
         let config = Config { servers, settings: Settings::default() };
-        serve(config, None, SocketAddr::new(args.host, args.port), |url| {
+        let display = Display::choose(args.console, true);
+        let traffic = args.traffic;
+        serve(config, None, SocketAddr::new(args.host, args.port), display, move |url| {
+            if traffic > 0.0 {
+                tokio::spawn(demo_traffic(url.to_string(), traffic));
+            }
             println!("\nmvllm demo: a router at {url} in front of 3 simulated vLLM servers. Try:\n");
             println!(
                 "  curl -sN {url}/v1/chat/completions -H 'content-type: application/json' \\\n    -d '{{\"model\":\"{}\",\"messages\":[{{\"role\":\"user\",\"content\":\"Hello!\"}}],\"max_tokens\":32,\"stream\":true}}'",
@@ -285,4 +376,64 @@ pub fn demo(args: DemoArgs) -> ExitCode {
         })
         .await
     })
+}
+
+pub fn top(args: TopArgs) -> ExitCode {
+    let source = match mvllm_dashboard::Source::remote(&args.url, args.admin_token) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("mvllm top: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    if !std::io::IsTerminal::is_terminal(&std::io::stdout()) {
+        eprintln!(
+            "mvllm top: needs a terminal (for a script, read {}/admin/status)",
+            args.url.trim_end_matches('/')
+        );
+        return ExitCode::from(2);
+    }
+    let rt = match runtime() {
+        Ok(r) => r,
+        Err(c) => return c,
+    };
+    let options = mvllm_dashboard::Options {
+        address: args.url.clone(),
+        color: mvllm_dashboard::color_wanted(),
+        show_models: args.model,
+    };
+    match rt.block_on(mvllm_dashboard::run(source, options)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("mvllm top: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Poisson arrivals of streamed chat requests of 16 to 256 tokens at `rate` per second, forever.
+async fn demo_traffic(url: String, rate: f64) {
+    use rand::Rng;
+    let client = mvllm_bench::client::http_client();
+    let endpoint = format!("{url}/v1/chat/completions");
+    loop {
+        let (wait, tokens) = {
+            let mut rng = rand::rng();
+            let u: f64 = rng.random_range(f64::EPSILON..1.0);
+            (-u.ln() / rate, rng.random_range(16..=256))
+        };
+        tokio::time::sleep(std::time::Duration::from_secs_f64(wait)).await;
+        let body = serde_json::json!({
+            "model": mvllm_sim::config::DEFAULT_MODEL,
+            "messages": [{"role": "user", "content": "Tell me about load balancing."}],
+            "max_tokens": tokens,
+            "stream": true,
+        })
+        .to_string();
+        let client = client.clone();
+        let endpoint = endpoint.clone();
+        tokio::spawn(async move {
+            let _ = mvllm_bench::client::stream_post(&client, &endpoint, body).await;
+        });
+    }
 }

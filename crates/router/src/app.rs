@@ -58,6 +58,7 @@ fn admin_routes(state: Arc<AppState>) -> Router<Arc<AppState>> {
     use api::admin;
     Router::new()
         .route("/admin/reload", post(admin::reload))
+        .route("/admin/status", get(admin::status))
         .route("/admin/servers", get(admin::list).post(admin::add))
         .route("/admin/servers/remove", post(admin::remove))
         .route("/admin/servers/drain", post(admin::drain))

@@ -9,6 +9,7 @@ pub mod fleet;
 pub mod proxy;
 pub mod reload;
 pub mod routing;
+pub mod status;
 pub mod telemetry;
 pub mod upstream;
 

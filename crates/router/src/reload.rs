@@ -17,6 +17,7 @@ use tokio_util::sync::CancellationToken;
 use xxhash_rust::xxh3::xxh3_64;
 
 use crate::config::{Config, ConfigError};
+use crate::fleet::events::EventKind;
 use crate::fleet::{Fleet, ReloadSummary};
 use crate::telemetry::ResultLabels;
 
@@ -89,6 +90,21 @@ impl Reloader {
                     .get_or_create(&ResultLabels { result: "success" })
                     .inc();
                 *self.last_error.lock() = None;
+                self.fleet.telemetry.events.push(
+                    EventKind::Reload,
+                    None,
+                    format!(
+                        "config reloaded: {} added, {} removed, {} changed{}",
+                        summary.added.len(),
+                        summary.removed.len(),
+                        summary.changed.len(),
+                        if summary.settings_changed {
+                            ", settings changed"
+                        } else {
+                            ""
+                        }
+                    ),
+                );
                 tracing::info!(
                     added = ?summary.added, removed = ?summary.removed, changed = ?summary.changed,
                     settings_changed = summary.settings_changed, "config reloaded"
@@ -103,6 +119,11 @@ impl Reloader {
                     .get_or_create(&ResultLabels { result: "failure" })
                     .inc();
                 *self.last_error.lock() = Some(e.to_string());
+                self.fleet.telemetry.events.push(
+                    EventKind::ReloadFailed,
+                    None,
+                    format!("reload refused: {e}"),
+                );
                 tracing::error!("config reload refused, the running config stays: {e}");
                 Err(e)
             }

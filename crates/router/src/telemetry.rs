@@ -15,6 +15,13 @@ use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
 use crate::fleet::Fleet;
+use crate::fleet::events::{EventKind, EventLog};
+use crate::fleet::health::Transition;
+use crate::fleet::server::Server;
+use crate::fleet::window::Window;
+
+/// How far back the fleet's live figures (and the dashboard's sparklines) reach.
+pub const FLEET_WINDOW_SECONDS: usize = 600;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct RequestLabels {
@@ -76,6 +83,11 @@ pub struct Telemetry {
     running: Family<ServerLabels, FGauge>,
     waiting: Family<ServerLabels, FGauge>,
     kv_usage: Family<ServerLabels, FGauge>,
+    /// Client requests, errors, retries and time to first token over the last minutes.
+    pub live: parking_lot::Mutex<Window>,
+    /// Recent health changes, reloads, retries and drains.
+    pub events: EventLog,
+    pub started: std::time::Instant,
 }
 
 impl Default for Telemetry {
@@ -105,6 +117,9 @@ impl Telemetry {
             running: Family::default(),
             waiting: Family::default(),
             kv_usage: Family::default(),
+            live: parking_lot::Mutex::new(Window::new(FLEET_WINDOW_SECONDS)),
+            events: EventLog::default(),
+            started: std::time::Instant::now(),
             registry: Registry::default(),
         };
         let r = &mut registry;
@@ -177,6 +192,29 @@ impl Telemetry {
             t.kv_usage.clone(),
         );
         Telemetry { registry, ..t }
+    }
+
+    /// A server changed health: count it, log it, and note it among the recent events.
+    pub fn server_transition(&self, server: &Server, t: Transition) {
+        let (to, kind) = match t {
+            Transition::None => return,
+            Transition::BecameHealthy => ("healthy", EventKind::Healthy),
+            Transition::BecameUnhealthy => ("unhealthy", EventKind::Unhealthy),
+        };
+        self.transitions
+            .get_or_create(&TransitionLabels {
+                server: server.url().to_string(),
+                to,
+            })
+            .inc();
+        if t == Transition::BecameUnhealthy {
+            let why = server.health.lock().last_error.clone().unwrap_or_default();
+            tracing::warn!(server = server.url(), reason = %why, "server unhealthy");
+            self.events.push(kind, Some(server.url()), why);
+        } else {
+            tracing::info!(server = server.url(), "server healthy");
+            self.events.push(kind, Some(server.url()), "in rotation");
+        }
     }
 
     /// The exposition text, with per-server gauges refreshed from `fleet`.

@@ -47,6 +47,11 @@ pub async fn require_token(State(app): State<Arc<AppState>>, req: Request, next:
     next.run(req).await
 }
 
+/// The fleet at a glance, for `mvllm top` and scripts: see [`crate::status`].
+pub async fn status(State(app): State<Arc<AppState>>) -> Json<crate::status::FleetStatus> {
+    Json(crate::status::snapshot(&app.fleet))
+}
+
 pub async fn reload(State(app): State<Arc<AppState>>) -> Response {
     match app.reloader.reload().await {
         Ok(summary) => Json(json!({"status": "reloaded", "summary": summary})).into_response(),
@@ -155,16 +160,11 @@ pub async fn remove(State(app): State<Arc<AppState>>, body: Bytes) -> Result<Res
 async fn set_drain(app: &AppState, body: &Bytes, drain: bool) -> Result<Response, AdminError> {
     let req: ByUrl = parse(body)?;
     let url = crate::config::normalize_url(&req.url).unwrap_or(req.url);
-    let servers = app.fleet.servers();
-    let s = servers.iter().find(|s| s.url() == url).ok_or_else(|| {
-        AdminError(
-            StatusCode::NOT_FOUND,
-            format!("no server {url} in the fleet"),
-        )
-    })?;
-    s.draining.store(drain, Ordering::Relaxed);
-    tracing::info!(server = %url, "{}", if drain { "server draining" } else { "server undrained" });
-    Ok(Json(json!({"status": if drain { "draining" } else { "undrained" }, "url": url, "in_flight": s.in_flight()})).into_response())
+    let in_flight = app
+        .fleet
+        .set_draining(&url, drain)
+        .map_err(|e| AdminError(StatusCode::NOT_FOUND, e))?;
+    Ok(Json(json!({"status": if drain { "draining" } else { "undrained" }, "url": url, "in_flight": in_flight})).into_response())
 }
 
 pub async fn drain(State(app): State<Arc<AppState>>, body: Bytes) -> Result<Response, AdminError> {

@@ -4,10 +4,12 @@
 //! The request path reads a snapshot (`ArcSwap` of the server list) with one atomic load.
 
 pub mod check;
+pub mod events;
 pub mod health;
 pub mod probe;
 pub mod prom;
 pub mod server;
+pub mod window;
 
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
@@ -96,6 +98,18 @@ impl Fleet {
             .map(|s| s.url().to_string())
             .collect();
         self.servers.store(Arc::new(next));
+        for url in &summary.added {
+            self.telemetry
+                .events
+                .push(events::EventKind::Added, Some(url), "added to the fleet");
+        }
+        for url in &summary.removed {
+            self.telemetry.events.push(
+                events::EventKind::Removed,
+                Some(url),
+                "removed; its in-flight requests finish",
+            );
+        }
         let old_settings = self.settings();
         if *old_settings != config.settings {
             summary.settings_changed = true;
@@ -139,6 +153,30 @@ impl Fleet {
         }
         self.apply(&config);
         Ok(())
+    }
+
+    /// Drains a server (no new requests; in-flight ones finish) or puts it back in rotation.
+    /// Returns its in-flight count; `Err` if no server has that URL.
+    pub fn set_draining(&self, url: &str, drain: bool) -> Result<usize, String> {
+        let servers = self.servers();
+        let s = servers
+            .iter()
+            .find(|s| s.url() == url)
+            .ok_or_else(|| format!("no server {url} in the fleet"))?;
+        s.draining
+            .store(drain, std::sync::atomic::Ordering::Relaxed);
+        let (kind, what) = if drain {
+            (events::EventKind::Drain, "draining")
+        } else {
+            (events::EventKind::Undrain, "undrained")
+        };
+        tracing::info!(server = %url, "server {what}");
+        self.telemetry.events.push(
+            kind,
+            Some(url),
+            format!("{what} with {} in flight", s.in_flight()),
+        );
+        Ok(s.in_flight())
     }
 
     /// The fleet as a config: every server's current settings and the current `[config]`.
@@ -207,28 +245,9 @@ impl Fleet {
 
     /// Logs a health change; a server that came back has its models rediscovered at once.
     pub async fn on_transition(&self, server: &Arc<Server>, t: Transition) {
-        let to = match t {
-            Transition::None => return,
-            Transition::BecameHealthy => "healthy",
-            Transition::BecameUnhealthy => "unhealthy",
-        };
-        self.telemetry
-            .transitions
-            .get_or_create(&crate::telemetry::TransitionLabels {
-                server: server.url().to_string(),
-                to,
-            })
-            .inc();
-        match t {
-            Transition::None => {}
-            Transition::BecameUnhealthy => {
-                let why = server.health.lock().last_error.clone().unwrap_or_default();
-                tracing::warn!(server = server.url(), reason = %why, "server unhealthy");
-            }
-            Transition::BecameHealthy => {
-                tracing::info!(server = server.url(), "server healthy");
-                self.discover(server).await;
-            }
+        self.telemetry.server_transition(server, t);
+        if t == Transition::BecameHealthy {
+            self.discover(server).await;
         }
     }
 

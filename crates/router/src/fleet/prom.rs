@@ -18,6 +18,8 @@ pub struct ServerMetrics {
     pub kv_usage: f64,
     pub prefix_cache_queries: f64,
     pub prefix_cache_hits: f64,
+    /// Output tokens generated since the server started (`vllm:generation_tokens_total`).
+    pub generation_tokens: f64,
     /// Engines seen (series of `num_requests_running`).
     pub engines: u32,
 }
@@ -41,6 +43,7 @@ pub fn parse(text: &str) -> Result<ServerMetrics, String> {
             "vllm:kv_cache_usage_perc" | "vllm:gpu_cache_usage_perc" => 2,
             "vllm:prefix_cache_queries_total" | "vllm:gpu_prefix_cache_queries_total" => 3,
             "vllm:prefix_cache_hits_total" | "vllm:gpu_prefix_cache_hits_total" => 4,
+            "vllm:generation_tokens_total" => 5,
             _ => continue,
         };
         let value =
@@ -62,7 +65,8 @@ pub fn parse(text: &str) -> Result<ServerMetrics, String> {
                 kv_n += 1;
             }
             3 => m.prefix_cache_queries += value,
-            _ => m.prefix_cache_hits += value,
+            4 => m.prefix_cache_hits += value,
+            _ => m.generation_tokens += value,
         }
     }
     if m.engines == 0 || !seen_waiting {
@@ -139,6 +143,8 @@ vllm:kv_cache_usage_perc{engine="0",model_name="m"} 0.5
 vllm:kv_cache_usage_perc{engine="1",model_name="m"} 0.25
 vllm:prefix_cache_hits_total{engine="0",model_name="m"} 921600.0
 vllm:prefix_cache_queries_total{engine="0",model_name="m"} 1.8432e+06
+vllm:generation_tokens_total{engine="0",model_name="m"} 100.0
+vllm:generation_tokens_total{engine="1",model_name="m"} 23.0
 "#;
         let m = parse(text).unwrap();
         assert_eq!(m.running, 15.0);
@@ -147,6 +153,7 @@ vllm:prefix_cache_queries_total{engine="0",model_name="m"} 1.8432e+06
         assert_eq!(m.engines, 2);
         assert_eq!(m.prefix_cache_hits, 921600.0);
         assert_eq!(m.prefix_cache_queries, 1_843_200.0);
+        assert_eq!(m.generation_tokens, 123.0);
     }
 
     #[test]

@@ -15,6 +15,7 @@ use tokio::time::Instant;
 
 use super::health::{Health, Transition};
 use super::prom::ServerMetrics;
+use super::window::Window;
 use crate::config::{ServerConfig, Settings};
 use crate::routing::{Candidate, Scraped};
 
@@ -38,6 +39,8 @@ pub struct Scrape {
     pub wall_at: Option<SystemTime>,
     pub last_error: Option<String>,
     pub errors: u64,
+    /// Output tokens per second between the last two successful scrapes.
+    pub tokens_per_second: Option<f64>,
 }
 
 impl Scrape {
@@ -58,6 +61,9 @@ pub struct ServerStats {
     /// Answers 429 or 503 (overloaded).
     pub overloaded: AtomicU64,
 }
+
+/// How far back a server's live figures reach.
+pub const LIVE_WINDOW_SECONDS: usize = 60;
 
 /// How long a 429 or 503 lowers a server's share.
 pub const OVERLOAD_PENALTY: Duration = Duration::from_secs(1);
@@ -80,6 +86,8 @@ pub struct Server {
     pub scrape: Mutex<Scrape>,
     pub models: ArcSwap<Models>,
     pub stats: ServerStats,
+    /// Requests, errors and time to first token over the last minute (the dashboard's view).
+    pub live: Mutex<Window>,
 }
 
 impl Server {
@@ -103,6 +111,7 @@ impl Server {
             overloaded_until: Mutex::new(None),
             models: ArcSwap::from_pointee(models),
             stats: ServerStats::default(),
+            live: Mutex::new(Window::new(LIVE_WINDOW_SECONDS)),
             url: cfg.url.clone(),
             cfg: ArcSwap::from_pointee(cfg),
         }
@@ -242,15 +251,24 @@ impl Server {
         let mut s = self.scrape.lock();
         match result {
             Ok(m) => {
+                let now = Instant::now();
+                s.tokens_per_second = match (s.metrics, s.at) {
+                    (Some(prev), Some(at)) if m.generation_tokens >= prev.generation_tokens => {
+                        let dt = now.duration_since(at).as_secs_f64();
+                        (dt > 0.0).then(|| (m.generation_tokens - prev.generation_tokens) / dt)
+                    }
+                    _ => None,
+                };
                 s.metrics = Some(m);
                 s.in_flight_then = self.in_flight();
-                s.at = Some(Instant::now());
+                s.at = Some(now);
                 s.wall_at = Some(SystemTime::now());
                 s.last_error = None;
             }
             Err(e) => {
                 // Stale data is worse than none: policies fall back to in-flight counts.
                 s.metrics = None;
+                s.tokens_per_second = None;
                 s.last_error = Some(e);
                 s.errors += 1;
             }
@@ -271,12 +289,15 @@ impl InFlight {
     }
 
     /// The response's first byte arrived: the request is no longer waiting on the server.
-    pub fn first_byte(&mut self) {
-        if std::mem::take(&mut self.awaiting_first_byte) {
+    /// True the first time only.
+    pub fn first_byte(&mut self) -> bool {
+        let first = std::mem::take(&mut self.awaiting_first_byte);
+        if first {
             self.server
                 .awaiting_first_byte
                 .fetch_sub(1, Ordering::Relaxed);
         }
+        first
     }
 }
 

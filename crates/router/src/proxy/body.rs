@@ -21,7 +21,6 @@ use super::affinity::{Affinity, SCAN_LIMIT, find_response_id};
 use super::errors::ProxyError;
 use crate::config::Settings;
 use crate::fleet::InFlight;
-use crate::fleet::health::Transition;
 
 /// Everything logged once per request when its response ends.
 pub struct RequestLog {
@@ -101,11 +100,12 @@ impl ProxyBody {
     /// The server failed mid-response: count it, and for SSE queue an error event.
     fn fail(&mut self, why: String, error: ProxyError) -> Option<Bytes> {
         self.outcome = "failed mid-stream";
+        self.log.telemetry.live.lock().record_error();
         if let Some(guard) = self.guard.take() {
             let server = guard.server().clone();
-            if server.record_failure(why.clone(), &self.settings) == Transition::BecameUnhealthy {
-                tracing::warn!(server = server.url(), reason = %why, "server unhealthy");
-            }
+            server.live.lock().record_error();
+            let t = server.record_failure(why.clone(), &self.settings);
+            self.log.telemetry.server_transition(&server, t);
         }
         tracing::warn!(id = %self.log.id, server = %self.log.server, reason = %why, "upstream failed mid-response");
         self.ended = true;
@@ -129,8 +129,14 @@ impl Body for ProxyBody {
         match Pin::new(&mut this.inner).poll_frame(cx) {
             Poll::Ready(Some(Ok(frame))) => {
                 if let Some(data) = frame.data_ref() {
-                    if let Some(guard) = this.guard.as_mut() {
-                        guard.first_byte();
+                    if let Some(guard) = this.guard.as_mut()
+                        && guard.first_byte()
+                        && this.sse
+                    {
+                        // The first event of a stream carries the first token.
+                        let ttft = this.log.started.elapsed();
+                        guard.server().live.lock().record_ttft(ttft);
+                        this.log.telemetry.live.lock().record_ttft(ttft);
                     }
                     this.scan(data);
                 }

@@ -26,6 +26,7 @@ use tokio::time::Instant;
 
 use crate::app::AppState;
 use crate::fleet::Server;
+use crate::fleet::events::EventKind;
 use crate::fleet::probe::describe;
 use crate::telemetry::{self, DecisionLabels, ReasonLabels, RequestLabels, RouteLabels};
 use body::{ProxyBody, RequestLog};
@@ -78,7 +79,18 @@ pub async fn forward(State(app): State<Arc<AppState>>, req: Request) -> Response
     if let Ok(v) = HeaderValue::from_str(&request_id) {
         response.headers_mut().insert(REQUEST_ID, v);
     }
+    app.fleet
+        .telemetry
+        .live
+        .lock()
+        .record_request(is_failure(response.status()));
     response
+}
+
+/// An answer that counts as an error in the live figures: the server's or the router's failure,
+/// or too busy to answer. Other 4xx are the client's and do not count.
+fn is_failure(status: StatusCode) -> bool {
+    status.is_server_error() || status == StatusCode::TOO_MANY_REQUESTS
 }
 
 /// Why one attempt did not produce an answer for the client.
@@ -166,6 +178,16 @@ async fn send(
                     .retries
                     .get_or_create(&ReasonLabels { reason })
                     .inc();
+                fleet.telemetry.live.lock().record_retry();
+                let why = match &e {
+                    ProxyError::BadGateway(why) => why.as_str(),
+                    _ => "no response headers in time",
+                };
+                fleet.telemetry.events.push(
+                    EventKind::Retry,
+                    Some(servers[index].url()),
+                    format!("retried elsewhere: {why}"),
+                );
                 if e == ProxyError::Timeout {
                     timeouts += 1;
                     if timeouts > settings.timeout_retries {
@@ -208,6 +230,7 @@ async fn try_server(
     let sent = tokio::time::timeout(settings.request_timeout, app.fleet.client.request(req)).await;
     let resp = match sent {
         Err(_) => {
+            server.live.lock().record_request(true);
             let t =
                 server.record_failure("time-out waiting for response headers".into(), &settings);
             app.fleet.on_transition(server, t).await;
@@ -219,6 +242,7 @@ async fn try_server(
             return Attempt::Retry(ProxyError::Timeout);
         }
         Ok(Err(e)) => {
+            server.live.lock().record_request(true);
             let why = describe(&e);
             let t = server.record_failure(why.clone(), &settings);
             app.fleet.on_transition(server, t).await;
@@ -228,6 +252,7 @@ async fn try_server(
         Ok(Ok(resp)) => resp,
     };
     let status = resp.status();
+    server.live.lock().record_request(is_failure(status));
     if matches!(
         status,
         StatusCode::TOO_MANY_REQUESTS | StatusCode::SERVICE_UNAVAILABLE

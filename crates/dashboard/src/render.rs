@@ -1,0 +1,664 @@
+//! Drawing one frame from a [`FleetStatus`]: a pure function of the status, the view and the
+//! clock, so snapshot tests draw it on ratatui's `TestBackend` exactly as a terminal shows it.
+//!
+//! Layout, top to bottom: a title line; the fleet summary with sparklines; the server table
+//! (columns are dropped by priority when the terminal is narrow, rows scroll to keep the
+//! selection visible); the selected server in full; recent events, newest first; the keys.
+//! Colour only ever repeats what the text already says (`up`/`drain`/`DOWN`, numbers), so the
+//! screen reads the same with `NO_COLOR`.
+
+use mvllm_router::fleet::events::{Event, EventKind};
+use mvllm_router::status::{FleetStatus, ServerState, ServerStatus};
+use ratatui::Frame;
+use ratatui::layout::{Alignment, Constraint, Layout, Rect};
+use ratatui::style::{Color, Modifier, Style};
+use ratatui::text::{Line, Span};
+use ratatui::widgets::{Block, Borders, Cell, Clear, Paragraph, Row, Sparkline, Table, TableState};
+
+use crate::format;
+use crate::view::ViewState;
+
+/// Styles that carry meaning, or none at all without colour.
+#[derive(Clone, Copy)]
+struct Theme {
+    color: bool,
+}
+
+impl Theme {
+    fn fg(self, c: Color) -> Style {
+        if self.color {
+            Style::new().fg(c)
+        } else {
+            Style::new()
+        }
+    }
+    fn good(self) -> Style {
+        self.fg(Color::Green)
+    }
+    fn warn(self) -> Style {
+        self.fg(Color::Yellow)
+    }
+    fn bad(self) -> Style {
+        self.fg(Color::Red).add_modifier(Modifier::BOLD)
+    }
+    fn dim(self) -> Style {
+        self.fg(Color::DarkGray)
+    }
+    fn accent(self) -> Style {
+        self.fg(Color::Cyan)
+    }
+    fn bold(self) -> Style {
+        Style::new().add_modifier(Modifier::BOLD)
+    }
+    /// Green below 70%, yellow below 90%, red above.
+    fn level(self, share: f64) -> Style {
+        if share >= 0.9 {
+            self.bad()
+        } else if share >= 0.7 {
+            self.warn()
+        } else {
+            self.good()
+        }
+    }
+}
+
+const HIGHLIGHT: &str = "▶ ";
+
+pub fn draw(frame: &mut Frame, status: &FleetStatus, view: &ViewState, now: f64) {
+    let theme = Theme { color: view.color };
+    let area = frame.area();
+    let events_height = match area.height {
+        0..22 => 0,
+        22..30 => 5,
+        30..44 => 7,
+        _ => 10,
+    };
+    let summary_height = if area.height < 16 { 0 } else { 5 };
+    let [title, summary, servers, detail, events, footer] = Layout::vertical([
+        Constraint::Length(1),
+        Constraint::Length(summary_height),
+        Constraint::Min(4),
+        Constraint::Length(1),
+        Constraint::Length(events_height),
+        Constraint::Length(1),
+    ])
+    .areas(area);
+    draw_title(frame, title, status, view, theme);
+    if summary_height > 0 {
+        draw_summary(frame, summary, status, theme);
+    }
+    let ordered = view.ordered(status);
+    let selected = view.selected_index(&ordered);
+    draw_servers(frame, servers, &ordered, selected, view, theme);
+    draw_detail(
+        frame,
+        detail,
+        selected.and_then(|i| ordered.get(i).copied()),
+        theme,
+    );
+    if events_height > 0 {
+        draw_events(frame, events, &status.events, now, theme);
+    }
+    draw_footer(frame, footer, view, theme);
+    if view.help {
+        draw_help(frame, area, theme);
+    }
+}
+
+fn draw_title(frame: &mut Frame, area: Rect, status: &FleetStatus, view: &ViewState, t: Theme) {
+    let s = &status.summary;
+    let health = if s.healthy_servers == s.total_servers {
+        t.good()
+    } else if s.healthy_servers == 0 {
+        t.bad()
+    } else {
+        t.warn()
+    };
+    let sep = || Span::styled(" │ ", t.dim());
+    let mut spans = vec![
+        Span::styled(
+            format!(" mvllm {}", status.version),
+            t.bold().patch(t.accent()),
+        ),
+        sep(),
+    ];
+    if !view.address.is_empty() {
+        spans.push(Span::raw(view.address.clone()));
+        spans.push(sep());
+    }
+    spans.extend([
+        Span::raw(format!("policy {}", status.policy)),
+        sep(),
+        Span::raw(format!("up {}", format::uptime(status.uptime_seconds))),
+        sep(),
+        Span::styled(
+            format!("{}/{} healthy", s.healthy_servers, s.total_servers),
+            health,
+        ),
+    ]);
+    frame.render_widget(Paragraph::new(Line::from(spans)), area);
+}
+
+fn draw_summary(frame: &mut Frame, area: Rect, status: &FleetStatus, t: Theme) {
+    let s = &status.summary;
+    let block = Block::new()
+        .borders(Borders::ALL)
+        .border_style(t.dim())
+        .title(" Fleet ");
+    let inner = block.inner(area);
+    frame.render_widget(block, area);
+    let [figures, charts] =
+        Layout::vertical([Constraint::Length(1), Constraint::Fill(1)]).areas(inner);
+    let value = |x: String| Span::styled(x, t.bold());
+    let label = |x: &'static str| Span::styled(x, t.dim());
+    let errors = if s.error_rate > 0.0 {
+        t.bad()
+    } else {
+        t.bold()
+    };
+    let line = Line::from(vec![
+        label("req/s "),
+        value(format::rate(s.requests_per_second)),
+        label("  tok/s "),
+        value(s.output_tokens_per_second.map_or("-".into(), format::rate)),
+        label("  infl "),
+        value(s.in_flight.to_string()),
+        label("  TTFT p50 "),
+        value(format::latency(s.ttft_p50)),
+        label(" p99 "),
+        value(format::latency(s.ttft_p99)),
+        label("  err "),
+        Span::styled(format!("{:.1}%", s.error_rate * 100.0), errors),
+        label("  retry "),
+        value(format!("{}/m", s.retries_last_minute)),
+    ]);
+    frame.render_widget(Paragraph::new(line), figures);
+    let [left, right] =
+        Layout::horizontal([Constraint::Fill(1), Constraint::Fill(1)]).areas(charts);
+    let rps: Vec<f64> = status
+        .history
+        .iter()
+        .map(|p| p.requests_per_second)
+        .collect();
+    let ttft: Vec<f64> = status
+        .history
+        .iter()
+        .map(|p| p.ttft_p50.unwrap_or(0.0))
+        .collect();
+    let peak_rps = rps.iter().copied().fold(0.0, f64::max);
+    let peak_ttft = ttft.iter().copied().fold(0.0, f64::max);
+    sparkline(
+        frame,
+        left,
+        "req/s",
+        format::rate(peak_rps),
+        &rps,
+        t.accent(),
+        t,
+    );
+    sparkline(
+        frame,
+        right,
+        "TTFT",
+        format::latency((peak_ttft > 0.0).then_some(peak_ttft)),
+        &ttft,
+        t.warn(),
+        t,
+    );
+}
+
+/// A labelled sparkline of the most recent points that fit, scaled to their peak.
+fn sparkline(
+    frame: &mut Frame,
+    area: Rect,
+    name: &'static str,
+    peak: String,
+    points: &[f64],
+    style: Style,
+    t: Theme,
+) {
+    let [label, chart] =
+        Layout::horizontal([Constraint::Length(7), Constraint::Fill(1)]).areas(area);
+    frame.render_widget(
+        Paragraph::new(vec![
+            Line::styled(name, t.dim()),
+            Line::styled(format!("^{peak}"), t.dim()),
+        ]),
+        label,
+    );
+    let width = usize::from(chart.width.saturating_sub(1));
+    let recent = &points[points.len().saturating_sub(width)..];
+    let peak = recent.iter().copied().fold(0.0, f64::max);
+    let data: Vec<u64> = recent
+        .iter()
+        .map(|&x| {
+            if peak > 0.0 {
+                (x / peak * 1000.0).round() as u64
+            } else {
+                0
+            }
+        })
+        .collect();
+    frame.render_widget(
+        Sparkline::default().data(&data).max(1000).style(style),
+        chart,
+    );
+}
+
+/// One column of the server table.
+struct Column {
+    title: &'static str,
+    width: u16,
+    /// Lower is kept longer when the terminal is narrow.
+    priority: u8,
+    cell: fn(&ServerStatus, Theme) -> Cell<'static>,
+}
+
+fn columns(show_models: bool) -> Vec<Column> {
+    let mut cols = vec![
+        Column {
+            title: "SERVER",
+            width: 16,
+            priority: 0,
+            cell: |_, _| Cell::new(""), // filled in with the width it gets
+        },
+        Column {
+            title: "STATE",
+            width: 5,
+            priority: 0,
+            cell: |s, t| match s.state {
+                ServerState::Healthy => Cell::new("up").style(t.good()),
+                ServerState::Draining => Cell::new("drain").style(t.warn()),
+                ServerState::Unhealthy => Cell::new("DOWN").style(t.bad()),
+            },
+        },
+        Column {
+            title: "LOAD",
+            width: 11,
+            priority: 1,
+            cell: |s, t| {
+                let u = s.utilisation();
+                Cell::new(format!(
+                    "{} {:>4}",
+                    format::bar(u, 6),
+                    format::percent(Some(u))
+                ))
+                .style(t.level(u))
+            },
+        },
+        Column {
+            title: "INFL/CAP",
+            width: 8,
+            priority: 2,
+            cell: |s, _| Cell::new(format!("{}/{}", s.in_flight, s.capacity)),
+        },
+        Column {
+            title: "RUN/WAIT",
+            width: 8,
+            priority: 3,
+            cell: |s, t| {
+                let style = if s.waiting.unwrap_or(0.0) > 0.0 {
+                    t.warn()
+                } else {
+                    Style::new()
+                };
+                Cell::new(format!(
+                    "{}/{}",
+                    format::count(s.running),
+                    format::count(s.waiting)
+                ))
+                .style(style)
+            },
+        },
+        Column {
+            title: "KV",
+            width: 4,
+            priority: 4,
+            cell: |s, t| {
+                let style = s.kv_usage.map_or(Style::new(), |kv| match kv {
+                    kv if kv > 0.95 => t.bad(),
+                    kv if kv > 0.8 => t.warn(),
+                    _ => Style::new(),
+                });
+                Cell::new(format::percent(s.kv_usage)).style(style)
+            },
+        },
+        Column {
+            title: "REQ/S",
+            width: 5,
+            priority: 5,
+            cell: |s, _| Cell::new(format::rate(s.requests_per_second)),
+        },
+        Column {
+            title: "TTFT 50/95",
+            width: 11,
+            priority: 6,
+            cell: |s, _| {
+                Cell::new(format!(
+                    "{}/{}",
+                    format::latency(s.ttft_p50),
+                    format::latency(s.ttft_p95)
+                ))
+            },
+        },
+        Column {
+            title: "ERR",
+            width: 4,
+            priority: 7,
+            cell: |s, t| {
+                let style = if s.errors_last_minute > 0 {
+                    t.bad()
+                } else {
+                    Style::new()
+                };
+                Cell::new(s.errors_last_minute.to_string()).style(style)
+            },
+        },
+        Column {
+            title: "TOK/S",
+            width: 6,
+            priority: 8,
+            cell: |s, _| Cell::new(s.output_tokens_per_second.map_or("-".into(), format::rate)),
+        },
+        Column {
+            title: "AGE",
+            width: 5,
+            priority: 9,
+            cell: |s, t| match (s.scrape_age_seconds, &s.scrape_error) {
+                (_, Some(_)) => Cell::new("err").style(t.bad()),
+                (None, None) => Cell::new("-").style(t.dim()),
+                (Some(a), None) => {
+                    Cell::new(format::age(a)).style(if a > 5.0 { t.warn() } else { t.dim() })
+                }
+            },
+        },
+    ];
+    if show_models {
+        cols.push(Column {
+            title: "MODELS",
+            width: 14,
+            priority: 10,
+            cell: |s, _| Cell::new(s.models.join(", ")),
+        });
+    }
+    cols
+}
+
+/// The columns that fit in `width`, most important first, in display order; the first
+/// (server) column takes what is left.
+fn fit_columns(all: Vec<Column>, width: u16) -> (Vec<Column>, u16) {
+    let mut by_priority: Vec<usize> = (0..all.len()).collect();
+    by_priority.sort_by_key(|&i| all[i].priority);
+    let mut keep = vec![false; all.len()];
+    let mut used = 0u16;
+    for i in by_priority {
+        let extra = all[i].width + u16::from(used > 0);
+        if used + extra <= width || all[i].priority == 0 {
+            used += extra;
+            keep[i] = true;
+        }
+    }
+    let spare = width.saturating_sub(used);
+    let kept: Vec<Column> = all
+        .into_iter()
+        .zip(keep)
+        .filter_map(|(c, k)| k.then_some(c))
+        .collect();
+    (kept, spare)
+}
+
+fn draw_servers(
+    frame: &mut Frame,
+    area: Rect,
+    ordered: &[&ServerStatus],
+    selected: Option<usize>,
+    view: &ViewState,
+    t: Theme,
+) {
+    let inner_width = area
+        .width
+        .saturating_sub(2 + HIGHLIGHT.chars().count() as u16);
+    let (cols, spare) = fit_columns(columns(view.show_models), inner_width);
+    // The server column (first) and, if shown, the models column (last) share what is left.
+    let has_models = cols.last().is_some_and(|c| c.title == "MODELS");
+    let widths: Vec<u16> = cols
+        .iter()
+        .enumerate()
+        .map(|(i, c)| match i {
+            0 if has_models => c.width + spare / 2,
+            0 => c.width + spare,
+            _ if has_models && i == cols.len() - 1 => c.width + spare - spare / 2,
+            _ => c.width,
+        })
+        .collect();
+    let url_width = usize::from(widths[0]);
+    let visible = usize::from(area.height.saturating_sub(3)).max(1);
+    let offset = selected.map_or(0, |s| (s + 1).saturating_sub(visible));
+    let rows = ordered.iter().map(|s| {
+        Row::new(cols.iter().enumerate().map(|(i, c)| {
+            if i == 0 {
+                Cell::new(format::short_url(&s.url, url_width))
+            } else {
+                (c.cell)(s, t)
+            }
+        }))
+    });
+    let header = Row::new(cols.iter().map(|c| Cell::new(c.title))).style(t.dim().patch(t.bold()));
+    let range = if ordered.len() > visible {
+        format!(
+            " · {}-{} of {}",
+            offset + 1,
+            (offset + visible).min(ordered.len()),
+            ordered.len()
+        )
+    } else {
+        String::new()
+    };
+    let title = format!(
+        " Servers ({}) · sort: {}{range} ",
+        ordered.len(),
+        view.sort.name()
+    );
+    let table = Table::new(rows, widths.iter().map(|&w| Constraint::Length(w)))
+        .header(header)
+        .block(
+            Block::new()
+                .borders(Borders::ALL)
+                .border_style(t.dim())
+                .title(title),
+        )
+        .row_highlight_style(Style::new().add_modifier(Modifier::REVERSED))
+        .highlight_symbol(HIGHLIGHT);
+    let mut state = TableState::default()
+        .with_offset(offset)
+        .with_selected(selected);
+    frame.render_stateful_widget(table, area, &mut state);
+    if ordered.is_empty() {
+        let msg = Paragraph::new(
+            "no servers configured: add some to the config file or with POST /admin/servers",
+        )
+        .style(t.warn());
+        let inner = Rect {
+            x: area.x + 2,
+            y: area.y + 2,
+            width: area.width.saturating_sub(4),
+            height: 1.min(area.height.saturating_sub(3)),
+        };
+        frame.render_widget(msg, inner);
+    }
+}
+
+fn draw_detail(frame: &mut Frame, area: Rect, server: Option<&ServerStatus>, t: Theme) {
+    let Some(s) = server else {
+        return;
+    };
+    let mut spans = vec![Span::styled(format!(" {} ", s.url), t.bold())];
+    let state = match (s.state, s.draining) {
+        (ServerState::Unhealthy, _) => Span::styled(
+            format!(
+                "DOWN ({}): {}",
+                format::short_reason(s.reason.as_deref()),
+                s.reason.as_deref().unwrap_or("failing checks")
+            ),
+            t.bad(),
+        ),
+        (_, true) => Span::styled("draining", t.warn()),
+        _ => Span::styled("healthy", t.good()),
+    };
+    spans.push(state);
+    let mut facts = vec![format!(
+        "models: {}",
+        if s.models.is_empty() {
+            "-".to_string()
+        } else {
+            s.models.join(", ")
+        }
+    )];
+    facts.push(format!(
+        "errors {}/min, {} total",
+        s.errors_last_minute, s.errors_total
+    ));
+    facts.push(match (&s.scrape_error, s.scrape_age_seconds) {
+        (Some(e), _) => format!("metrics: {e}"),
+        (None, Some(a)) => format!("metrics {} ago", format::age(a)),
+        (None, None) => "metrics not read yet".into(),
+    });
+    for f in facts {
+        spans.push(Span::styled(" · ", t.dim()));
+        spans.push(Span::raw(f));
+    }
+    frame.render_widget(Paragraph::new(Line::from(spans)), area);
+}
+
+fn event_style(kind: EventKind, t: Theme) -> Style {
+    match kind {
+        EventKind::Unhealthy | EventKind::ReloadFailed => t.bad(),
+        EventKind::Healthy | EventKind::Added | EventKind::Undrain => t.good(),
+        EventKind::Retry | EventKind::Drain | EventKind::Removed => t.warn(),
+        EventKind::Reload => t.accent(),
+    }
+}
+
+fn event_name(kind: EventKind) -> &'static str {
+    match kind {
+        EventKind::Healthy => "healthy",
+        EventKind::Unhealthy => "unhealthy",
+        EventKind::Retry => "retry",
+        EventKind::Reload => "reload",
+        EventKind::ReloadFailed => "reload!",
+        EventKind::Drain => "drain",
+        EventKind::Undrain => "undrain",
+        EventKind::Added => "added",
+        EventKind::Removed => "removed",
+    }
+}
+
+fn draw_events(frame: &mut Frame, area: Rect, events: &[Event], now: f64, t: Theme) {
+    let block = Block::new()
+        .borders(Borders::TOP)
+        .border_style(t.dim())
+        .title(" Events (newest first) ");
+    let inner = block.inner(area);
+    frame.render_widget(block, area);
+    let lines: Vec<Line> = if events.is_empty() {
+        vec![Line::styled(" nothing yet", t.dim())]
+    } else {
+        events
+            .iter()
+            .rev()
+            .take(usize::from(inner.height))
+            .map(|e| {
+                let mut spans = vec![
+                    Span::styled(format!(" {:>5} ", format::age(now - e.at)), t.dim()),
+                    Span::styled(
+                        format!("{:<10}", event_name(e.kind)),
+                        event_style(e.kind, t),
+                    ),
+                ];
+                if let Some(server) = &e.server {
+                    spans.push(Span::raw(format!("{} ", format::short_url(server, 24))));
+                }
+                spans.push(Span::raw(e.message.clone()));
+                if e.count > 1 {
+                    spans.push(Span::styled(format!(" ×{}", e.count), t.bold()));
+                }
+                Line::from(spans)
+            })
+            .collect()
+    };
+    frame.render_widget(Paragraph::new(lines), inner);
+}
+
+fn draw_footer(frame: &mut Frame, area: Rect, view: &ViewState, t: Theme) {
+    let key = |k: &'static str| Span::styled(k, t.bold().patch(t.accent()));
+    let label = |l: &'static str| Span::styled(l, t.dim());
+    let keys = Line::from(vec![
+        Span::raw(" "),
+        key("q"),
+        label(" quit  "),
+        key("↑↓"),
+        label(" select  "),
+        key("d"),
+        label(" drain  "),
+        key("s"),
+        label(" sort  "),
+        key("?"),
+        label(" help"),
+    ]);
+    let [left, right] =
+        Layout::horizontal([Constraint::Length(46), Constraint::Fill(1)]).areas(area);
+    frame.render_widget(Paragraph::new(keys), left);
+    if let Some(flash) = &view.flash {
+        frame.render_widget(
+            Paragraph::new(Span::styled(flash.clone(), t.warn())).alignment(Alignment::Right),
+            right,
+        );
+    }
+}
+
+fn draw_help(frame: &mut Frame, area: Rect, t: Theme) {
+    let text = [
+        (
+            "q, Esc",
+            "quit (the router finishes in-flight requests first)",
+        ),
+        ("↑ ↓, j k", "select a server (PgUp/PgDn, Home/End, g/G)"),
+        ("d", "drain the selected server, or put it back"),
+        ("s", "sort: config order, load, TTFT p95, errors, health"),
+        ("m", "show or hide each server's models"),
+        ("?", "this help; any key closes it"),
+        ("", ""),
+        ("LOAD", "max(in flight, running + waiting) / capacity"),
+        ("RUN/WAIT", "the server's own counts, from its /metrics"),
+        ("KV", "the server's KV-cache usage"),
+        ("TTFT", "time to first token p50/p95, last minute"),
+        ("ERR", "failed attempts in the last minute"),
+        ("AGE", "time since /metrics was last read"),
+    ];
+    let lines: Vec<Line> = text
+        .iter()
+        .map(|(k, v)| {
+            Line::from(vec![
+                Span::styled(format!(" {k:<9}"), t.bold().patch(t.accent())),
+                Span::raw(*v),
+            ])
+        })
+        .collect();
+    let width = area.width.min(66);
+    let height = area.height.min(lines.len() as u16 + 2);
+    let popup = Rect {
+        x: area.x + (area.width - width) / 2,
+        y: area.y + (area.height - height) / 2,
+        width,
+        height,
+    };
+    frame.render_widget(Clear, popup);
+    frame.render_widget(
+        Paragraph::new(lines).block(
+            Block::new()
+                .borders(Borders::ALL)
+                .title(" Keys and columns "),
+        ),
+        popup,
+    );
+}
