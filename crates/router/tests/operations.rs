@@ -523,3 +523,94 @@ async fn metrics_parse_as_prometheus_text_and_agree_with_the_requests_sent() {
         "client input never becomes a label"
     );
 }
+
+#[tokio::test]
+async fn the_status_api_shows_live_figures_failures_drains_and_events() {
+    let fleet_sims = [
+        sim(SimConfig::instant()).await,
+        sim(SimConfig::instant()).await,
+    ];
+    let r = router_over(&fleet_sims).await;
+    let servers = r.fleet.servers();
+    eventually(Duration::from_secs(3), "both healthy", || async {
+        servers.iter().all(|s| s.is_healthy())
+    })
+    .await;
+    let urls: Vec<String> = servers.iter().map(|s| s.url().to_string()).collect();
+    // The second server answers every request 503 (busy): the router retries on the first.
+    let resp = client()
+        .post(format!("{}/sim/faults", urls[1]))
+        .json(&json!({"error_rate": 1.0, "error_status": 503}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let mut ok = 0;
+    for _ in 0..6 {
+        let resp = post(
+            &format!("{}/v1/chat/completions", r.url()),
+            &chat("hi", 4, true),
+        )
+        .await;
+        if resp.status() == 200 && read_stream_to_end(resp).await.contains("[DONE]") {
+            ok += 1;
+        }
+    }
+    assert_eq!(
+        ok, 6,
+        "every request succeeded, on the good server when need be"
+    );
+    let resp = client()
+        .post(format!("{}/admin/servers/drain", r.url()))
+        .json(&json!({"url": urls[0]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+
+    let status: mvllm_router::status::FleetStatus = client()
+        .get(format!("{}/admin/status", r.url()))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(status.summary.total_servers, 2);
+    assert_eq!(status.servers[0].url, urls[0]);
+    assert!(status.servers[0].draining);
+    assert_eq!(
+        status.servers[0].state,
+        mvllm_router::status::ServerState::Draining
+    );
+    assert!(
+        status.summary.requests_per_second > 0.0,
+        "{:?}",
+        status.summary
+    );
+    assert!(
+        status.summary.ttft_p50.is_some(),
+        "streams give a time to first token"
+    );
+    assert!(status.servers[0].ttft_p95.is_some());
+    assert!(
+        status.servers[1].errors_last_minute >= 1,
+        "{:?}",
+        status.servers[1]
+    );
+    assert!(
+        status.summary.retries_last_minute >= 1,
+        "{:?}",
+        status.summary
+    );
+    assert_eq!(status.summary.error_rate, 0.0, "no client saw an error");
+    assert!(!status.history.is_empty());
+    let kinds: Vec<_> = status.events.iter().map(|e| e.kind).collect();
+    use mvllm_router::fleet::events::EventKind;
+    assert!(kinds.contains(&EventKind::Retry), "{kinds:?}");
+    assert_eq!(kinds.last(), Some(&EventKind::Drain), "{kinds:?}");
+    assert_eq!(
+        status.events.last().unwrap().server.as_deref(),
+        Some(urls[0].as_str())
+    );
+}
