@@ -6,6 +6,8 @@
 pub mod client;
 pub mod overhead_suite;
 pub mod process;
+pub mod proxies;
 pub mod routing_suite;
 pub mod sim_suite;
 pub mod stats;
+pub mod stream_hold;

@@ -54,8 +54,32 @@ impl SimProcess {
     }
 }
 
-/// User plus system CPU seconds of a process, from `/proc/<pid>/stat`.
+/// User plus system CPU seconds of a process and its children (nginx's workers, say).
 pub fn cpu_seconds_of(pid: u32) -> Option<f64> {
+    let own = cpu_seconds_of_one(pid)?;
+    Some(own + children_of(pid).iter().filter_map(|&c| cpu_seconds_of_one(c)).sum::<f64>())
+}
+
+/// The processes whose parent is `pid`.
+pub fn children_of(pid: u32) -> Vec<u32> {
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    dir.filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|&p| {
+            std::fs::read_to_string(format!("/proc/{p}/stat"))
+                .ok()
+                .and_then(|s| {
+                    let after = s.rsplit_once(')')?.1.to_string();
+                    after.split_whitespace().nth(1)?.parse::<u32>().ok()
+                })
+                == Some(pid)
+        })
+        .collect()
+}
+
+/// User plus system CPU seconds of one process, from `/proc/<pid>/stat`.
+fn cpu_seconds_of_one(pid: u32) -> Option<f64> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     let after = stat.rsplit_once(')')?.1;
     let fields: Vec<&str> = after.split_whitespace().collect();

@@ -18,6 +18,20 @@ enum Suite {
         /// A seconds-long smoke run instead of the full one.
         #[arg(long)]
         quick: bool,
+        /// Leave out mvllm with its dashboard on (run in a pseudo-terminal).
+        #[arg(long)]
+        no_dashboard: bool,
+        /// Leave out nginx even when it is installed.
+        #[arg(long)]
+        no_nginx: bool,
+        /// Another proxy to measure the same way, as NAME=COMMAND; the command is run by sh with
+        /// {backend} (URL), {backend_addr} (host:port) and {port} (where to listen) filled in,
+        /// and must answer GET /health. Repeatable.
+        #[arg(long = "proxy")]
+        proxies: Vec<String>,
+        /// Concurrent streams for the holding test (default 10000, 500 with --quick; 0 skips).
+        #[arg(long)]
+        hold_streams: Option<usize>,
         /// Also write the report as JSON here.
         #[arg(long)]
         json: Option<PathBuf>,
@@ -57,14 +71,31 @@ pub fn run(args: BenchArgs) -> ExitCode {
         }
     };
     let (report, render) = match args.suite {
-        Suite::Overhead { quick, json } => (
-            runtime
-                .block_on(mvllm_bench::overhead_suite::run(
-                    mvllm_bench::overhead_suite::Options { quick },
-                ))
-                .map(|r| (r, json)),
-            mvllm_bench::overhead_suite::render as fn(&serde_json::Value) -> String,
-        ),
+        Suite::Overhead {
+            quick,
+            json,
+            no_dashboard,
+            no_nginx,
+            proxies,
+            hold_streams,
+        } => {
+            let extra: Result<Vec<_>, String> = proxies
+                .iter()
+                .map(|p| mvllm_bench::proxies::ProxyKind::parse_command(p))
+                .collect();
+            let opts = extra.map(|extra| mvllm_bench::overhead_suite::Options {
+                quick,
+                no_dashboard,
+                no_nginx,
+                extra,
+                hold_streams: hold_streams.unwrap_or(if quick { 500 } else { 10_000 }),
+            });
+            (
+                opts.and_then(|o| runtime.block_on(mvllm_bench::overhead_suite::run(o)))
+                    .map(|r| (r, json)),
+                mvllm_bench::overhead_suite::render as fn(&serde_json::Value) -> String,
+            )
+        }
         Suite::Sim { quick, json } => (
             runtime
                 .block_on(mvllm_bench::sim_suite::run(

@@ -1,0 +1,260 @@
+//! The proxies the overhead suite puts in front of one backend: mvllm logging to the console,
+//! mvllm showing its dashboard (in a pseudo-terminal, as an operator runs it), nginx as a plain
+//! reverse proxy, and any other router given as a command.
+//!
+//! A command is a shell line with `{backend}` (the backend's URL), `{backend_addr}` (host:port)
+//! and `{port}` (where the proxy must listen) filled in; the suite waits until the port answers.
+
+use std::io::Read;
+use std::process::Stdio;
+use std::time::Duration;
+
+use tokio::process::{Child, Command};
+use tokio::time::Instant;
+
+use crate::client::{HttpClient, get_text};
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ProxyKind {
+    Mvllm,
+    MvllmDashboard,
+    Nginx,
+    /// A name and a shell command line.
+    Command(String, String),
+}
+
+impl ProxyKind {
+    pub fn name(&self) -> String {
+        match self {
+            ProxyKind::Mvllm => "mvllm".into(),
+            ProxyKind::MvllmDashboard => "mvllm+dashboard".into(),
+            ProxyKind::Nginx => "nginx".into(),
+            ProxyKind::Command(name, _) => name.clone(),
+        }
+    }
+
+    /// Parses `name=command`.
+    pub fn parse_command(s: &str) -> Result<ProxyKind, String> {
+        let (name, cmd) = s
+            .split_once('=')
+            .ok_or_else(|| format!("`{s}`: expected NAME=COMMAND"))?;
+        if name.is_empty() || cmd.is_empty() {
+            return Err(format!("`{s}`: expected NAME=COMMAND"));
+        }
+        Ok(ProxyKind::Command(name.into(), cmd.into()))
+    }
+}
+
+/// Where nginx is, if it is installed.
+pub fn find_nginx() -> Option<std::path::PathBuf> {
+    ["/usr/sbin/nginx", "/usr/local/sbin/nginx", "/usr/local/nginx/sbin/nginx"]
+        .iter()
+        .map(std::path::PathBuf::from)
+        .find(|p| p.exists())
+}
+
+enum Running {
+    Piped(Child),
+    /// Kept alive by a thread that drains the terminal's output.
+    Terminal(Box<dyn portable_pty::Child + Send + Sync>),
+}
+
+/// A proxy under test as a child process, stopped on drop.
+pub struct ProxyProcess {
+    pub name: String,
+    pub url: String,
+    pid: u32,
+    running: Running,
+    dir: std::path::PathBuf,
+}
+
+impl Drop for ProxyProcess {
+    fn drop(&mut self) {
+        match &mut self.running {
+            Running::Piped(c) => {
+                let _ = c.start_kill();
+            }
+            Running::Terminal(c) => {
+                let _ = c.kill();
+            }
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+impl ProxyProcess {
+    pub fn pid(&self) -> u32 {
+        self.pid
+    }
+
+    pub async fn start(
+        kind: &ProxyKind,
+        client: &HttpClient,
+        backend: &str,
+    ) -> Result<ProxyProcess, String> {
+        let dir = std::env::temp_dir().join(format!(
+            "mvllm-bench-{}-{}",
+            std::process::id(),
+            rand::random::<u32>()
+        ));
+        std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .map_err(|e| e.to_string())?
+            .port();
+        let backend_addr = backend.trim_start_matches("http://").to_string();
+        let exe = std::env::current_exe().map_err(|e| e.to_string())?;
+        let config = dir.join("servers.toml");
+        std::fs::write(
+            &config,
+            format!(
+                "[servers]\nservers = [{{ url = \"{backend}\", max_concurrent_requests = 100000 }}]\n"
+            ),
+        )
+        .map_err(|e| e.to_string())?;
+        let mvllm_args = |console: bool| {
+            let mut a = vec![
+                "run".to_string(),
+                "--host".into(),
+                "127.0.0.1".into(),
+                "--port".into(),
+                port.to_string(),
+                "--log-level".into(),
+                "warning".into(),
+                "--config".into(),
+                config.display().to_string(),
+            ];
+            if console {
+                a.push("--console".into());
+            }
+            a
+        };
+        let (running, pid, ready_path) = match kind {
+            ProxyKind::Mvllm => {
+                let child = Command::new(&exe)
+                    .args(mvllm_args(true))
+                    .stdout(Stdio::null())
+                    .stderr(Stdio::inherit())
+                    .kill_on_drop(true)
+                    .spawn()
+                    .map_err(|e| format!("cannot start mvllm: {e}"))?;
+                let pid = child.id().unwrap_or(0);
+                (Running::Piped(child), pid, "/readyz")
+            }
+            ProxyKind::MvllmDashboard => {
+                let (child, pid) = spawn_on_terminal(&exe, &mvllm_args(false))?;
+                (Running::Terminal(child), pid, "/readyz")
+            }
+            ProxyKind::Nginx => {
+                let nginx = find_nginx().ok_or("nginx is not installed")?;
+                let conf = dir.join("nginx.conf");
+                std::fs::write(&conf, nginx_conf(&dir, &backend_addr, port))
+                    .map_err(|e| e.to_string())?;
+                let child = Command::new(nginx)
+                    .arg("-c")
+                    .arg(&conf)
+                    .arg("-p")
+                    .arg(&dir)
+                    .arg("-e")
+                    .arg(dir.join("error.log"))
+                    .stdout(Stdio::null())
+                    .stderr(Stdio::inherit())
+                    .kill_on_drop(true)
+                    .spawn()
+                    .map_err(|e| format!("cannot start nginx: {e}"))?;
+                let pid = child.id().unwrap_or(0);
+                (Running::Piped(child), pid, "/health")
+            }
+            ProxyKind::Command(_, template) => {
+                let line = template
+                    .replace("{backend}", backend)
+                    .replace("{backend_addr}", &backend_addr)
+                    .replace("{port}", &port.to_string());
+                let child = Command::new("sh")
+                    .arg("-c")
+                    .arg(format!("exec {line}"))
+                    .stdout(Stdio::null())
+                    .stderr(Stdio::inherit())
+                    .kill_on_drop(true)
+                    .spawn()
+                    .map_err(|e| format!("cannot start `{line}`: {e}"))?;
+                let pid = child.id().unwrap_or(0);
+                (Running::Piped(child), pid, "/health")
+            }
+        };
+        let url = format!("http://127.0.0.1:{port}");
+        let process = ProxyProcess {
+            name: kind.name(),
+            url: url.clone(),
+            pid,
+            running,
+            dir,
+        };
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let answer = get_text(client, &format!("{url}{ready_path}")).await;
+            let ready = match kind {
+                ProxyKind::Mvllm | ProxyKind::MvllmDashboard => {
+                    answer.is_ok_and(|t| t.contains("\"ready\":true"))
+                }
+                _ => answer.is_ok(),
+            };
+            if ready {
+                return Ok(process);
+            }
+            if Instant::now() > deadline {
+                return Err(format!("{} did not become ready on {url}", kind.name()));
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
+
+/// nginx as a plain reverse proxy: keep-alive to the backend, no buffering (so streams flow),
+/// no access log, one worker per core.
+fn nginx_conf(dir: &std::path::Path, backend_addr: &str, port: u16) -> String {
+    let d = dir.display();
+    format!(
+        "worker_processes auto;\ndaemon off;\npid {d}/nginx.pid;\nerror_log {d}/error.log warn;\n\
+         events {{ worker_connections 20000; }}\n\
+         http {{\n  access_log off;\n  client_body_temp_path {d}/body;\n  proxy_temp_path {d}/proxy;\n\
+           fastcgi_temp_path {d}/fastcgi;\n  uwsgi_temp_path {d}/uwsgi;\n  scgi_temp_path {d}/scgi;\n\
+           upstream backend {{ server {backend_addr}; keepalive 512; }}\n\
+           server {{\n    listen 127.0.0.1:{port};\n    location / {{\n      proxy_pass http://backend;\n\
+               proxy_http_version 1.1;\n      proxy_set_header Connection \"\";\n      proxy_buffering off;\n\
+               proxy_read_timeout 600s;\n    }}\n  }}\n}}\n"
+    )
+}
+
+/// Runs `exe args` in a pseudo-terminal (so mvllm shows its dashboard), with a thread that
+/// reads and discards the screen output so that drawing never blocks.
+fn spawn_on_terminal(
+    exe: &std::path::Path,
+    args: &[String],
+) -> Result<(Box<dyn portable_pty::Child + Send + Sync>, u32), String> {
+    use portable_pty::{CommandBuilder, PtySize, native_pty_system};
+    let pty = native_pty_system()
+        .openpty(PtySize {
+            rows: 40,
+            cols: 140,
+            pixel_width: 0,
+            pixel_height: 0,
+        })
+        .map_err(|e| format!("no pseudo-terminal: {e}"))?;
+    let mut cmd = CommandBuilder::new(exe);
+    cmd.args(args);
+    cmd.env("TERM", "xterm-256color");
+    let child = pty
+        .slave
+        .spawn_command(cmd)
+        .map_err(|e| format!("cannot start mvllm on a terminal: {e}"))?;
+    let mut reader = pty.master.try_clone_reader().map_err(|e| e.to_string())?;
+    let master = pty.master;
+    std::thread::spawn(move || {
+        let _keep_open = master;
+        let mut buf = [0u8; 16 * 1024];
+        while matches!(reader.read(&mut buf), Ok(n) if n > 0) {}
+    });
+    let pid = child.process_id().unwrap_or(0);
+    Ok((child, pid))
+}
