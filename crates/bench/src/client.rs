@@ -34,8 +34,12 @@ pub struct StreamTiming {
     /// Seconds from sending to the end of the stream.
     pub e2e: f64,
     pub chunks: usize,
-    /// The stream ended with `data: [DONE]`.
+    /// The stream ended with `data: [DONE]` (or a non-streamed answer was complete).
     pub done: bool,
+    /// The generated text, when asked for (multi-turn workloads send it back).
+    pub text: String,
+    /// The error message of a non-2xx answer, or of an error event in a stream.
+    pub error: Option<String>,
 }
 
 impl StreamTiming {
@@ -68,11 +72,16 @@ pub enum SseEvent {
 impl SseScanner {
     /// Feeds bytes; calls `on_event` for each complete event.
     pub fn feed(&mut self, bytes: &[u8], mut on_event: impl FnMut(SseEvent)) {
+        self.feed_raw(bytes, |e, _| on_event(e));
+    }
+
+    /// Like [`feed`](Self::feed), with each event's bytes.
+    pub fn feed_raw(&mut self, bytes: &[u8], mut on_event: impl FnMut(SseEvent, &[u8])) {
         self.buf.extend_from_slice(bytes);
         let mut start = 0;
         while let Some(pos) = find(&self.buf[start..], b"\n\n") {
             let event = &self.buf[start..start + pos];
-            on_event(classify(event));
+            on_event(classify(event), event);
             start += pos + 2;
         }
         self.buf.drain(..start);
@@ -101,6 +110,30 @@ pub async fn stream_post(
     url: &str,
     body: String,
 ) -> Result<StreamTiming, String> {
+    post_timed(client, url, body, false).await
+}
+
+/// The text an SSE event carries (`delta.content` of a chat chunk, `text` of a completion).
+fn event_text(event: &[u8]) -> Option<String> {
+    let json: serde_json::Value = serde_json::from_slice(event.strip_prefix(b"data: ")?).ok()?;
+    let choice = json.get("choices")?.get(0)?;
+    choice
+        .get("delta")
+        .and_then(|d| d.get("content"))
+        .or_else(|| choice.get("text"))?
+        .as_str()
+        .map(str::to_string)
+}
+
+/// POSTs `body` as JSON to `url` and times the answer, streamed (SSE: time to first token and
+/// the gaps between tokens) or not (one JSON document: its `usage.completion_tokens`). With
+/// `capture_text`, the generated text is kept.
+pub async fn post_timed(
+    client: &HttpClient,
+    url: &str,
+    body: String,
+    capture_text: bool,
+) -> Result<StreamTiming, String> {
     let req = Request::post(url)
         .header("content-type", "application/json")
         .body(Full::new(Bytes::from(body)))
@@ -111,7 +144,40 @@ pub async fn stream_post(
         status: resp.status().as_u16(),
         ..Default::default()
     };
+    let sse = resp
+        .headers()
+        .get(hyper::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("text/event-stream"));
     let mut body = resp.into_body();
+    if !sse || timing.status != 200 {
+        let bytes = body
+            .collect()
+            .await
+            .map_err(|e| format!("body broke: {e}"))?
+            .to_bytes();
+        timing.e2e = (Instant::now() - t0).as_secs_f64();
+        timing.ttft = timing.e2e;
+        let json: serde_json::Value = serde_json::from_slice(&bytes).unwrap_or_default();
+        if timing.status == 200 {
+            timing.done = true;
+            timing.chunks = json["usage"]["completion_tokens"].as_u64().unwrap_or(0) as usize;
+            if capture_text {
+                let choice = &json["choices"][0];
+                timing.text = choice["message"]["content"]
+                    .as_str()
+                    .or(choice["text"].as_str())
+                    .unwrap_or_default()
+                    .to_string();
+            }
+        } else {
+            timing.error = Some(json["error"]["message"].as_str().map_or_else(
+                || String::from_utf8_lossy(&bytes).into_owned(),
+                str::to_string,
+            ));
+        }
+        return Ok(timing);
+    }
     let mut scanner = SseScanner::default();
     let mut last: Option<Instant> = None;
     while let Some(frame) = body.frame().await {
@@ -120,7 +186,7 @@ pub async fn stream_post(
             continue;
         };
         let now = Instant::now();
-        scanner.feed(data, |ev| match ev {
+        scanner.feed_raw(data, |ev, raw| match ev {
             SseEvent::Content => {
                 match last {
                     None => timing.ttft = (now - t0).as_secs_f64(),
@@ -128,9 +194,16 @@ pub async fn stream_post(
                 }
                 last = Some(now);
                 timing.chunks += 1;
+                if capture_text && let Some(t) = event_text(raw) {
+                    timing.text.push_str(&t);
+                }
             }
             SseEvent::Done => timing.done = true,
-            SseEvent::Other => {}
+            SseEvent::Other => {
+                if find(raw, b"\"error\"").is_some() {
+                    timing.error = Some(String::from_utf8_lossy(raw).into_owned());
+                }
+            }
         });
     }
     timing.e2e = (Instant::now() - t0).as_secs_f64();

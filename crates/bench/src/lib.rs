@@ -4,7 +4,9 @@
 //! [`overhead_suite`]).
 
 pub mod client;
+pub mod load;
 pub mod overhead_suite;
+pub mod plot;
 pub mod process;
 pub mod proxies;
 pub mod routing_suite;

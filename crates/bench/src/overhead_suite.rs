@@ -128,9 +128,16 @@ pub async fn run(opts: Options) -> Result<Value, String> {
         proxies.push(ProxyProcess::start(kind, &client, &backend).await?);
     }
     tokio::time::sleep(Duration::from_millis(500)).await; // let start-up allocations settle before reading idle memory
-    let idle_rss: Vec<Option<f64>> = proxies.iter().map(|p| memory_mib(p.pid(), "VmRSS:")).collect();
+    let idle_rss: Vec<Option<f64>> = proxies
+        .iter()
+        .map(|p| memory_mib(p.pid(), "VmRSS:"))
+        .collect();
     let seconds = if opts.quick { 1.0 } else { 5.0 };
-    let concurrencies: &[usize] = if opts.quick { &[1, 16] } else { &[1, 16, 64, 256] };
+    let concurrencies: &[usize] = if opts.quick {
+        &[1, 16]
+    } else {
+        &[1, 16, 64, 256]
+    };
     let direct_url = format!("{backend}/v1/completions");
     let unary = json!({"prompt": "hello", "max_tokens": 1}).to_string();
     let stream_tokens = if opts.quick { 100 } else { 1000 };
@@ -142,7 +149,12 @@ pub async fn run(opts: Options) -> Result<Value, String> {
         .iter()
         .map(|&c| ("non-streaming".to_string(), c, unary.as_str(), false))
         .chain(stream_concurrencies.iter().map(|&c| {
-            (format!("streaming {stream_tokens} tokens"), c, streamed.as_str(), true)
+            (
+                format!("streaming {stream_tokens} tokens"),
+                c,
+                streamed.as_str(),
+                true,
+            )
         }));
     let mut rows = Vec::new();
     for (kind, c, body, stream) in cells {
@@ -203,7 +215,16 @@ fn row(
 pub fn render(report: &Value) -> String {
     let mut s = format!(
         "{:<16} {:<24} {:>4} {:>10} {:>10} {:>10} {:>10} {:>8} {:>11} {:>6}\n",
-        "proxy", "workload", "conc", "p50 direct", "p50 added", "p99 direct", "p99 added", "req/s x", "CPU ms/1k", "errors"
+        "proxy",
+        "workload",
+        "conc",
+        "p50 direct",
+        "p50 added",
+        "p99 direct",
+        "p99 added",
+        "req/s x",
+        "CPU ms/1k",
+        "errors"
     );
     let rows: Vec<&Value> = report["rows"].as_array().into_iter().flatten().collect();
     for r in &rows {
@@ -227,7 +248,11 @@ pub fn render(report: &Value) -> String {
             f("throughput_ratio"),
             f("cpu_ms_per_1000"),
             r["errors_routed"],
-            if r["proxy"] == "nginx" { String::new() } else { vs_nginx }
+            if r["proxy"] == "nginx" {
+                String::new()
+            } else {
+                vs_nginx
+            }
         );
     }
     for m in report["memory"].as_array().into_iter().flatten() {

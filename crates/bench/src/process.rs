@@ -57,7 +57,12 @@ impl SimProcess {
 /// User plus system CPU seconds of a process and its children (nginx's workers, say).
 pub fn cpu_seconds_of(pid: u32) -> Option<f64> {
     let own = cpu_seconds_of_one(pid)?;
-    Some(own + children_of(pid).iter().filter_map(|&c| cpu_seconds_of_one(c)).sum::<f64>())
+    Some(
+        own + children_of(pid)
+            .iter()
+            .filter_map(|&c| cpu_seconds_of_one(c))
+            .sum::<f64>(),
+    )
 }
 
 /// The processes whose parent is `pid`.

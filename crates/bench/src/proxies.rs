@@ -47,10 +47,14 @@ impl ProxyKind {
 
 /// Where nginx is, if it is installed.
 pub fn find_nginx() -> Option<std::path::PathBuf> {
-    ["/usr/sbin/nginx", "/usr/local/sbin/nginx", "/usr/local/nginx/sbin/nginx"]
-        .iter()
-        .map(std::path::PathBuf::from)
-        .find(|p| p.exists())
+    [
+        "/usr/sbin/nginx",
+        "/usr/local/sbin/nginx",
+        "/usr/local/nginx/sbin/nginx",
+    ]
+    .iter()
+    .map(std::path::PathBuf::from)
+    .find(|p| p.exists())
 }
 
 enum Running {

@@ -32,7 +32,12 @@ struct Counters {
     errors: AtomicUsize,
 }
 
-async fn one_stream(client: &HttpClient, url: &str, body: &str, c: &Counters) -> Result<(), String> {
+async fn one_stream(
+    client: &HttpClient,
+    url: &str,
+    body: &str,
+    c: &Counters,
+) -> Result<(), String> {
     let req = Request::post(url)
         .header("content-type", "application/json")
         .body(Full::new(Bytes::from(body.to_string())))
@@ -57,7 +62,11 @@ async fn one_stream(client: &HttpClient, url: &str, body: &str, c: &Counters) ->
             });
         }
     }
-    if done { Ok(()) } else { Err("no [DONE]".into()) }
+    if done {
+        Ok(())
+    } else {
+        Err("no [DONE]".into())
+    }
 }
 
 pub async fn run(client: &HttpClient, streams: usize) -> Result<Value, String> {
@@ -69,7 +78,14 @@ pub async fn run(client: &HttpClient, streams: usize) -> Result<Value, String> {
     let kv = (streams * 64).max(400_000).to_string();
     let sim = SimProcess::start(
         1,
-        &["--max-num-seqs", &seqs, "--kv-cache-tokens", &kv, "--max-num-batched-tokens", "65536"],
+        &[
+            "--max-num-seqs",
+            &seqs,
+            "--kv-cache-tokens",
+            &kv,
+            "--max-num-batched-tokens",
+            "65536",
+        ],
     )
     .await?;
     let proxy = ProxyProcess::start(&ProxyKind::Mvllm, client, &sim.urls[0]).await?;
@@ -83,7 +99,8 @@ pub async fn run(client: &HttpClient, streams: usize) -> Result<Value, String> {
     let started = Instant::now();
     let tasks: Vec<_> = (0..streams)
         .map(|_| {
-            let (client, url, body, c) = (client.clone(), url.clone(), body.clone(), counters.clone());
+            let (client, url, body, c) =
+                (client.clone(), url.clone(), body.clone(), counters.clone());
             tokio::spawn(async move {
                 if one_stream(&client, &url, &body, &c).await.is_err() {
                     c.errors.fetch_add(1, Ordering::Relaxed);

@@ -1,9 +1,12 @@
-//! `mvllm bench`: the benchmark suites (numbers for the README, never pass/fail tests).
+//! `mvllm bench`: the load generator and the benchmark suites (numbers for the README, never
+//! pass/fail tests).
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use clap::{Args, Subcommand};
+use mvllm_bench::{load, overhead_suite, plot, proxies, routing_suite, sim_suite};
+use serde_json::Value;
 
 #[derive(Args, Debug)]
 pub struct BenchArgs {
@@ -11,9 +14,51 @@ pub struct BenchArgs {
     suite: Suite,
 }
 
+/// Where a report goes besides the terminal.
+#[derive(Args, Debug, Default)]
+struct Output {
+    /// Also write the report as JSON here.
+    #[arg(long)]
+    json: Option<PathBuf>,
+    /// Also draw the report as an SVG plot here.
+    #[arg(long)]
+    plot: Option<PathBuf>,
+}
+
 #[derive(Subcommand, Debug)]
 enum Suite {
-    /// Router overhead: direct against through the router, on an instant backend.
+    /// Load an OpenAI-compatible endpoint (mvllm, another router, a vLLM server) with a workload.
+    Load {
+        /// The endpoint's base URL.
+        #[arg(long, default_value = "http://127.0.0.1:8888")]
+        url: String,
+        /// sharegpt-like, chat-sessions or prefix-heavy.
+        #[arg(long, default_value = "sharegpt-like")]
+        workload: String,
+        /// Open loop: sessions started per second (Poisson).
+        #[arg(long, conflicts_with = "concurrency")]
+        rate: Option<f64>,
+        /// Closed loop: users, each starting a new session when the last ends (default 8).
+        #[arg(long)]
+        concurrency: Option<usize>,
+        /// Seconds during which sessions start.
+        #[arg(long, default_value_t = 30.0)]
+        duration: f64,
+        /// Ask for whole answers instead of streams.
+        #[arg(long)]
+        no_stream: bool,
+        /// The model to ask for (default: the endpoint's first model).
+        #[arg(long)]
+        model: Option<String>,
+        /// Mean seconds of think time between the turns of a chat session.
+        #[arg(long, default_value_t = 2.0)]
+        think_time: f64,
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+        #[command(flatten)]
+        output: Output,
+    },
+    /// Router overhead: direct against through each proxy, on an instant backend.
     Overhead {
         /// A seconds-long smoke run instead of the full one.
         #[arg(long)]
@@ -32,9 +77,8 @@ enum Suite {
         /// Concurrent streams for the holding test (default 10000, 500 with --quick; 0 skips).
         #[arg(long)]
         hold_streams: Option<usize>,
-        /// Also write the report as JSON here.
-        #[arg(long)]
-        json: Option<PathBuf>,
+        #[command(flatten)]
+        output: Output,
     },
     /// Routing quality: each policy on simulated fleets at 50/80/100% of capacity.
     Routing {
@@ -47,9 +91,8 @@ enum Suite {
         /// Only these loads, as fractions of capacity (e.g. 0.8 or 0.5,1.0).
         #[arg(long, value_delimiter = ',')]
         load: Option<Vec<f64>>,
-        /// Also write the report as JSON here.
-        #[arg(long)]
-        json: Option<PathBuf>,
+        #[command(flatten)]
+        output: Output,
     },
     /// Does the simulator match its cost model? (TTFT, ITL vs batch, prefix reuse, scale)
     Sim {
@@ -60,6 +103,29 @@ enum Suite {
         #[arg(long)]
         json: Option<PathBuf>,
     },
+    /// Draw a saved JSON report (routing, overhead or load) as an SVG plot.
+    Plot {
+        /// routing, overhead or load.
+        suite: String,
+        /// The JSON report.
+        report: PathBuf,
+        /// The SVG to write.
+        out: PathBuf,
+    },
+}
+
+type Render = fn(&Value) -> String;
+type Draw = fn(&Value, &Path) -> Result<(), String>;
+
+fn drawer(suite: &str) -> Result<Draw, String> {
+    match suite {
+        "routing" => Ok(plot::routing),
+        "overhead" => Ok(plot::overhead),
+        "load" => Ok(plot::load),
+        other => Err(format!(
+            "no plot for `{other}`: use routing, overhead or load"
+        )),
+    }
 }
 
 pub fn run(args: BenchArgs) -> ExitCode {
@@ -70,73 +136,132 @@ pub fn run(args: BenchArgs) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let (report, render) = match args.suite {
+    let outcome: Result<(Value, Render, Output, Option<Draw>), String> = match args.suite {
+        Suite::Load {
+            url,
+            workload,
+            rate,
+            concurrency,
+            duration,
+            no_stream,
+            model,
+            think_time,
+            seed,
+            output,
+        } => load::Workload::parse(&workload).and_then(|workload| {
+            let opts = load::Options {
+                url,
+                workload,
+                arrivals: match rate {
+                    Some(r) if r > 0.0 => load::Arrivals::Rate(r),
+                    Some(r) => return Err(format!("--rate {r}: must be above 0")),
+                    None => load::Arrivals::Concurrency(concurrency.unwrap_or(8).max(1)),
+                },
+                duration,
+                stream: !no_stream,
+                model,
+                think_time,
+                seed,
+                progress: true,
+            };
+            let r = runtime.block_on(load::run(opts))?;
+            Ok((r, load::render as Render, output, Some(plot::load as Draw)))
+        }),
         Suite::Overhead {
             quick,
-            json,
             no_dashboard,
             no_nginx,
             proxies,
             hold_streams,
-        } => {
-            let extra: Result<Vec<_>, String> = proxies
-                .iter()
-                .map(|p| mvllm_bench::proxies::ProxyKind::parse_command(p))
-                .collect();
-            let opts = extra.map(|extra| mvllm_bench::overhead_suite::Options {
-                quick,
-                no_dashboard,
-                no_nginx,
-                extra,
-                hold_streams: hold_streams.unwrap_or(if quick { 500 } else { 10_000 }),
-            });
-            (
-                opts.and_then(|o| runtime.block_on(mvllm_bench::overhead_suite::run(o)))
-                    .map(|r| (r, json)),
-                mvllm_bench::overhead_suite::render as fn(&serde_json::Value) -> String,
-            )
-        }
-        Suite::Sim { quick, json } => (
-            runtime
-                .block_on(mvllm_bench::sim_suite::run(
-                    mvllm_bench::sim_suite::Options { quick },
+            output,
+        } => proxies
+            .iter()
+            .map(|p| proxies::ProxyKind::parse_command(p))
+            .collect::<Result<Vec<_>, String>>()
+            .and_then(|extra| {
+                let opts = overhead_suite::Options {
+                    quick,
+                    no_dashboard,
+                    no_nginx,
+                    extra,
+                    hold_streams: hold_streams.unwrap_or(if quick { 500 } else { 10_000 }),
+                };
+                let r = runtime.block_on(overhead_suite::run(opts))?;
+                Ok((
+                    r,
+                    overhead_suite::render as Render,
+                    output,
+                    Some(plot::overhead as Draw),
                 ))
-                .map(|r| (r, json)),
-            mvllm_bench::sim_suite::render as fn(&serde_json::Value) -> String,
-        ),
+            }),
+        Suite::Sim { quick, json } => runtime
+            .block_on(sim_suite::run(sim_suite::Options { quick }))
+            .map(|r| {
+                let output = Output { json, plot: None };
+                (r, sim_suite::render as Render, output, None)
+            }),
         Suite::Routing {
             quick,
             fleet,
             load,
-            json,
-        } => (
-            runtime
-                .block_on(mvllm_bench::routing_suite::run(
-                    mvllm_bench::routing_suite::Options {
-                        quick,
-                        fleet,
-                        loads: load,
-                    },
-                ))
-                .map(|r| (r, json)),
-            mvllm_bench::routing_suite::render as fn(&serde_json::Value) -> String,
-        ),
-    };
-    match report {
-        Ok((r, json)) => {
-            print!("{}", render(&r));
-            if let Some(path) = json
-                && let Err(e) =
-                    std::fs::write(&path, serde_json::to_string_pretty(&r).unwrap_or_default())
-            {
-                eprintln!("mvllm bench: cannot write {}: {e}", path.display());
-                return ExitCode::FAILURE;
-            }
-            ExitCode::SUCCESS
+            output,
+        } => runtime
+            .block_on(routing_suite::run(routing_suite::Options {
+                quick,
+                fleet,
+                loads: load,
+            }))
+            .map(|r| {
+                (
+                    r,
+                    routing_suite::render as Render,
+                    output,
+                    Some(plot::routing as Draw),
+                )
+            }),
+        Suite::Plot { suite, report, out } => {
+            let drawn = drawer(&suite).and_then(|draw| {
+                let text = std::fs::read_to_string(&report)
+                    .map_err(|e| format!("cannot read {}: {e}", report.display()))?;
+                let value: Value = serde_json::from_str(&text)
+                    .map_err(|e| format!("{}: not a JSON report: {e}", report.display()))?;
+                draw(&value, &out)
+            });
+            return match drawn {
+                Ok(()) => {
+                    println!("wrote {}", out.display());
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("mvllm bench plot: {e}");
+                    ExitCode::FAILURE
+                }
+            };
         }
+    };
+    let (report, render, output, draw) = match outcome {
+        Ok(o) => o,
         Err(e) => {
             eprintln!("mvllm bench: {e}");
-            ExitCode::FAILURE
+            return ExitCode::FAILURE;
         }
+    };
+    print!("{}", render(&report));
+    if let Some(path) = &output.json
+        && let Err(e) = std::fs::write(
+            path,
+            serde_json::to_string_pretty(&report).unwrap_or_default(),
+        )
+    {
+        eprintln!("mvllm bench: cannot write {}: {e}", path.display());
+        return ExitCode::FAILURE;
     }
+    if let (Some(path), Some(draw)) = (&output.plot, draw) {
+        if let Err(e) = draw(&report, path) {
+            eprintln!("mvllm bench: {e}");
+            return ExitCode::FAILURE;
+        }
+        println!("plot: {}", path.display());
+    }
+    ExitCode::SUCCESS
 }

@@ -166,7 +166,10 @@ async fn serve(
     // Each client stream holds two sockets (client and server side): lift the soft limit on
     // open files to the hard one, as nginx's worker_rlimit_nofile would.
     match rlimit::increase_nofile_limit(u64::MAX) {
-        Ok(n) if n < 4096 => tracing::warn!("open files limited to {n}: about {} concurrent streams", n / 2),
+        Ok(n) if n < 4096 => tracing::warn!(
+            "open files limited to {n}: about {} concurrent streams",
+            n / 2
+        ),
         Ok(n) => tracing::debug!("open files limit {n}"),
         Err(e) => tracing::warn!("cannot read the open files limit: {e}"),
     }

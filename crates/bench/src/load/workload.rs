@@ -1,0 +1,248 @@
+//! What the load generator sends: three workloads with the shapes that matter to a router.
+//!
+//! - `sharegpt-like`: independent chats, prompt and output lengths long-tailed (log-normal, as
+//!   in ShareGPT traces: median ~180 prompt and ~160 output tokens, a tail to thousands). No two
+//!   prompts share a prefix, so prefix caching cannot help.
+//! - `chat-sessions`: users in multi-turn conversations; a few long system prompts (~800 tokens)
+//!   shared by everyone, each turn resending the whole history plus a new question, with think
+//!   time between turns. A router that keeps a conversation where its prefix is cached wins.
+//! - `prefix-heavy`: a few long documents (~2,500 tokens) and many short questions about them;
+//!   most of each prompt is one of a handful of prefixes.
+//!
+//! Text is made of short pseudo-words, about one token each for vLLM's tokenizers and exactly
+//! one piece for the simulator's, so lengths in tokens are what the shapes say.
+
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use serde_json::{Value, json};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Workload {
+    SharegptLike,
+    ChatSessions,
+    PrefixHeavy,
+}
+
+impl Workload {
+    pub const ALL: [Workload; 3] = [
+        Workload::SharegptLike,
+        Workload::ChatSessions,
+        Workload::PrefixHeavy,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Workload::SharegptLike => "sharegpt-like",
+            Workload::ChatSessions => "chat-sessions",
+            Workload::PrefixHeavy => "prefix-heavy",
+        }
+    }
+
+    pub fn parse(s: &str) -> Result<Workload, String> {
+        Workload::ALL
+            .into_iter()
+            .find(|w| w.name() == s)
+            .ok_or_else(|| {
+                format!("unknown workload `{s}`: use sharegpt-like, chat-sessions or prefix-heavy")
+            })
+    }
+}
+
+/// One conversation: a system prompt and the user's turns, each with its output length. A
+/// single request is a session of one turn.
+#[derive(Debug, Clone)]
+pub struct Session {
+    pub system: Option<String>,
+    pub turns: Vec<(String, u32)>,
+}
+
+/// Draws sessions for a workload, reproducibly from a seed.
+pub struct Generator {
+    workload: Workload,
+    rng: StdRng,
+    /// System prompts (chat-sessions) or documents (prefix-heavy).
+    shared: Vec<String>,
+}
+
+const SYSTEM_PROMPTS: usize = 4;
+const DOCUMENTS: usize = 6;
+
+impl Generator {
+    pub fn new(workload: Workload, seed: u64) -> Generator {
+        let mut rng = StdRng::seed_from_u64(seed);
+        let shared = match workload {
+            Workload::SharegptLike => Vec::new(),
+            Workload::ChatSessions => (0..SYSTEM_PROMPTS)
+                .map(|_| {
+                    let n = rng.random_range(600..1000);
+                    words(&mut rng, n)
+                })
+                .collect(),
+            Workload::PrefixHeavy => (0..DOCUMENTS)
+                .map(|_| {
+                    let n = rng.random_range(2000..3000);
+                    words(&mut rng, n)
+                })
+                .collect(),
+        };
+        Generator {
+            workload,
+            rng,
+            shared,
+        }
+    }
+
+    pub fn next_session(&mut self) -> Session {
+        let rng = &mut self.rng;
+        match self.workload {
+            Workload::SharegptLike => {
+                let prompt = log_normal(rng, 180.0, 1.0, 8.0, 4000.0) as usize;
+                let output = log_normal(rng, 160.0, 0.8, 8.0, 1024.0) as u32;
+                Session {
+                    system: None,
+                    turns: vec![(words(rng, prompt), output)],
+                }
+            }
+            Workload::ChatSessions => {
+                let system = self.shared[rng.random_range(0..self.shared.len())].clone();
+                let turns = rng.random_range(2..=6);
+                Session {
+                    system: Some(system),
+                    turns: (0..turns)
+                        .map(|_| {
+                            let n = rng.random_range(20..150);
+                            (words(rng, n), rng.random_range(30..300))
+                        })
+                        .collect(),
+                }
+            }
+            Workload::PrefixHeavy => {
+                let doc = &self.shared[rng.random_range(0..self.shared.len())];
+                let n = rng.random_range(10..40);
+                let question = words(rng, n);
+                Session {
+                    system: Some("Answer the question about the document.".into()),
+                    turns: vec![(
+                        format!("{doc}\n\nQuestion:{question}"),
+                        rng.random_range(16..128),
+                    )],
+                }
+            }
+        }
+    }
+}
+
+/// The chat request for the next turn: the system prompt, the conversation so far (user and
+/// assistant messages alternating) and the new user message.
+pub fn chat_body(
+    model: &str,
+    system: Option<&str>,
+    history: &[(String, String)],
+    user: &str,
+    max_tokens: u32,
+    stream: bool,
+) -> String {
+    let mut messages: Vec<Value> = Vec::with_capacity(2 * history.len() + 2);
+    if let Some(s) = system {
+        messages.push(json!({"role": "system", "content": s}));
+    }
+    for (q, a) in history {
+        messages.push(json!({"role": "user", "content": q}));
+        messages.push(json!({"role": "assistant", "content": a}));
+    }
+    messages.push(json!({"role": "user", "content": user}));
+    json!({
+        "model": model, "messages": messages, "max_tokens": max_tokens,
+        "ignore_eos": true, "stream": stream,
+    })
+    .to_string()
+}
+
+/// `n` pseudo-words of three letters, each about one token.
+fn words(rng: &mut StdRng, n: usize) -> String {
+    const LETTERS: &[u8] = b"abcdefghijklmnopqrstuvwxyz";
+    let mut s = String::with_capacity(n * 4);
+    for _ in 0..n {
+        s.push(' ');
+        for _ in 0..3 {
+            s.push(LETTERS[rng.random_range(0..LETTERS.len())] as char);
+        }
+    }
+    s
+}
+
+/// A log-normal draw with the given median and sigma, clipped to `[lo, hi]`.
+fn log_normal(rng: &mut StdRng, median: f64, sigma: f64, lo: f64, hi: f64) -> f64 {
+    // Box-Muller: one standard normal from two uniforms.
+    let u1: f64 = rng.random_range(f64::EPSILON..1.0);
+    let u2: f64 = rng.random_range(0.0..1.0);
+    let z = (-2.0 * u1.ln()).sqrt() * (std::f64::consts::TAU * u2).cos();
+    (median * (sigma * z).exp()).clamp(lo, hi)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn shapes_follow_the_workload() {
+        let mut g = Generator::new(Workload::SharegptLike, 1);
+        let lens: Vec<usize> = (0..2000)
+            .map(|_| g.next_session().turns[0].0.split(' ').count() - 1)
+            .collect();
+        let mut sorted = lens.clone();
+        sorted.sort();
+        let median = sorted[sorted.len() / 2];
+        assert!((140..230).contains(&median), "median prompt {median}");
+        assert!(*sorted.last().unwrap() > 1500, "a long tail");
+
+        let mut g = Generator::new(Workload::ChatSessions, 1);
+        let sessions: Vec<Session> = (0..50).map(|_| g.next_session()).collect();
+        let systems: std::collections::HashSet<_> =
+            sessions.iter().map(|s| s.system.clone().unwrap()).collect();
+        assert!(
+            systems.len() <= SYSTEM_PROMPTS,
+            "a few shared system prompts"
+        );
+        assert!(sessions.iter().all(|s| (2..=6).contains(&s.turns.len())));
+
+        let mut g = Generator::new(Workload::PrefixHeavy, 1);
+        let docs: std::collections::HashSet<String> = (0..100)
+            .map(|_| {
+                g.next_session().turns[0]
+                    .0
+                    .split("\n\nQuestion:")
+                    .next()
+                    .unwrap()
+                    .to_string()
+            })
+            .collect();
+        assert!(docs.len() <= DOCUMENTS);
+        // Same seed, same sessions.
+        let a = Generator::new(Workload::SharegptLike, 7).next_session();
+        let b = Generator::new(Workload::SharegptLike, 7).next_session();
+        assert_eq!(a.turns, b.turns);
+    }
+
+    #[test]
+    fn chat_bodies_carry_the_history() {
+        let body = chat_body(
+            "m",
+            Some("sys"),
+            &[("q1".into(), "a1".into())],
+            "q2",
+            5,
+            true,
+        );
+        let v: Value = serde_json::from_str(&body).unwrap();
+        let roles: Vec<&str> = v["messages"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|m| m["role"].as_str().unwrap())
+            .collect();
+        assert_eq!(roles, ["system", "user", "assistant", "user"]);
+        assert_eq!(v["stream"], true);
+        assert!(Workload::parse("nope").is_err());
+    }
+}

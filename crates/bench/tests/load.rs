@@ -1,0 +1,71 @@
+//! The load generator against a real router in front of simulated servers: every request is
+//! counted, chat sessions send their history back (so the servers' prefix caches hit), and the
+//! servers' shares and cache counters are read from their own endpoints.
+
+use mvllm_bench::load::{self, Arrivals, Workload};
+use mvllm_router::Config;
+use mvllm_router::config::{ServerConfig, Settings};
+use mvllm_sim::SimConfig;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chat_sessions_through_the_router_hit_the_prefix_cache_and_every_request_counts() {
+    let sims = [
+        mvllm_sim::spawn(SimConfig::instant()).await.unwrap(),
+        mvllm_sim::spawn(SimConfig::instant()).await.unwrap(),
+    ];
+    let servers = sims
+        .iter()
+        .map(|s| ServerConfig {
+            url: s.url(),
+            max_concurrent_requests: 16,
+            api_key: None,
+            models: None,
+        })
+        .collect();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let router = mvllm_router::start(
+        &Config {
+            servers,
+            settings: Settings::default(),
+        },
+        listener,
+    )
+    .await
+    .unwrap();
+    let report = load::run(load::Options {
+        url: router.url(),
+        workload: Workload::ChatSessions,
+        arrivals: Arrivals::Concurrency(4),
+        duration: 1.0,
+        stream: true,
+        model: None,
+        think_time: 0.01,
+        seed: 3,
+        progress: false,
+    })
+    .await
+    .unwrap();
+    let requests = report["requests"].as_u64().unwrap();
+    assert!(requests >= 8, "{report}");
+    assert_eq!(
+        report["ok"].as_u64(),
+        Some(requests),
+        "{}",
+        report["errors"]
+    );
+    // The router answered them all, and says which server took each.
+    let shared: f64 = report["server_shares"]
+        .as_object()
+        .unwrap()
+        .values()
+        .map(|v| v["requests"].as_f64().unwrap())
+        .sum();
+    assert_eq!(shared, requests as f64);
+    // Later turns resend the conversation: the servers' prefix caches must have hit.
+    let hit_rate = report["prefix_cache"]["hit_rate"].as_f64().unwrap();
+    assert!(hit_rate > 0.3, "prefix cache hit rate {hit_rate}");
+    assert!(report["ttft_s"]["p50"].as_f64().unwrap() > 0.0);
+    assert!(report["itl_s"]["n"].as_u64().unwrap() > 0);
+    let text = load::render(&report);
+    assert!(text.contains("prefix cache hit rate"), "{text}");
+}
