@@ -2,8 +2,8 @@
 //! with other proxies in the same run.
 //!
 //! An instant backend (the simulator's zero-latency profile) in one child process; the proxies
-//! in others: mvllm logging to the console, mvllm showing its dashboard in a pseudo-terminal,
-//! nginx as a plain reverse proxy when it is installed, and any router given with `--proxy
+//! in others: mvllm logging to the console, mvllm in a pseudo-terminal with and without its
+//! dashboard (see [`crate::proxies`] for why both), nginx as a plain reverse proxy when it is installed, and any router given with `--proxy
 //! NAME=COMMAND`. For each workload and concurrency the same closed loop runs direct, then
 //! through each proxy: added p50/p99 latency, throughput as a ratio of direct, each proxy's CPU
 //! time per 1,000 requests (from /proc), and resident memory idle and at peak. Streams (1,000
@@ -117,6 +117,7 @@ pub async fn run(opts: Options) -> Result<Value, String> {
     let backend = sim.urls[0].clone();
     let mut kinds = vec![ProxyKind::Mvllm];
     if !opts.no_dashboard {
+        kinds.push(ProxyKind::MvllmTerminalConsole);
         kinds.push(ProxyKind::MvllmDashboard);
     }
     if !opts.no_nginx && find_nginx().is_some() {
@@ -214,7 +215,7 @@ fn row(
 /// a ratio of nginx's in the same cell, then memory.
 pub fn render(report: &Value) -> String {
     let mut s = format!(
-        "{:<16} {:<24} {:>4} {:>10} {:>10} {:>10} {:>10} {:>8} {:>11} {:>6}\n",
+        "{:<20} {:<24} {:>4} {:>10} {:>10} {:>10} {:>10} {:>8} {:>11} {:>6}\n",
         "proxy",
         "workload",
         "conc",
@@ -237,7 +238,7 @@ pub fn render(report: &Value) -> String {
             .map(|n| format!("  ({:.2}x nginx)", f("routed_rps") / n))
             .unwrap_or_default();
         s += &format!(
-            "{:<16} {:<24} {:>4} {:>8.0}us {:>8.0}us {:>8.0}us {:>8.0}us {:>8.3} {:>11.1} {:>6}{}\n",
+            "{:<20} {:<24} {:>4} {:>8.0}us {:>8.0}us {:>8.0}us {:>8.0}us {:>8.3} {:>11.1} {:>6}{}\n",
             r["proxy"].as_str().unwrap_or(""),
             r["kind"].as_str().unwrap_or(""),
             r["concurrency"],
@@ -257,7 +258,7 @@ pub fn render(report: &Value) -> String {
     }
     for m in report["memory"].as_array().into_iter().flatten() {
         s += &format!(
-            "memory {:<16} idle {:>6.1} MiB, peak {:>6.1} MiB\n",
+            "memory {:<20} idle {:>6.1} MiB, peak {:>6.1} MiB\n",
             m["proxy"].as_str().unwrap_or(""),
             m["idle_rss_mib"].as_f64().unwrap_or(f64::NAN),
             m["peak_rss_mib"].as_f64().unwrap_or(f64::NAN)

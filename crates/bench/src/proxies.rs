@@ -1,6 +1,12 @@
 //! The proxies the overhead suite puts in front of one backend: mvllm logging to the console,
-//! mvllm showing its dashboard (in a pseudo-terminal, as an operator runs it), nginx as a plain
-//! reverse proxy, and any other router given as a command.
+//! mvllm in a pseudo-terminal with and without its dashboard, nginx as a plain reverse proxy,
+//! and any other router given as a command.
+//!
+//! Why two terminal variants: a process started on a pseudo-terminal is in a session of its
+//! own, and with the kernel's autogroup scheduling (on by default) a session gets its own share
+//! of the CPU. On two cores shared with the load generator that alone moves latency by a third,
+//! so the dashboard's cost is the difference between the two terminal variants, never between a
+//! terminal and a pipe.
 //!
 //! A command is a shell line with `{backend}` (the backend's URL), `{backend_addr}` (host:port)
 //! and `{port}` (where the proxy must listen) filled in; the suite waits until the port answers.
@@ -17,6 +23,8 @@ use crate::client::{HttpClient, get_text};
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ProxyKind {
     Mvllm,
+    /// In a pseudo-terminal with `--console`: the control for the dashboard.
+    MvllmTerminalConsole,
     MvllmDashboard,
     Nginx,
     /// A name and a shell command line.
@@ -27,7 +35,8 @@ impl ProxyKind {
     pub fn name(&self) -> String {
         match self {
             ProxyKind::Mvllm => "mvllm".into(),
-            ProxyKind::MvllmDashboard => "mvllm+dashboard".into(),
+            ProxyKind::MvllmTerminalConsole => "mvllm-tty-console".into(),
+            ProxyKind::MvllmDashboard => "mvllm-tty-dashboard".into(),
             ProxyKind::Nginx => "nginx".into(),
             ProxyKind::Command(name, _) => name.clone(),
         }
@@ -145,8 +154,9 @@ impl ProxyProcess {
                 let pid = child.id().unwrap_or(0);
                 (Running::Piped(child), pid, "/readyz")
             }
-            ProxyKind::MvllmDashboard => {
-                let (child, pid) = spawn_on_terminal(&exe, &mvllm_args(false))?;
+            ProxyKind::MvllmDashboard | ProxyKind::MvllmTerminalConsole => {
+                let console = *kind == ProxyKind::MvllmTerminalConsole;
+                let (child, pid) = spawn_on_terminal(&exe, &mvllm_args(console))?;
                 (Running::Terminal(child), pid, "/readyz")
             }
             ProxyKind::Nginx => {
@@ -198,7 +208,7 @@ impl ProxyProcess {
         loop {
             let answer = get_text(client, &format!("{url}{ready_path}")).await;
             let ready = match kind {
-                ProxyKind::Mvllm | ProxyKind::MvllmDashboard => {
+                ProxyKind::Mvllm | ProxyKind::MvllmTerminalConsole | ProxyKind::MvllmDashboard => {
                     answer.is_ok_and(|t| t.contains("\"ready\":true"))
                 }
                 _ => answer.is_ok(),

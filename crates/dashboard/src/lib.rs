@@ -53,8 +53,42 @@ fn now_epoch() -> f64 {
         .map_or(0.0, |d| d.as_secs_f64())
 }
 
-/// Shows the dashboard until the operator quits (`q`, Esc or Ctrl-C).
-pub async fn run(source: Source, options: Options) -> std::io::Result<()> {
+/// Shows the dashboard on a thread of its own, so that drawing never holds up the router's
+/// runtime. Returns how it ended (`Ok` when the operator quit), a sender that stops it early
+/// (on a signal) and the thread, to join once stopped so the terminal is restored.
+pub fn spawn_local(
+    fleet: std::sync::Arc<mvllm_router::fleet::Fleet>,
+    options: Options,
+) -> (
+    tokio::sync::oneshot::Receiver<std::io::Result<()>>,
+    tokio::sync::oneshot::Sender<()>,
+    std::thread::JoinHandle<()>,
+) {
+    let (done_tx, done_rx) = tokio::sync::oneshot::channel();
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let thread = std::thread::Builder::new()
+        .name("mvllm-dashboard".into())
+        .spawn(move || {
+            let result = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .and_then(|rt| {
+                    rt.block_on(run(Source::Local(fleet), options, async {
+                        let _ = stop_rx.await;
+                    }))
+                });
+            let _ = done_tx.send(result);
+        })
+        .expect("a thread for the dashboard");
+    (done_rx, stop_tx, thread)
+}
+
+/// Shows the dashboard until the operator quits (`q`, Esc or Ctrl-C) or `stop` completes.
+pub async fn run(
+    source: Source,
+    options: Options,
+    stop: impl std::future::Future<Output = ()>,
+) -> std::io::Result<()> {
     let mut terminal = ratatui::try_init()?;
     let _restore = RestoreTerminal;
     let mut view = ViewState::new(options.address, options.color, options.show_models);
@@ -63,8 +97,10 @@ pub async fn run(source: Source, options: Options) -> std::io::Result<()> {
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
     let mut status: Option<FleetStatus> = None;
     let mut problem: Option<String> = None;
+    let mut stop = std::pin::pin!(stop);
     loop {
         tokio::select! {
+            () = &mut stop => return Ok(()),
             _ = tick.tick() => match source.status().await {
                 Ok(s) => {
                     status = Some(s);

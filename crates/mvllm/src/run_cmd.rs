@@ -207,22 +207,32 @@ async fn serve(
     banner(&router.url());
     let signal = if display.dashboard {
         set_logging(false);
-        let source = mvllm_dashboard::Source::Local(router.fleet.clone());
         let options = mvllm_dashboard::Options {
             address: router.url(),
             color: mvllm_dashboard::color_wanted(),
             show_models: display.show_models,
         };
+        let (done, stop, thread) = mvllm_dashboard::spawn_local(router.fleet.clone(), options);
         let ended = tokio::select! {
-            r = mvllm_dashboard::run(source, options) => match r {
-                Ok(()) => "quit from the dashboard",
-                Err(e) => {
+            r = done => match r {
+                Ok(Ok(())) => "quit from the dashboard",
+                Ok(Err(e)) => {
                     set_logging(true);
                     tracing::error!("the dashboard failed: {e}; logging to the console");
                     shutdown_signal().await
                 }
+                Err(_) => {
+                    set_logging(true);
+                    tracing::error!("the dashboard stopped; logging to the console");
+                    shutdown_signal().await
+                }
             },
-            s = shutdown_signal() => s,
+            s = shutdown_signal() => {
+                // Let the dashboard restore the terminal before the shutdown messages.
+                let _ = stop.send(());
+                let _ = tokio::task::spawn_blocking(move || thread.join()).await;
+                s
+            }
         };
         set_logging(true);
         ended
@@ -412,7 +422,11 @@ pub fn top(args: TopArgs) -> ExitCode {
         color: mvllm_dashboard::color_wanted(),
         show_models: args.model,
     };
-    match rt.block_on(mvllm_dashboard::run(source, options)) {
+    match rt.block_on(mvllm_dashboard::run(
+        source,
+        options,
+        std::future::pending(),
+    )) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("mvllm top: {e}");

@@ -113,7 +113,7 @@ pub fn snapshot(fleet: &Fleet) -> FleetStatus {
         .collect();
     let t = &fleet.telemetry;
     let (recent, minute, history) = {
-        let live = t.live.lock();
+        let mut live = t.live.lock();
         (
             live.summary(RATE_SECONDS),
             live.summary(60),

@@ -4,18 +4,21 @@
 //! Why not the Prometheus histograms: those are cumulative since start, and an operator at the
 //! dashboard wants "now" (requests/s over the last 10 s, p95 time to first token over the last
 //! minute) and a short history for sparklines. Each bucket holds a log-scale histogram of time
-//! to first token (16 steps per doubling, so a percentile is within ~4.4% of the truth); a
-//! record is a few adds under an uncontended lock, and buckets older than the window are reused.
+//! to first token (8 steps per doubling, so a percentile is within ~4.4% of the truth); a record
+//! is a few adds under an uncontended lock, and buckets older than the window are reused.
+//!
+//! Reading must not hold the lock long (the request path records under it): sparkline points
+//! of finished steps never change, so they are computed once and kept.
 
 use std::time::Duration;
 
 use tokio::time::Instant;
 
 /// Steps per doubling of the latency histogram.
-const STEPS_PER_DOUBLING: f64 = 16.0;
+const STEPS_PER_DOUBLING: f64 = 8.0;
 /// The histogram covers 100 us .. 100 us * 2^20 (~105 s); outside values go to the end buckets.
 const HIST_MIN_SECONDS: f64 = 1e-4;
-const HIST_BUCKETS: usize = 20 * 16;
+const HIST_BUCKETS: usize = 20 * 8;
 
 #[derive(Clone)]
 struct Bucket {
@@ -69,10 +72,15 @@ impl Summary {
     }
 }
 
+/// A sparkline point: requests/s and median time to first token over one step.
+pub type Point = (f64, Option<f64>);
+
 /// A ring of one-second buckets covering the last `len` seconds.
 pub struct Window {
     origin: Instant,
     buckets: Vec<Bucket>,
+    /// Points of finished steps, by (step length, index of the step's last second).
+    finished_points: std::collections::HashMap<(usize, u64), Point>,
 }
 
 impl Window {
@@ -80,6 +88,7 @@ impl Window {
         Window {
             origin: Instant::now(),
             buckets: vec![Bucket::empty(u64::MAX); seconds.max(2)],
+            finished_points: std::collections::HashMap::new(),
         }
     }
 
@@ -157,30 +166,53 @@ impl Window {
     }
 
     /// Per-`step`-second points over the last `seconds`, oldest first: requests/s and median time
-    /// to first token (None where there was none), for sparklines.
-    pub fn series(&self, seconds: usize, step: usize) -> Vec<(f64, Option<f64>)> {
+    /// to first token (None where there was none), for sparklines. Steps are aligned on
+    /// multiples of `step` seconds; only the current one is computed each time.
+    pub fn series(&mut self, seconds: usize, step: usize) -> Vec<Point> {
         let step = step.max(1);
-        let buckets: Vec<Option<&Bucket>> = self.last(seconds).collect();
-        buckets
-            .chunks(step)
-            .map(|chunk| {
-                let mut hist = [0u64; HIST_BUCKETS];
-                let (mut requests, mut samples) = (0u64, 0u64);
-                for b in chunk.iter().flatten() {
-                    requests += u64::from(b.requests);
-                    samples += u64::from(b.ttft_count);
-                    if let Some(h) = &b.ttft {
-                        for (total, n) in hist.iter_mut().zip(h.iter()) {
-                            *total += u64::from(*n);
-                        }
-                    }
+        let now = self.now_second();
+        let len = self.buckets.len() as u64;
+        let current = now / step as u64;
+        let steps = (seconds.min(self.buckets.len()) / step) as u64;
+        let first = current.saturating_sub(steps.saturating_sub(1));
+        self.finished_points
+            .retain(|&(s, i), _| s != step || i + steps >= current);
+        let mut points = Vec::with_capacity(steps as usize);
+        for i in first..=current {
+            if let Some(p) = self.finished_points.get(&(step, i)) {
+                points.push(*p);
+                continue;
+            }
+            let seconds_of_step = (i * step as u64..(i + 1) * step as u64).map(|sec| {
+                let b = &self.buckets[(sec % len) as usize];
+                (b.second == sec).then_some(b)
+            });
+            let chunk: Vec<Option<&Bucket>> = seconds_of_step.collect();
+            let p = Self::point(&chunk);
+            if i < current {
+                self.finished_points.insert((step, i), p);
+            }
+            points.push(p);
+        }
+        points
+    }
+
+    fn point(chunk: &[Option<&Bucket>]) -> Point {
+        let mut hist = [0u64; HIST_BUCKETS];
+        let (mut requests, mut samples) = (0u64, 0u64);
+        for b in chunk.iter().flatten() {
+            requests += u64::from(b.requests);
+            samples += u64::from(b.ttft_count);
+            if let Some(h) = &b.ttft {
+                for (total, n) in hist.iter_mut().zip(h.iter()) {
+                    *total += u64::from(*n);
                 }
-                (
-                    requests as f64 / chunk.len() as f64,
-                    percentile(&hist, samples, 0.5),
-                )
-            })
-            .collect()
+            }
+        }
+        (
+            requests as f64 / chunk.len() as f64,
+            percentile(&hist, samples, 0.5),
+        )
     }
 }
 
@@ -263,7 +295,7 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
-    async fn series_has_one_point_per_step_oldest_first() {
+    async fn series_has_one_point_per_step_oldest_first_and_keeps_finished_steps() {
         let mut w = Window::new(300);
         w.record_request(false);
         w.record_ttft(Duration::from_millis(200));
@@ -279,6 +311,17 @@ mod tests {
             (points[1].0 - 0.8).abs() < 1e-9 && points[1].1.is_none(),
             "{points:?}"
         );
+        // A finished step is remembered, the current one is recomputed.
+        assert_eq!(w.finished_points.len(), 1);
+        w.record_request(false);
+        let again = w.series(10, 5);
+        assert_eq!(again[0], points[0]);
+        assert!((again[1].0 - 1.0).abs() < 1e-9, "{again:?}");
+        // Long after, old points are dropped and the window is empty.
+        tokio::time::advance(Duration::from_secs(400)).await;
+        let late = w.series(10, 5);
+        assert!(late.iter().all(|p| p.0 == 0.0), "{late:?}");
+        assert!(w.finished_points.len() <= 2);
     }
 
     #[test]
