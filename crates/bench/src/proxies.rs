@@ -85,7 +85,14 @@ impl Drop for ProxyProcess {
     fn drop(&mut self) {
         match &mut self.running {
             Running::Piped(c) => {
-                let _ = c.start_kill();
+                if std::env::var_os("MVLLM_BENCH_WRAP").is_some() {
+                    // A profiler writes its report when the process exits on its own.
+                    let _ = std::process::Command::new("kill")
+                        .args(["-TERM", &self.pid.to_string()])
+                        .status();
+                } else {
+                    let _ = c.start_kill();
+                }
             }
             Running::Terminal(c) => {
                 let _ = c.kill();
@@ -144,11 +151,22 @@ impl ProxyProcess {
         };
         let (running, pid, ready_path) = match kind {
             ProxyKind::Mvllm => {
-                let child = Command::new(&exe)
+                // MVLLM_BENCH_WRAP="valgrind --tool=massif" (say) runs the router under a
+                // profiler.
+                let mut command = match std::env::var("MVLLM_BENCH_WRAP") {
+                    Ok(wrap) if !wrap.trim().is_empty() => {
+                        let mut words = wrap.split_whitespace();
+                        let mut c = Command::new(words.next().unwrap_or_default());
+                        c.args(words).arg(&exe);
+                        c
+                    }
+                    _ => Command::new(&exe),
+                };
+                let child = command
                     .args(mvllm_args(true))
                     .stdout(Stdio::null())
                     .stderr(Stdio::inherit())
-                    .kill_on_drop(true)
+                    .kill_on_drop(std::env::var_os("MVLLM_BENCH_WRAP").is_none())
                     .spawn()
                     .map_err(|e| format!("cannot start mvllm: {e}"))?;
                 let pid = child.id().unwrap_or(0);
