@@ -26,15 +26,30 @@ pub struct AppState {
 
 /// The main listener's routes. With `with_admin`, the admin API is mounted here too.
 pub fn app(state: Arc<AppState>, with_admin: bool) -> Router {
-    let mut router = Router::new()
+    use axum::middleware::from_fn_with_state;
+    // Everything a client uses needs its API key when keys are configured; probes do not.
+    let protected = Router::new()
         .route("/", get(api::root))
-        .route("/health", get(api::health))
-        .route("/livez", get(livez))
-        .route("/readyz", get(readyz))
         .route("/load-stats", get(api::load_stats))
         .route("/server-models", get(api::server_models))
         .route("/v1/models", get(api::models))
-        .route("/metrics", get(metrics));
+        .fallback(proxy::forward)
+        .layer(from_fn_with_state(
+            state.clone(),
+            crate::access::require_key,
+        ));
+    let mut router = Router::new()
+        .route("/health", get(api::health))
+        .route("/livez", get(livez))
+        .route("/readyz", get(readyz))
+        .route(
+            "/metrics",
+            get(metrics).route_layer(from_fn_with_state(
+                state.clone(),
+                crate::access::require_key_for_metrics,
+            )),
+        )
+        .merge(protected);
     if with_admin {
         router = router.merge(admin_routes(state.clone()));
     } else {
@@ -43,7 +58,7 @@ pub fn app(state: Arc<AppState>, with_admin: bool) -> Router {
             .route("/admin", axum::routing::any(not_here))
             .route("/admin/{*rest}", axum::routing::any(not_here));
     }
-    router.fallback(proxy::forward).with_state(state)
+    router.with_state(state)
 }
 
 /// The admin API alone, for a separate listener.

@@ -2,6 +2,7 @@
 //! way. [`start`] binds, probes the fleet once, starts the background loops and serves;
 //! [`RouterHandle::shutdown`] drains it.
 
+pub mod access;
 pub mod api;
 pub mod app;
 pub mod config;
@@ -108,6 +109,12 @@ pub async fn start_with(opts: Options) -> std::io::Result<RouterHandle> {
     });
     let stop_accepting = CancellationToken::new();
     let mut tasks = Vec::new();
+    match opts.config.settings.auth.keys.len() {
+        0 => tracing::warn!(
+            "no client API keys: anyone who reaches this port can use the servers ([auth] keys in the config)"
+        ),
+        n => tracing::info!("{n} client API keys"),
+    }
     let admin_addr = match opts.admin_listener {
         Some(l) => {
             let a = l.local_addr()?;

@@ -76,6 +76,7 @@ pub struct Telemetry {
     pub scrape_errors: Family<ServerLabels, Counter>,
     pub reloads: Family<ResultLabels, Counter>,
     pub decisions: Family<DecisionLabels, Counter>,
+    pub refusals: Family<ReasonLabels, Counter>,
     in_flight: Family<ServerLabels, Gauge>,
     healthy: Family<ServerLabels, Gauge>,
     draining: Family<ServerLabels, Gauge>,
@@ -110,6 +111,7 @@ impl Telemetry {
             scrape_errors: Family::default(),
             reloads: Family::default(),
             decisions: Family::default(),
+            refusals: Family::default(),
             in_flight: Family::default(),
             healthy: Family::default(),
             draining: Family::default(),
@@ -163,6 +165,11 @@ impl Telemetry {
             "policy_decisions",
             "Servers chosen by the routing policy",
             t.decisions.clone(),
+        );
+        r.register(
+            "client_refusals",
+            "Requests refused before routing: missing_key, wrong_key, rate_limited, too_many_in_flight",
+            t.refusals.clone(),
         );
         r.register(
             "server_in_flight",

@@ -5,12 +5,14 @@
 //! start with `file:line:column: what is wrong` (and a did-you-mean for a typo). Every key is
 //! documented in `servers.example.toml` and the README.
 
+pub mod auth;
 mod raw;
 
 use std::fmt;
 use std::path::Path;
 use std::time::Duration;
 
+pub use auth::{ApiKey, AuthSettings};
 use raw::{RawFile, RawSettings};
 use toml::Spanned;
 
@@ -59,6 +61,8 @@ pub struct Settings {
     /// Serve the admin API on this address only (for example 127.0.0.1:8889) instead of the
     /// main listener. Takes effect at start.
     pub admin_listen: Option<std::net::SocketAddr>,
+    /// Client API keys and their limits (`[auth]`); no keys: the router is open.
+    pub auth: AuthSettings,
 }
 
 impl Default for Settings {
@@ -88,6 +92,7 @@ impl Default for Settings {
             shutdown_grace_period: Duration::from_secs(30),
             admin_token: None,
             admin_listen: None,
+            auth: AuthSettings::default(),
         }
     }
 }
@@ -192,7 +197,8 @@ impl Config {
                 models: s.models,
             });
         }
-        let settings = settings(raw.config, &at)?;
+        let mut settings = settings(raw.config, &at)?;
+        settings.auth = auth::auth_settings(raw.auth, file, &at)?;
         Ok(Config { servers, settings })
     }
 }
@@ -399,6 +405,7 @@ fn settings(
                 )
             })?),
         },
+        auth: AuthSettings::default(),
     })
 }
 

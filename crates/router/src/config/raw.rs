@@ -12,6 +12,8 @@ pub struct RawFile {
     pub servers: Vec<Spanned<RawServer>>,
     #[serde(default)]
     pub config: RawSettings,
+    #[serde(default)]
+    pub auth: super::auth::RawAuth,
 }
 
 #[derive(Debug, Deserialize)]

@@ -197,3 +197,60 @@ fn the_shipped_example_loads_and_documents_every_setting() {
         );
     }
 }
+
+#[test]
+fn auth_keys_from_the_file_a_key_file_and_their_limits() {
+    let dir = tempfile::tempdir().unwrap();
+    let keys = dir.path().join("keys.txt");
+    std::fs::write(
+        &keys,
+        "# team keys\nsk-file-one-0123456789\nops sk-file-two-0123456789  # ops\n",
+    )
+    .unwrap();
+    let file = dir.path().join("servers.toml");
+    let text = r#"
+[auth]
+keys = ["sk-plain-0123456789abc", { key = "sk-table-0123456789ab", name = "team-b", requests_per_second = 2.5, burst = 4, max_concurrent = 3 }]
+keys_file = "keys.txt"
+requests_per_second = 10
+max_concurrent = 8
+protect_metrics = true
+"#;
+    let c = Config::parse(text, &file.display().to_string()).unwrap();
+    let a = &c.settings.auth;
+    let names: Vec<&str> = a.keys.iter().map(|k| k.name.as_str()).collect();
+    assert_eq!(names, ["key-1", "team-b", "file-2", "ops"]);
+    assert_eq!(a.keys[1].requests_per_second, Some(2.5));
+    assert_eq!(
+        (a.keys[1].burst, a.keys[1].max_concurrent),
+        (Some(4), Some(3))
+    );
+    assert_eq!(
+        (a.requests_per_second, a.max_concurrent, a.protect_metrics),
+        (10.0, Some(8), true)
+    );
+    // Key values never show in Debug output (and so in logs).
+    let debug = format!("{c:?}");
+    for secret in ["sk-plain", "sk-table", "sk-file-one", "sk-file-two"] {
+        assert!(!debug.contains(secret), "{secret} leaked: {debug}");
+    }
+}
+
+#[test]
+fn auth_refuses_short_duplicate_and_unreadable_keys() {
+    let err = Config::parse("[auth]\nkeys = [\"short\"]\n", "s.toml").unwrap_err();
+    assert_eq!(err.line, 2, "{err}");
+    assert!(err.message.contains("at least 16"), "{err}");
+    let err = Config::parse(
+        "[auth]\nkeys = [\"sk-same-0123456789abc\", \"sk-same-0123456789abc\"]\n",
+        "s.toml",
+    )
+    .unwrap_err();
+    assert!(err.message.contains("twice"), "{err}");
+    let err = Config::parse("[auth]\nkeys_file = \"/nonexistent/keys\"\n", "s.toml").unwrap_err();
+    assert!(err.message.contains("cannot read keys_file"), "{err}");
+    let err = Config::parse("[auth]\nrequests_per_second = -1\n", "s.toml").unwrap_err();
+    assert!(err.message.contains(">= 0"), "{err}");
+    let err = Config::parse("[auth]\nkey = [\"sk-0123456789abcdefg\"]\n", "s.toml").unwrap_err();
+    assert!(err.message.contains("unknown"), "{err}");
+}

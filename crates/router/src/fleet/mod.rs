@@ -30,6 +30,8 @@ pub struct Fleet {
     picker: ArcSwap<Picker>,
     pub client: Client,
     pub telemetry: Arc<crate::telemetry::Telemetry>,
+    /// Client API keys and limits in force (rebuilt on reload, keeping live state).
+    pub access: ArcSwap<crate::access::Access>,
     /// Wakes the background loops after a reload, so new intervals apply at once.
     wake: tokio::sync::Notify,
 }
@@ -60,6 +62,7 @@ impl Fleet {
             settings: ArcSwap::from_pointee(config.settings.clone()),
             wake: tokio::sync::Notify::new(),
             telemetry: Arc::new(crate::telemetry::Telemetry::new()),
+            access: ArcSwap::from_pointee(crate::access::Access::new(&config.settings.auth, None)),
         })
     }
 
@@ -117,6 +120,13 @@ impl Fleet {
                 tracing::warn!("connect_timeout changes apply after a restart");
             }
             self.settings.store(Arc::new(config.settings.clone()));
+            if old_settings.auth != config.settings.auth {
+                let previous = self.access.load_full();
+                self.access.store(Arc::new(crate::access::Access::new(
+                    &config.settings.auth,
+                    Some(&previous),
+                )));
+            }
             if self.picker().kind() != config.settings.routing_policy {
                 self.picker
                     .store(Arc::new(Picker::new(config.settings.routing_policy)));

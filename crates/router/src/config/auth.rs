@@ -1,0 +1,256 @@
+//! `[auth]`: the API keys clients must present, and their limits.
+//!
+//! ```toml
+//! [auth]
+//! keys = ["sk-team-a-0123456789abcdef", { key = "sk-team-b-...", name = "team-b", requests_per_second = 5, burst = 10, max_concurrent = 4 }]
+//! keys_file = "api-keys.txt"   # one key per line, or "name key"; '#' starts a comment
+//! requests_per_second = 0      # default limit per key (0: none)
+//! burst = 10                   # default bucket size (default: the rate, at least 1)
+//! max_concurrent = 0           # default requests in flight per key (0: none)
+//! protect_metrics = false      # also require a key for /metrics
+//! ```
+//!
+//! Keys also come from the environment, `MVLLM_API_KEYS=key1,key2`. A key is at least 16
+//! characters without spaces. Key values never appear in `Debug` output or logs.
+
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+use toml::Spanned;
+
+use super::ConfigError;
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawAuth {
+    pub keys: Option<Vec<Spanned<RawKey>>>,
+    pub keys_file: Option<Spanned<String>>,
+    pub requests_per_second: Option<Spanned<f64>>,
+    pub burst: Option<Spanned<i64>>,
+    pub max_concurrent: Option<Spanned<i64>>,
+    pub protect_metrics: Option<bool>,
+}
+
+#[derive(Deserialize)]
+#[serde(untagged)]
+pub enum RawKey {
+    Plain(String),
+    Full(RawKeyTable),
+}
+
+impl std::fmt::Debug for RawKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("RawKey(<redacted>)")
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawKeyTable {
+    pub key: String,
+    pub name: Option<String>,
+    pub requests_per_second: Option<f64>,
+    pub burst: Option<i64>,
+    pub max_concurrent: Option<i64>,
+}
+
+/// One client key and its own limits (`None`: the `[auth]` defaults).
+#[derive(Clone, PartialEq)]
+pub struct ApiKey {
+    pub name: String,
+    secret: String,
+    pub requests_per_second: Option<f64>,
+    pub burst: Option<u32>,
+    pub max_concurrent: Option<usize>,
+}
+
+impl std::fmt::Debug for ApiKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ApiKey")
+            .field("name", &self.name)
+            .field("secret", &"<redacted>")
+            .field("requests_per_second", &self.requests_per_second)
+            .field("burst", &self.burst)
+            .field("max_concurrent", &self.max_concurrent)
+            .finish()
+    }
+}
+
+impl ApiKey {
+    pub fn new(name: impl Into<String>, secret: impl Into<String>) -> ApiKey {
+        ApiKey {
+            name: name.into(),
+            secret: secret.into(),
+            requests_per_second: None,
+            burst: None,
+            max_concurrent: None,
+        }
+    }
+
+    pub fn digest(&self) -> [u8; 32] {
+        crate::access::digest(&self.secret)
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct AuthSettings {
+    pub keys: Vec<ApiKey>,
+    /// Default rate per key; 0 means no rate limit.
+    pub requests_per_second: f64,
+    pub burst: Option<u32>,
+    pub max_concurrent: Option<usize>,
+    pub protect_metrics: bool,
+    pub keys_file: Option<PathBuf>,
+}
+
+const MIN_KEY_LEN: usize = 16;
+
+fn check_key(key: &str) -> Result<(), String> {
+    if key.len() < MIN_KEY_LEN {
+        return Err(format!(
+            "API keys must be at least {MIN_KEY_LEN} characters"
+        ));
+    }
+    if key.chars().any(char::is_whitespace) {
+        return Err("API keys cannot contain spaces".into());
+    }
+    Ok(())
+}
+
+/// Builds `[auth]` from the file's section, the key file (relative to the config file) and
+/// `MVLLM_API_KEYS`.
+pub fn auth_settings(
+    raw: RawAuth,
+    config_file: &str,
+    at: &dyn Fn(std::ops::Range<usize>, String) -> ConfigError,
+) -> Result<AuthSettings, ConfigError> {
+    let mut out = AuthSettings {
+        protect_metrics: raw.protect_metrics.unwrap_or(false),
+        ..AuthSettings::default()
+    };
+    let non_negative_int = |v: &Spanned<i64>, name: &str| -> Result<u64, ConfigError> {
+        u64::try_from(*v.get_ref()).map_err(|_| {
+            at(
+                v.span(),
+                format!("{name} must be an integer >= 0, got {}", v.get_ref()),
+            )
+        })
+    };
+    if let Some(r) = &raw.requests_per_second {
+        if !(r.get_ref().is_finite() && *r.get_ref() >= 0.0) {
+            return Err(at(
+                r.span(),
+                format!("requests_per_second must be >= 0, got {}", r.get_ref()),
+            ));
+        }
+        out.requests_per_second = *r.get_ref();
+    }
+    if let Some(b) = &raw.burst {
+        out.burst = Some(non_negative_int(b, "burst")?.clamp(1, u64::from(u32::MAX)) as u32);
+    }
+    if let Some(m) = &raw.max_concurrent {
+        out.max_concurrent =
+            Some(non_negative_int(m, "max_concurrent")? as usize).filter(|&n| n > 0);
+    }
+    for (i, k) in raw.keys.into_iter().flatten().enumerate() {
+        let span = k.span();
+        let key = match k.into_inner() {
+            RawKey::Plain(secret) => ApiKey::new(format!("key-{}", i + 1), secret),
+            RawKey::Full(t) => {
+                let rate = match t.requests_per_second {
+                    Some(r) if !(r.is_finite() && r >= 0.0) => {
+                        return Err(at(
+                            span,
+                            format!("requests_per_second must be >= 0, got {r}"),
+                        ));
+                    }
+                    r => r,
+                };
+                let count = |v: Option<i64>, name: &str| -> Result<Option<u64>, ConfigError> {
+                    v.map(|v| {
+                        u64::try_from(v)
+                            .map_err(|_| at(span.clone(), format!("{name} must be >= 0, got {v}")))
+                    })
+                    .transpose()
+                };
+                ApiKey {
+                    name: t.name.unwrap_or_else(|| format!("key-{}", i + 1)),
+                    secret: t.key,
+                    requests_per_second: rate,
+                    burst: count(t.burst, "burst")?.map(|b| b.clamp(1, u64::from(u32::MAX)) as u32),
+                    max_concurrent: count(t.max_concurrent, "max_concurrent")?.map(|m| m as usize),
+                }
+            }
+        };
+        check_key(&key.secret).map_err(|m| at(span.clone(), m))?;
+        out.keys.push(key);
+    }
+    if let Some(f) = raw.keys_file {
+        let path = resolve(config_file, f.get_ref());
+        let text = std::fs::read_to_string(&path).map_err(|e| {
+            at(
+                f.span(),
+                format!("cannot read keys_file {}: {e}", path.display()),
+            )
+        })?;
+        for (n, line) in text.lines().enumerate() {
+            let line = line.split('#').next().unwrap_or("").trim();
+            if line.is_empty() {
+                continue;
+            }
+            let mut words = line.split_whitespace();
+            let (name, secret) = match (words.next(), words.next(), words.next()) {
+                (Some(secret), None, _) => (format!("file-{}", n + 1), secret),
+                (Some(name), Some(secret), None) => (name.to_string(), secret),
+                _ => {
+                    return Err(at(
+                        f.span(),
+                        format!("{}:{}: expected `key` or `name key`", path.display(), n + 1),
+                    ));
+                }
+            };
+            check_key(secret)
+                .map_err(|m| at(f.span(), format!("{}:{}: {m}", path.display(), n + 1)))?;
+            out.keys.push(ApiKey::new(name, secret));
+        }
+        out.keys_file = Some(path);
+    }
+    if let Ok(env) = std::env::var("MVLLM_API_KEYS") {
+        for (i, secret) in env
+            .split(',')
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+            .enumerate()
+        {
+            check_key(secret).map_err(|m| ConfigError {
+                file: "MVLLM_API_KEYS".into(),
+                line: 0,
+                column: 0,
+                message: format!("key {}: {m}", i + 1),
+            })?;
+            out.keys.push(ApiKey::new(format!("env-{}", i + 1), secret));
+        }
+    }
+    let mut seen = std::collections::HashSet::new();
+    for k in &out.keys {
+        if !seen.insert(k.digest()) {
+            return Err(ConfigError {
+                file: config_file.into(),
+                line: 0,
+                column: 0,
+                message: format!("API key `{}` is listed twice", k.name),
+            });
+        }
+    }
+    Ok(out)
+}
+
+fn resolve(config_file: &str, path: &str) -> PathBuf {
+    let p = Path::new(path);
+    if p.is_absolute() {
+        return p.to_path_buf();
+    }
+    Path::new(config_file)
+        .parent()
+        .map_or_else(|| p.to_path_buf(), |dir| dir.join(p))
+}

@@ -1,0 +1,215 @@
+//! Client API keys and per-key limits, over real HTTP: who gets in, in OpenAI's error format,
+//! what servers see of clients' keys, and 429 with Retry-After at a key's limits.
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+use mvllm_router::config::{ApiKey, AuthSettings, ServerConfig, Settings};
+use mvllm_sim::SimConfig;
+use serde_json::Value;
+
+const KEY_A: &str = "sk-team-a-0123456789abcdef";
+const KEY_B: &str = "sk-team-b-0123456789abcdef";
+
+fn keyed(keys: Vec<ApiKey>) -> Settings {
+    Settings {
+        auth: AuthSettings {
+            keys,
+            ..AuthSettings::default()
+        },
+        ..fast_settings()
+    }
+}
+
+async fn send(url: &str, key: Option<(&str, &str)>, body: &Value) -> reqwest::Response {
+    let mut req = client()
+        .post(format!("{url}/v1/chat/completions"))
+        .json(body);
+    if let Some((name, value)) = key {
+        req = req.header(name, value);
+    }
+    req.send().await.unwrap()
+}
+
+#[tokio::test]
+async fn keys_let_clients_in_and_keep_others_out_and_servers_never_see_them() {
+    // The simulated server itself requires KEY_A: if the router forwarded the client's key, it
+    // would let the request in. The router must strip it, so the server answers 401.
+    let s = sim(SimConfig {
+        api_key: Some(KEY_A.into()),
+        ..SimConfig::instant()
+    })
+    .await;
+    let server = ServerConfig {
+        models: Some(vec![MODEL.into()]),
+        ..server_of(&s)
+    };
+    let r = router(
+        vec![server],
+        keyed(vec![ApiKey::new("a", KEY_A), ApiKey::new("b", KEY_B)]),
+    )
+    .await;
+    let url = r.url();
+    let body = chat("hi", 4, false);
+
+    let resp = send(&url, None, &body).await;
+    assert_eq!(resp.status(), 401);
+    assert_eq!(resp.headers()["www-authenticate"], "Bearer");
+    let v: Value = resp.json().await.unwrap();
+    assert_eq!(v["error"]["code"], "invalid_api_key", "{v}");
+    assert_eq!(v["error"]["type"], "invalid_request_error");
+
+    let resp = send(
+        &url,
+        Some(("authorization", "Bearer sk-wrong-0123456789abcdef")),
+        &body,
+    )
+    .await;
+    assert_eq!(resp.status(), 401);
+    let v: Value = resp.json().await.unwrap();
+    assert!(
+        v["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("Incorrect"),
+        "{v}"
+    );
+    assert!(
+        !v.to_string().contains("sk-wrong"),
+        "the answer never echoes a key"
+    );
+
+    // The right key gets through the router; the server never sees it.
+    let resp = send(
+        &url,
+        Some(("authorization", &format!("Bearer {KEY_A}"))),
+        &body,
+    )
+    .await;
+    assert_eq!(resp.status(), 401, "the server got no key from the router");
+    let v: Value = resp.json().await.unwrap();
+    assert_ne!(
+        v["error"]["code"], "invalid_api_key",
+        "answered by the server, not the router: {v}"
+    );
+
+    // Probes stay open; /v1/models and the router's own JSON need a key.
+    for path in ["/health", "/livez", "/readyz", "/metrics"] {
+        let code = client()
+            .get(format!("{url}{path}"))
+            .send()
+            .await
+            .unwrap()
+            .status();
+        assert_ne!(code, 401, "{path} must stay open");
+    }
+    for path in ["/v1/models", "/load-stats", "/server-models", "/"] {
+        let code = client()
+            .get(format!("{url}{path}"))
+            .send()
+            .await
+            .unwrap()
+            .status();
+        assert_eq!(code, 401, "{path} needs a key");
+        let code = client()
+            .get(format!("{url}{path}"))
+            .header("x-api-key", KEY_B)
+            .send()
+            .await
+            .unwrap()
+            .status();
+        assert_eq!(code, 200, "{path} with x-api-key");
+    }
+    let refused = r.fleet.telemetry.render(&r.fleet);
+    assert!(
+        refused.contains("mvllm_client_refusals_total{reason=\"missing_key\"}"),
+        "{refused}"
+    );
+    assert!(!refused.contains(KEY_A) && !refused.contains(KEY_B));
+}
+
+#[tokio::test]
+async fn a_keys_rate_and_concurrency_limits_answer_429_with_retry_after() {
+    let s = sim(SimConfig::instant()).await;
+    let mut slow = ApiKey::new("slow", KEY_A);
+    slow.requests_per_second = Some(0.5);
+    slow.burst = Some(2);
+    let mut narrow = ApiKey::new("narrow", KEY_B);
+    narrow.max_concurrent = Some(1);
+    let r = router(vec![server_of(&s)], keyed(vec![slow, narrow])).await;
+    let url = r.url();
+    let body = chat("hi", 2, false);
+    let bearer_a = format!("Bearer {KEY_A}");
+    for _ in 0..2 {
+        let resp = send(&url, Some(("authorization", &bearer_a)), &body).await;
+        assert_eq!(resp.status(), 200);
+    }
+    let resp = send(&url, Some(("authorization", &bearer_a)), &body).await;
+    assert_eq!(resp.status(), 429, "the bucket of 2 is empty");
+    let retry: u64 = resp.headers()["retry-after"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(
+        (1..=2).contains(&retry),
+        "retry after {retry} s at 0.5 requests/s"
+    );
+    let v: Value = resp.json().await.unwrap();
+    assert_eq!(v["error"]["code"], "rate_limit_exceeded");
+    assert!(
+        v["error"]["message"].as_str().unwrap().contains("slow"),
+        "names the key: {v}"
+    );
+
+    // One stream in flight holds the narrow key's only slot until it ends.
+    let bearer_b = format!("Bearer {KEY_B}");
+    let mut stream = send(
+        &url,
+        Some(("authorization", &bearer_b)),
+        &chat("long", 400, true),
+    )
+    .await;
+    assert_eq!(stream.status(), 200);
+    let first = stream.chunk().await.unwrap();
+    assert!(first.is_some());
+    let resp = send(&url, Some(("authorization", &bearer_b)), &body).await;
+    assert_eq!(resp.status(), 429);
+    assert_eq!(resp.headers()["retry-after"], "1");
+    drop(stream);
+    mvllm_testkit::eventually(Duration::from_secs(5), "the slot to free up", || async {
+        send(&url, Some(("authorization", &bearer_b)), &body)
+            .await
+            .status()
+            == 200
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn protect_metrics_requires_a_key_for_metrics() {
+    let s = sim(SimConfig::instant()).await;
+    let mut settings = keyed(vec![ApiKey::new("a", KEY_A)]);
+    settings.auth.protect_metrics = true;
+    let r = router(vec![server_of(&s)], settings).await;
+    let get = |key: Option<&'static str>| {
+        let mut req = client().get(format!("{}/metrics", r.url()));
+        if let Some(k) = key {
+            req = req.bearer_auth(k);
+        }
+        req.send()
+    };
+    assert_eq!(get(None).await.unwrap().status(), 401);
+    assert_eq!(get(Some(KEY_A)).await.unwrap().status(), 200);
+    assert_eq!(
+        client()
+            .get(format!("{}/health", r.url()))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+}
