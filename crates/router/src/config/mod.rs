@@ -63,6 +63,13 @@ pub struct Settings {
     pub admin_listen: Option<std::net::SocketAddr>,
     /// Client API keys and their limits (`[auth]`); no keys: the router is open.
     pub auth: AuthSettings,
+    /// Retries may add at most this share of the last 10 s of requests...
+    pub retry_budget_ratio: f64,
+    /// ...plus this many per second.
+    pub retry_budget_min_per_second: f64,
+    /// How long a server ejected for failing requests stays out the first time (doubling with
+    /// each ejection in a row); then it is probed with one request at a time.
+    pub outlier_ejection_time: Duration,
 }
 
 impl Default for Settings {
@@ -93,6 +100,9 @@ impl Default for Settings {
             admin_token: None,
             admin_listen: None,
             auth: AuthSettings::default(),
+            retry_budget_ratio: 0.2,
+            retry_budget_min_per_second: 10.0,
+            outlier_ejection_time: Duration::from_secs(5),
         }
     }
 }
@@ -406,6 +416,35 @@ fn settings(
             })?),
         },
         auth: AuthSettings::default(),
+        outlier_ejection_time: secs(
+            r.outlier_ejection_time,
+            "outlier_ejection_time",
+            d.outlier_ejection_time,
+            0.0,
+        )?,
+        retry_budget_ratio: match r.retry_budget_ratio {
+            None => d.retry_budget_ratio,
+            Some(v) if v.get_ref().is_finite() && *v.get_ref() >= 0.0 => *v.get_ref(),
+            Some(v) => {
+                return Err(at(
+                    v.span(),
+                    format!("retry_budget_ratio must be >= 0, got {}", v.get_ref()),
+                ));
+            }
+        },
+        retry_budget_min_per_second: match r.retry_budget_min_per_second {
+            None => d.retry_budget_min_per_second,
+            Some(v) if v.get_ref().is_finite() && *v.get_ref() >= 0.0 => *v.get_ref(),
+            Some(v) => {
+                return Err(at(
+                    v.span(),
+                    format!(
+                        "retry_budget_min_per_second must be >= 0, got {}",
+                        v.get_ref()
+                    ),
+                ));
+            }
+        },
     })
 }
 

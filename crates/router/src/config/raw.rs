@@ -54,6 +54,9 @@ pub struct RawSettings {
     pub shutdown_grace_period: Option<Spanned<f64>>,
     pub admin_token: Option<Spanned<String>>,
     pub admin_listen: Option<Spanned<String>>,
+    pub retry_budget_ratio: Option<Spanned<f64>>,
+    pub retry_budget_min_per_second: Option<Spanned<f64>>,
+    pub outlier_ejection_time: Option<Spanned<f64>>,
 }
 
 /// `[servers]` in either form: the seed's `servers = [{...}]` inside a `[servers]` table, or an

@@ -190,6 +190,9 @@ fn the_shipped_example_loads_and_documents_every_setting() {
         "stream_idle_timeout",
         "max_body_bytes",
         "timeout_retries",
+        "retry_budget_ratio",
+        "retry_budget_min_per_second",
+        "outlier_ejection_time",
     ] {
         assert!(
             text.contains(&format!("\n{key} = ")),

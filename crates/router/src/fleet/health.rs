@@ -6,6 +6,12 @@
 //! row (or when the recent window's success rate or response time is out of bounds) and returns
 //! after `recovery_successes` good checks in a row: seconds, not minutes. A 4xx answer to a
 //! client's request is the client's fault and never counts.
+//!
+//! Outlier ejection (as Envoy's): a server ejected for failing real requests stays out for an
+//! ejection time that doubles with each ejection in a row (`outlier_ejection_time`, default 5 s, then 10 s, 20 s ... up to 5 min), even
+//! if its `/health` answers, because a broken engine can still answer `/health`. After that it
+//! comes back half-open: one request at a time (see [`Health::is_probing`]); a success closes it
+//! (and resets the backoff), a failure ejects it again at once.
 
 use std::collections::VecDeque;
 use std::time::{Duration, SystemTime};
@@ -37,7 +43,16 @@ pub struct Health {
     /// When the server last became unhealthy (for auto-recovery without active checks).
     pub unhealthy_since: Option<tokio::time::Instant>,
     pub transitions: u64,
+    /// Ejections for failed requests in a row (reset by a successful probe).
+    pub ejections: u32,
+    /// Until when an ejected server stays out whatever its health checks say.
+    pub ejected_until: Option<tokio::time::Instant>,
+    /// Back from an ejection: one request at a time until one succeeds.
+    pub probing: bool,
 }
+
+/// The longest ejection, however many in a row (the first is `outlier_ejection_time`).
+pub const MAX_EJECTION: Duration = Duration::from_secs(300);
 
 impl Health {
     /// Starts healthy (used when active checks are off: passive ejection only).
@@ -50,6 +65,27 @@ impl Health {
 
     pub fn is_healthy(&self) -> bool {
         self.healthy == Some(true)
+    }
+
+    /// Half-open: back after an ejection, taking one request at a time.
+    pub fn is_probing(&self) -> bool {
+        self.probing && self.is_healthy()
+    }
+
+    /// Still serving its ejection time at `now`.
+    fn still_ejected(&self, now: tokio::time::Instant) -> bool {
+        self.ejected_until.is_some_and(|t| now < t)
+    }
+
+    /// Ejects the server for failing requests: out for the backoff, half-open after.
+    fn eject(&mut self, why: String, base: Duration) -> Transition {
+        self.ejections = self.ejections.saturating_add(1);
+        let factor = 1u32 << (self.ejections - 1).min(16);
+        let time = base.saturating_mul(factor).min(MAX_EJECTION.max(base));
+        self.ejected_until = Some(tokio::time::Instant::now() + time);
+        self.probing = false;
+        self.last_error = Some(why);
+        self.set(false)
     }
 
     /// Success rate over the recent window (1.0 with no checks yet).
@@ -111,8 +147,11 @@ impl Health {
                     Transition::None
                 }
             }
-            Some(false) if self.consecutive_check_successes >= s.recovery_successes => {
-                self.set(true)
+            Some(false)
+                if self.consecutive_check_successes >= s.recovery_successes
+                    && !self.still_ejected(tokio::time::Instant::now()) =>
+            {
+                self.readmit()
             }
             Some(false) => Transition::None,
         }
@@ -122,22 +161,38 @@ impl Health {
     /// time-out, 5xx).
     pub fn record_request_failure(&mut self, why: String, s: &Settings) -> Transition {
         self.consecutive_request_failures += 1;
-        if self.is_healthy() && self.consecutive_request_failures >= s.failure_threshold {
-            self.last_error = Some(why);
-            return self.set(false);
+        if self.is_probing()
+            || (self.is_healthy() && self.consecutive_request_failures >= s.failure_threshold)
+        {
+            return self.eject(why, s.outlier_ejection_time);
         }
         Transition::None
     }
 
     pub fn record_request_success(&mut self) {
         self.consecutive_request_failures = 0;
+        if self.probing {
+            self.probing = false;
+            self.ejections = 0;
+            self.ejected_until = None;
+        }
+    }
+
+    /// Back in rotation: half-open if it was ejected for failing requests.
+    fn readmit(&mut self) -> Transition {
+        self.probing = self.ejections > 0;
+        self.set(true)
     }
 
     /// Without active checks, an ejected server is tried again after `auto_recovery_threshold`.
     pub fn auto_recover(&mut self, now: tokio::time::Instant, after: Duration) -> Transition {
         match self.unhealthy_since {
-            Some(t) if self.healthy == Some(false) && now.duration_since(t) >= after => {
-                self.set(true)
+            Some(t)
+                if self.healthy == Some(false)
+                    && now.duration_since(t) >= after
+                    && !self.still_ejected(now) =>
+            {
+                self.readmit()
             }
             _ => Transition::None,
         }
@@ -260,5 +315,48 @@ mod tests {
             h.auto_recover(since + Duration::from_secs(60), s.auto_recovery_threshold),
             Transition::BecameHealthy
         );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_ejected_server_waits_out_a_doubling_backoff_then_probes_half_open() {
+        let s = settings();
+        let mut h = Health::default();
+        h.record_check(Ok(0.01), &s);
+        h.record_request_failure("HTTP 500".into(), &s);
+        assert_eq!(
+            h.record_request_failure("HTTP 500".into(), &s),
+            Transition::BecameUnhealthy
+        );
+        // Its /health still answers, but it stays out for the first ejection time.
+        for _ in 0..3 {
+            assert_eq!(h.record_check(Ok(0.01), &s), Transition::None);
+        }
+        tokio::time::advance(s.outlier_ejection_time).await;
+        assert_eq!(h.record_check(Ok(0.01), &s), Transition::BecameHealthy);
+        assert!(h.is_probing(), "back half-open");
+        // One failure while probing ejects it again, for twice as long.
+        assert_eq!(
+            h.record_request_failure("HTTP 500".into(), &s),
+            Transition::BecameUnhealthy
+        );
+        tokio::time::advance(s.outlier_ejection_time).await;
+        assert_eq!(
+            h.record_check(Ok(0.01), &s),
+            Transition::None,
+            "10 s this time"
+        );
+        tokio::time::advance(s.outlier_ejection_time).await;
+        assert_eq!(h.record_check(Ok(0.01), &s), Transition::BecameHealthy);
+        // A success closes it and forgets the backoff.
+        h.record_request_success();
+        assert!(!h.is_probing() && h.ejections == 0);
+        // Failed health checks alone are not an ejection: no backoff, no probing.
+        for _ in 0..3 {
+            h.record_check(Err("refused".into()), &s);
+        }
+        assert!(!h.is_healthy());
+        h.record_check(Ok(0.01), &s);
+        assert_eq!(h.record_check(Ok(0.01), &s), Transition::BecameHealthy);
+        assert!(!h.is_probing());
     }
 }

@@ -8,6 +8,7 @@ pub mod events;
 pub mod health;
 pub mod probe;
 pub mod prom;
+pub mod retry_budget;
 pub mod server;
 pub mod window;
 
@@ -30,6 +31,8 @@ pub struct Fleet {
     picker: ArcSwap<Picker>,
     pub client: Client,
     pub telemetry: Arc<crate::telemetry::Telemetry>,
+    /// Retries may add only a share of the recent requests.
+    pub retry_budget: retry_budget::RetryBudget,
     /// Client API keys and limits in force (rebuilt on reload, keeping live state).
     pub access: ArcSwap<crate::access::Access>,
     /// Wakes the background loops after a reload, so new intervals apply at once.
@@ -62,6 +65,7 @@ impl Fleet {
             settings: ArcSwap::from_pointee(config.settings.clone()),
             wake: tokio::sync::Notify::new(),
             telemetry: Arc::new(crate::telemetry::Telemetry::new()),
+            retry_budget: retry_budget::RetryBudget::default(),
             access: ArcSwap::from_pointee(crate::access::Access::new(&config.settings.auth, None)),
         })
     }

@@ -79,6 +79,8 @@ pub struct Server {
     /// prefill, for a stream; the whole request, for a non-streamed answer).
     awaiting_first_byte: AtomicUsize,
     healthy: AtomicBool,
+    /// Half-open after an ejection: one request at a time (mirrors `health`).
+    probing: AtomicBool,
     pub draining: AtomicBool,
     pub health: Mutex<Health>,
     /// Until when the server counts as overloaded after answering 429 or 503.
@@ -103,6 +105,7 @@ impl Server {
         };
         Server {
             healthy: AtomicBool::new(health.is_healthy()),
+            probing: AtomicBool::new(false),
             health: Mutex::new(health),
             in_flight: AtomicUsize::new(0),
             awaiting_first_byte: AtomicUsize::new(0),
@@ -146,6 +149,24 @@ impl Server {
 
     pub fn is_healthy(&self) -> bool {
         self.healthy.load(Ordering::Relaxed)
+    }
+
+    /// Half-open after an ejection: takes a request only when it has none in flight.
+    pub fn is_probing(&self) -> bool {
+        self.probing.load(Ordering::Relaxed)
+    }
+
+    /// Whether it can take a new request now (healthy, not draining, not a busy probe).
+    pub fn takes_requests(&self) -> bool {
+        self.is_healthy()
+            && !self.draining.load(Ordering::Relaxed)
+            && !(self.is_probing() && self.in_flight() > 0)
+    }
+
+    /// Publishes the health state machine's verdict to the atomics the request path reads.
+    fn publish(&self, h: &Health) {
+        self.healthy.store(h.is_healthy(), Ordering::Relaxed);
+        self.probing.store(h.is_probing(), Ordering::Relaxed);
     }
 
     pub fn in_flight(&self) -> usize {
@@ -224,7 +245,7 @@ impl Server {
     pub fn record_check(&self, result: Result<f64, String>, s: &Settings) -> Transition {
         let mut h = self.health.lock();
         let t = h.record_check(result, s);
-        self.healthy.store(h.is_healthy(), Ordering::Relaxed);
+        self.publish(&h);
         t
     }
 
@@ -232,18 +253,20 @@ impl Server {
         self.stats.failures.fetch_add(1, Ordering::Relaxed);
         let mut h = self.health.lock();
         let t = h.record_request_failure(why, s);
-        self.healthy.store(h.is_healthy(), Ordering::Relaxed);
+        self.publish(&h);
         t
     }
 
     pub fn record_success(&self) {
-        self.health.lock().record_request_success();
+        let mut h = self.health.lock();
+        h.record_request_success();
+        self.publish(&h);
     }
 
     pub fn auto_recover(&self, after: Duration) -> Transition {
         let mut h = self.health.lock();
         let t = h.auto_recover(Instant::now(), after);
-        self.healthy.store(h.is_healthy(), Ordering::Relaxed);
+        self.publish(&h);
         t
     }
 

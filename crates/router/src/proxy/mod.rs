@@ -127,12 +127,18 @@ async fn send(
     let mut tried: Vec<usize> = Vec::new();
     let mut timeouts = 0;
     let mut last_error = None;
+    fleet.retry_budget.record_request();
+    // Whether the next attempt was already charged to the retry budget (status retries are
+    // charged before the answer is given up, so that a denied retry returns the server's answer).
+    let mut charged = false;
     for attempt in 0..=settings.max_retries {
+        if attempt > 0 && !std::mem::take(&mut charged) && !retry_allowed(app) {
+            break;
+        }
         let eligible: Vec<usize> = (0..servers.len())
             .filter(|&i| {
                 let s = &servers[i];
-                s.is_healthy()
-                    && !s.draining.load(std::sync::atomic::Ordering::Relaxed)
+                s.takes_requests()
                     && !tried.contains(&i)
                     && pinned.as_deref().is_none_or(|url| s.url() == url)
                     && meta.model.as_deref().is_none_or(|m| s.serves(m))
@@ -168,6 +174,7 @@ async fn send(
                 return r;
             }
             Attempt::Retry(e) => {
+                charged = matches!(&e, ProxyError::BadGateway(why) if why.starts_with("HTTP"));
                 let reason = match &e {
                     ProxyError::Timeout => "timeout",
                     ProxyError::BadGateway(why) if why.starts_with("HTTP") => "status",
@@ -273,7 +280,7 @@ async fn try_server(
         }
     }
     let retryable = matches!(status.as_u16(), 429 | 502 | 503 | 504);
-    if retryable && attempt < settings.max_retries {
+    if retryable && attempt < settings.max_retries && retry_allowed(app) {
         tracing::info!(
             id = request_id,
             server = server.url(),
@@ -328,6 +335,25 @@ async fn try_server(
         body = body.remember_response_id(app.affinity.clone());
     }
     Attempt::Done(Ok(Response::from_parts(rparts, Body::new(body))))
+}
+
+/// Asks the retry budget for one more attempt; a refusal is counted.
+fn retry_allowed(app: &AppState) -> bool {
+    let fleet = &app.fleet;
+    let s = fleet.settings();
+    let ok = fleet
+        .retry_budget
+        .try_retry(s.retry_budget_ratio, s.retry_budget_min_per_second);
+    if !ok {
+        fleet
+            .telemetry
+            .retries
+            .get_or_create(&ReasonLabels {
+                reason: "budget_exhausted",
+            })
+            .inc();
+    }
+    ok
 }
 
 /// The request as the server gets it: same method, path, query and body; hop-by-hop headers
