@@ -10,6 +10,7 @@ pub mod fleet;
 pub mod proxy;
 pub mod reload;
 pub mod routing;
+pub mod server;
 pub mod status;
 pub mod telemetry;
 pub mod upstream;
@@ -37,7 +38,7 @@ pub struct Options {
     pub admin_listener: Option<TcpListener>,
 }
 
-type ServeTask = tokio::task::JoinHandle<std::io::Result<()>>;
+use server::ServeTask;
 
 /// A running router. Dropping it stops it at once; [`RouterHandle::shutdown`] drains it.
 pub struct RouterHandle {
@@ -109,6 +110,12 @@ pub async fn start_with(opts: Options) -> std::io::Result<RouterHandle> {
     });
     let stop_accepting = CancellationToken::new();
     let mut tasks = Vec::new();
+    let s = &opts.config.settings;
+    let limits = server::Limits {
+        max_connections: s.max_connections,
+        header_read_timeout: s.header_read_timeout,
+        max_header_bytes: s.max_header_bytes,
+    };
     match opts.config.settings.auth.keys.len() {
         0 => tracing::warn!(
             "no client API keys: anyone who reaches this port can use the servers ([auth] keys in the config)"
@@ -118,10 +125,11 @@ pub async fn start_with(opts: Options) -> std::io::Result<RouterHandle> {
     let admin_addr = match opts.admin_listener {
         Some(l) => {
             let a = l.local_addr()?;
-            tasks.push(serve(
+            tasks.push(server::serve(
                 l,
                 app::admin_app(state.clone()),
                 stop_accepting.clone(),
+                limits,
             ));
             Some(a)
         }
@@ -134,10 +142,11 @@ pub async fn start_with(opts: Options) -> std::io::Result<RouterHandle> {
             None
         }
     };
-    tasks.push(serve(
+    tasks.push(server::serve(
         opts.listener,
         app::app(state.clone(), admin_addr.is_none()),
         stop_accepting.clone(),
+        limits,
     ));
     Ok(RouterHandle {
         addr,
@@ -148,22 +157,5 @@ pub async fn start_with(opts: Options) -> std::io::Result<RouterHandle> {
         stop_accepting,
         background,
         tasks,
-    })
-}
-
-/// Serves `app` on `listener` until `stop`. Every accepted connection gets `TCP_NODELAY`: with
-/// Nagle's algorithm on, each small SSE chunk after the first waits for the client's delayed
-/// ACK (~40 ms), which would stall streams token by token.
-fn serve(listener: TcpListener, app: axum::Router, stop: CancellationToken) -> ServeTask {
-    use axum::serve::ListenerExt;
-    let listener = listener.tap_io(|tcp| {
-        if let Err(e) = tcp.set_nodelay(true) {
-            tracing::debug!("cannot set TCP_NODELAY on a connection: {e}");
-        }
-    });
-    tokio::spawn(async move {
-        axum::serve(listener, app)
-            .with_graceful_shutdown(async move { stop.cancelled().await })
-            .await
     })
 }

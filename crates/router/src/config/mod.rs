@@ -70,6 +70,13 @@ pub struct Settings {
     /// How long a server ejected for failing requests stays out the first time (doubling with
     /// each ejection in a row); then it is probed with one request at a time.
     pub outlier_ejection_time: Duration,
+    /// Client connections open at once; more wait in the kernel's backlog (needs a restart).
+    pub max_connections: usize,
+    /// Time a client has to send a request's headers; also how long an idle keep-alive
+    /// connection stays open (needs a restart).
+    pub header_read_timeout: Duration,
+    /// Largest request head (request line and headers); larger ones get 431 (needs a restart).
+    pub max_header_bytes: usize,
 }
 
 impl Default for Settings {
@@ -103,6 +110,9 @@ impl Default for Settings {
             retry_budget_ratio: 0.2,
             retry_budget_min_per_second: 10.0,
             outlier_ejection_time: Duration::from_secs(5),
+            max_connections: 16384,
+            header_read_timeout: Duration::from_secs(60),
+            max_header_bytes: 64 * 1024,
         }
     }
 }
@@ -416,6 +426,24 @@ fn settings(
             })?),
         },
         auth: AuthSettings::default(),
+        max_connections: int(
+            r.max_connections,
+            "max_connections",
+            d.max_connections as u32,
+            1,
+        )? as usize,
+        header_read_timeout: secs(
+            r.header_read_timeout,
+            "header_read_timeout",
+            d.header_read_timeout,
+            0.1,
+        )?,
+        max_header_bytes: int(
+            r.max_header_bytes,
+            "max_header_bytes",
+            d.max_header_bytes as u32,
+            8192,
+        )? as usize,
         outlier_ejection_time: secs(
             r.outlier_ejection_time,
             "outlier_ejection_time",

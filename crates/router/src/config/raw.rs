@@ -57,6 +57,9 @@ pub struct RawSettings {
     pub retry_budget_ratio: Option<Spanned<f64>>,
     pub retry_budget_min_per_second: Option<Spanned<f64>>,
     pub outlier_ejection_time: Option<Spanned<f64>>,
+    pub max_connections: Option<Spanned<i64>>,
+    pub header_read_timeout: Option<Spanned<f64>>,
+    pub max_header_bytes: Option<Spanned<i64>>,
 }
 
 /// `[servers]` in either form: the seed's `servers = [{...}]` inside a `[servers]` table, or an

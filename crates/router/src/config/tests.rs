@@ -193,6 +193,9 @@ fn the_shipped_example_loads_and_documents_every_setting() {
         "retry_budget_ratio",
         "retry_budget_min_per_second",
         "outlier_ejection_time",
+        "max_connections",
+        "header_read_timeout",
+        "max_header_bytes",
     ] {
         assert!(
             text.contains(&format!("\n{key} = ")),
