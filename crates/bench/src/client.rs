@@ -250,3 +250,34 @@ mod tests {
         );
     }
 }
+
+#[cfg(test)]
+mod scanner_tests {
+    use super::*;
+
+    #[test]
+    fn the_scanner_finds_events_across_any_split_and_survives_garbage() {
+        let stream = b"data: {\"choices\":[{\"delta\":{\"role\":\"assistant\"}}]}\n\ndata: {\"choices\":[{\"delta\":{\"content\":\" hi\"}}]}\n\ndata: [DONE]\n\n";
+        for cut in 1..stream.len() {
+            let mut s = SseScanner::default();
+            let mut seen = Vec::new();
+            for piece in stream.chunks(cut) {
+                s.feed_raw(piece, |e, raw| seen.push((e, event_text(raw))));
+            }
+            assert_eq!(seen.len(), 3, "split every {cut} bytes");
+            assert_eq!(seen[1], (SseEvent::Content, Some(" hi".to_string())));
+            assert_eq!(seen[2].0, SseEvent::Done);
+        }
+        // Seeded garbage: no panic, and never more events than separators.
+        let mut x: u64 = 7;
+        let mut s = SseScanner::default();
+        for _ in 0..20_000 {
+            x = x.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            let bytes = x.to_le_bytes();
+            let piece = [bytes[0] % 4 + b'\n' - 1, bytes[1], b'\n', bytes[2]];
+            s.feed_raw(&piece[..usize::from(bytes[3] % 4) + 1], |_, raw| {
+                let _ = event_text(raw);
+            });
+        }
+    }
+}
