@@ -40,6 +40,9 @@ pub struct StreamTiming {
     pub text: String,
     /// The error message of a non-2xx answer, or of an error event in a stream.
     pub error: Option<String>,
+    /// `usage.completion_tokens`, when the answer carried it (a streamed answer does with
+    /// `stream_options.include_usage`); tokens may be several per chunk.
+    pub usage_tokens: Option<u64>,
 }
 
 impl StreamTiming {
@@ -161,7 +164,8 @@ pub async fn post_timed(
         let json: serde_json::Value = serde_json::from_slice(&bytes).unwrap_or_default();
         if timing.status == 200 {
             timing.done = true;
-            timing.chunks = json["usage"]["completion_tokens"].as_u64().unwrap_or(0) as usize;
+            timing.usage_tokens = json["usage"]["completion_tokens"].as_u64();
+            timing.chunks = timing.usage_tokens.unwrap_or(0) as usize;
             if capture_text {
                 let choice = &json["choices"][0];
                 timing.text = choice["message"]["content"]
@@ -202,6 +206,11 @@ pub async fn post_timed(
             SseEvent::Other => {
                 if find(raw, b"\"error\"").is_some() {
                     timing.error = Some(String::from_utf8_lossy(raw).into_owned());
+                } else if find(raw, b"\"usage\":{").is_some() {
+                    timing.usage_tokens = raw
+                        .strip_prefix(b"data: ")
+                        .and_then(|j| serde_json::from_slice::<serde_json::Value>(j).ok())
+                        .and_then(|v| v["usage"]["completion_tokens"].as_u64());
                 }
             }
         });
@@ -272,7 +281,9 @@ mod scanner_tests {
         let mut x: u64 = 7;
         let mut s = SseScanner::default();
         for _ in 0..20_000 {
-            x = x.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            x = x
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
             let bytes = x.to_le_bytes();
             let piece = [bytes[0] % 4 + b'\n' - 1, bytes[1], b'\n', bytes[2]];
             s.feed_raw(&piece[..usize::from(bytes[3] % 4) + 1], |_, raw| {

@@ -11,5 +11,6 @@ pub mod process;
 pub mod proxies;
 pub mod routing_suite;
 pub mod sim_suite;
+pub mod soak;
 pub mod stats;
 pub mod stream_hold;

@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use clap::{Args, Subcommand};
-use mvllm_bench::{load, overhead_suite, plot, proxies, routing_suite, sim_suite};
+use mvllm_bench::{load, overhead_suite, plot, proxies, routing_suite, sim_suite, soak};
 use serde_json::Value;
 
 #[derive(Args, Debug)]
@@ -99,6 +99,20 @@ enum Suite {
         /// A seconds-long smoke run instead of the full one.
         #[arg(long)]
         quick: bool,
+        /// Also write the report as JSON here.
+        #[arg(long)]
+        json: Option<PathBuf>,
+    },
+    /// Minutes of streaming load through mvllm with random faults injected; every request must
+    /// complete or get a clear error (not in CI: see scripts/soak.sh).
+    Soak {
+        #[arg(long, default_value_t = 5.0)]
+        minutes: f64,
+        /// Sessions started per second.
+        #[arg(long, default_value_t = 20.0)]
+        rate: f64,
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
         /// Also write the report as JSON here.
         #[arg(long)]
         json: Option<PathBuf>,
@@ -219,6 +233,18 @@ pub fn run(args: BenchArgs) -> ExitCode {
                     Some(plot::routing as Draw),
                 )
             }),
+        Suite::Soak {
+            minutes,
+            rate,
+            seed,
+            json,
+        } => runtime
+            .block_on(soak::run(soak::Options {
+                minutes,
+                rate,
+                seed,
+            }))
+            .map(|r| (r, soak::render as Render, Output { json, plot: None }, None)),
         Suite::Plot { suite, report, out } => {
             let drawn = drawer(&suite).and_then(|draw| {
                 let text = std::fs::read_to_string(&report)

@@ -13,8 +13,25 @@ const ROUNDS: usize = 4000;
 /// One random edit of `input`: flip, insert, delete, duplicate or truncate.
 fn mutate(rng: &mut StdRng, input: &mut Vec<u8>) {
     const INTERESTING: &[&[u8]] = &[
-        b"{", b"}", b"\"", b"\\", b"\n", b"\r\n", b"=", b"[", b"]", b"NaN", b"+Inf", b"-1",
-        b"1e308", b"\xff", b"\x00", b"--XyZ", b"\r\n\r\n", b"# ", b"{engine=\"0\"}",
+        b"{",
+        b"}",
+        b"\"",
+        b"\\",
+        b"\n",
+        b"\r\n",
+        b"=",
+        b"[",
+        b"]",
+        b"NaN",
+        b"+Inf",
+        b"-1",
+        b"1e308",
+        b"\xff",
+        b"\x00",
+        b"--XyZ",
+        b"\r\n\r\n",
+        b"# ",
+        b"{engine=\"0\"}",
     ];
     let len = input.len();
     match rng.random_range(0..6) {
@@ -68,13 +85,19 @@ fn the_prometheus_parser_survives_mutated_metrics() {
             parsed += 1;
         }
     });
-    assert!(parsed > 0, "some mutants still parse: the mutations are not all fatal");
+    assert!(
+        parsed > 0,
+        "some mutants still parse: the mutations are not all fatal"
+    );
 }
 
 #[test]
 fn the_config_loader_survives_mutated_files() {
-    let example = std::fs::read(concat!(env!("CARGO_MANIFEST_DIR"), "/../../servers.example.toml"))
-        .unwrap();
+    let example = std::fs::read(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../servers.example.toml"
+    ))
+    .unwrap();
     let seeds: &[&[u8]] = &[
         &example,
         b"[servers]\nservers = [{ url = \"http://a:8000\", max_concurrent_requests = 4 }]\n[config]\nrequest_timeout = 5\n",
@@ -102,12 +125,9 @@ fn the_request_body_reader_survives_mutated_bodies() {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .build()
         .unwrap();
-    for (i, ct) in [
-        "application/json",
-        "multipart/form-data; boundary=XyZ",
-    ]
-    .into_iter()
-    .enumerate()
+    for (i, ct) in ["application/json", "multipart/form-data; boundary=XyZ"]
+        .into_iter()
+        .enumerate()
     {
         let mut headers = HeaderMap::new();
         headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(ct));
