@@ -77,6 +77,11 @@ pub struct Settings {
     pub header_read_timeout: Duration,
     /// Largest request head (request line and headers); larger ones get 431 (needs a restart).
     pub max_header_bytes: usize,
+    /// Requests that may wait in the router when every eligible server is at capacity
+    /// (0: no wait, the seed's behaviour: the least loaded server gets it anyway).
+    pub queue_size: usize,
+    /// Longest wait in that queue before 503.
+    pub queue_timeout: Duration,
 }
 
 impl Default for Settings {
@@ -113,6 +118,8 @@ impl Default for Settings {
             max_connections: 16384,
             header_read_timeout: Duration::from_secs(60),
             max_header_bytes: 64 * 1024,
+            queue_size: 0,
+            queue_timeout: Duration::from_secs(30),
         }
     }
 }
@@ -444,6 +451,8 @@ fn settings(
             d.max_header_bytes as u32,
             8192,
         )? as usize,
+        queue_size: int(r.queue_size, "queue_size", 0, 0)? as usize,
+        queue_timeout: secs(r.queue_timeout, "queue_timeout", d.queue_timeout, 0.0)?,
         outlier_ejection_time: secs(
             r.outlier_ejection_time,
             "outlier_ejection_time",

@@ -60,6 +60,8 @@ pub struct RawSettings {
     pub max_connections: Option<Spanned<i64>>,
     pub header_read_timeout: Option<Spanned<f64>>,
     pub max_header_bytes: Option<Spanned<i64>>,
+    pub queue_size: Option<Spanned<i64>>,
+    pub queue_timeout: Option<Spanned<f64>>,
 }
 
 /// `[servers]` in either form: the seed's `servers = [{...}]` inside a `[servers]` table, or an

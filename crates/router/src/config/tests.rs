@@ -196,6 +196,8 @@ fn the_shipped_example_loads_and_documents_every_setting() {
         "max_connections",
         "header_read_timeout",
         "max_header_bytes",
+        "queue_size",
+        "queue_timeout",
     ] {
         assert!(
             text.contains(&format!("\n{key} = ")),

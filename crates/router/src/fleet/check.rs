@@ -72,7 +72,7 @@ pub async fn check_all(config: &Config) -> Vec<ServerReport> {
     join_all(config.servers.iter().map(|cfg| {
         let client = client.clone();
         async move {
-            let server = Server::new(cfg.clone(), true);
+            let server = Server::new(cfg.clone(), true, Default::default());
             let (health, models, metrics) = tokio::join!(
                 probe::check_health(&client, &server, s.health_check_timeout),
                 probe::discover_models(&client, &server, s.health_check_timeout),

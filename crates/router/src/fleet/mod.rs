@@ -10,6 +10,7 @@ pub mod probe;
 pub mod prom;
 pub mod retry_budget;
 pub mod server;
+pub mod wait_queue;
 pub mod window;
 
 use std::sync::Arc;
@@ -31,6 +32,8 @@ pub struct Fleet {
     picker: ArcSwap<Picker>,
     pub client: Client,
     pub telemetry: Arc<crate::telemetry::Telemetry>,
+    /// Requests waiting for a free slot when every eligible server is full (`queue_size`).
+    pub wait_queue: Arc<wait_queue::WaitQueue>,
     /// Retries may add only a share of the recent requests.
     pub retry_budget: retry_budget::RetryBudget,
     /// Client API keys and limits in force (rebuilt on reload, keeping live state).
@@ -53,10 +56,11 @@ pub struct ReloadSummary {
 impl Fleet {
     pub fn new(config: &Config) -> Arc<Fleet> {
         let active = config.settings.enable_active_health_check;
+        let wait_queue: Arc<wait_queue::WaitQueue> = Arc::default();
         let servers = config
             .servers
             .iter()
-            .map(|c| Arc::new(Server::new(c.clone(), active)))
+            .map(|c| Arc::new(Server::new(c.clone(), active, wait_queue.clone())))
             .collect();
         Arc::new(Fleet {
             servers: ArcSwap::from_pointee(servers),
@@ -66,6 +70,7 @@ impl Fleet {
             wake: tokio::sync::Notify::new(),
             telemetry: Arc::new(crate::telemetry::Telemetry::new()),
             retry_budget: retry_budget::RetryBudget::default(),
+            wait_queue,
             access: ArcSwap::from_pointee(crate::access::Access::new(&config.settings.auth, None)),
         })
     }
@@ -92,7 +97,7 @@ impl Fleet {
                     next.push(s.clone());
                 }
                 None => {
-                    let s = Arc::new(Server::new(c.clone(), active));
+                    let s = Arc::new(Server::new(c.clone(), active, self.wait_queue.clone()));
                     summary.added.push(c.url.clone());
                     added.push(s.clone());
                     next.push(s);

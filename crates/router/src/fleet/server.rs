@@ -90,10 +90,16 @@ pub struct Server {
     pub stats: ServerStats,
     /// Requests, errors and time to first token over the last minute (the dashboard's view).
     pub live: Mutex<Window>,
+    /// The fleet's wait queue, told when a request here ends (a slot freed up).
+    slot_freed: Arc<super::wait_queue::WaitQueue>,
 }
 
 impl Server {
-    pub fn new(cfg: ServerConfig, active_checks: bool) -> Self {
+    pub fn new(
+        cfg: ServerConfig,
+        active_checks: bool,
+        slot_freed: Arc<super::wait_queue::WaitQueue>,
+    ) -> Self {
         let health = if active_checks {
             Health::default()
         } else {
@@ -115,6 +121,7 @@ impl Server {
             models: ArcSwap::from_pointee(models),
             stats: ServerStats::default(),
             live: Mutex::new(Window::new(LIVE_WINDOW_SECONDS)),
+            slot_freed,
             url: cfg.url.clone(),
             cfg: ArcSwap::from_pointee(cfg),
         }
@@ -154,6 +161,11 @@ impl Server {
     /// Half-open after an ejection: takes a request only when it has none in flight.
     pub fn is_probing(&self) -> bool {
         self.probing.load(Ordering::Relaxed)
+    }
+
+    /// Whether it has room under its capacity for one more request now.
+    pub fn has_free_slot(&self) -> bool {
+        self.takes_requests() && self.in_flight() < self.capacity() as usize
     }
 
     /// Whether it can take a new request now (healthy, not draining, not a busy probe).
@@ -328,5 +340,6 @@ impl Drop for InFlight {
     fn drop(&mut self) {
         self.first_byte();
         self.server.in_flight.fetch_sub(1, Ordering::Relaxed);
+        self.server.slot_freed.wake_one();
     }
 }

@@ -23,6 +23,8 @@ pub enum ProxyError {
     BadGateway(String),
     /// The server did not answer within `request_timeout` (504).
     Timeout,
+    /// Every eligible server is full and the wait queue is full or timed out (503, Retry-After).
+    Overloaded(&'static str),
 }
 
 impl ProxyError {
@@ -34,6 +36,7 @@ impl ProxyError {
             Self::NoServerAvailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             Self::BadGateway(_) => StatusCode::BAD_GATEWAY,
             Self::Timeout => StatusCode::GATEWAY_TIMEOUT,
+            Self::Overloaded(_) => StatusCode::SERVICE_UNAVAILABLE,
         }
     }
 
@@ -72,6 +75,11 @@ impl ProxyError {
                 "GatewayTimeoutError",
                 None,
             ),
+            Self::Overloaded(why) => (
+                format!("Every server is at capacity and {why}. Please retry."),
+                "ServiceUnavailableError",
+                None,
+            ),
         }
     }
 
@@ -85,7 +93,7 @@ impl ProxyError {
 impl IntoResponse for ProxyError {
     fn into_response(self) -> Response {
         let mut r = (self.status(), Json(self.body())).into_response();
-        if matches!(self, Self::NoServerAvailable(_)) {
+        if matches!(self, Self::NoServerAvailable(_) | Self::Overloaded(_)) {
             r.headers_mut()
                 .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
         }

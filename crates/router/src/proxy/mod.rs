@@ -122,6 +122,13 @@ async fn send(
     }
     // A stored response lives on the server that created it: no choice, no retry elsewhere.
     let pinned = app.affinity.server_for_path(parts.uri.path());
+    let could_serve = |s: &Server| {
+        pinned.as_deref().is_none_or(|url| s.url() == url)
+            && meta.model.as_deref().is_none_or(|m| s.serves(m))
+    };
+    if let Some(ticket) = wait_for_slot(app, &servers, &could_serve).await? {
+        ticket.used();
+    }
     let picker = fleet.picker();
     let max_age = fleet.metrics_max_age();
     let mut tried: Vec<usize> = Vec::new();
@@ -335,6 +342,51 @@ async fn try_server(
         body = body.remember_response_id(app.affinity.clone());
     }
     Attempt::Done(Ok(Response::from_parts(rparts, Body::new(body))))
+}
+
+/// With `queue_size > 0`: when no server that could serve the request has a free slot (or others
+/// are already waiting), waits in line for one, up to `queue_timeout`. `Ok(None)`: no wait was
+/// needed; `Ok(Some)`: a slot freed up for this request (mark the ticket used).
+async fn wait_for_slot<'a>(
+    app: &'a AppState,
+    servers: &[Arc<Server>],
+    could_serve: &(dyn Fn(&Server) -> bool + Sync),
+) -> Result<Option<crate::fleet::wait_queue::Ticket<'a>>, ProxyError> {
+    let settings = app.fleet.settings();
+    let queue = &app.fleet.wait_queue;
+    let free = || servers.iter().any(|s| could_serve(s) && s.has_free_slot());
+    if settings.queue_size == 0 || (queue.is_empty() && free()) {
+        return Ok(None);
+    }
+    // Nothing healthy could ever serve it: do not wait for nothing.
+    if !servers.iter().any(|s| could_serve(s) && s.takes_requests()) {
+        return Ok(None);
+    }
+    let deadline = Instant::now() + settings.queue_timeout;
+    let mut ticket = queue
+        .join(settings.queue_size)
+        .ok_or(ProxyError::Overloaded("the wait queue is full"))?;
+    loop {
+        // Woken when a slot frees up; a periodic look catches servers that joined or recovered.
+        let look = (Instant::now() + std::time::Duration::from_millis(100)).min(deadline);
+        let woken = tokio::time::timeout_at(look, &mut ticket.woken)
+            .await
+            .is_ok();
+        if free() {
+            return Ok(Some(ticket));
+        }
+        if Instant::now() >= deadline {
+            return Err(ProxyError::Overloaded(
+                "no slot freed up within queue_timeout",
+            ));
+        }
+        if woken {
+            // Woken, but the slot was not one this request can use: pass the turn on, and
+            // keep this request's place at the front.
+            drop(ticket);
+            ticket = queue.rejoin_front();
+        }
+    }
 }
 
 /// Asks the retry budget for one more attempt; a refusal is counted.
