@@ -162,9 +162,18 @@ impl ProxyProcess {
                     }
                     _ => Command::new(&exe),
                 };
+                // MVLLM_BENCH_ROUTER_LOG=FILE keeps the router's log lines (at info).
+                let log = std::env::var_os("MVLLM_BENCH_ROUTER_LOG")
+                    .and_then(|p| std::fs::File::create(p).ok());
+                let mut args = mvllm_args(true);
+                if log.is_some() {
+                    args.iter_mut()
+                        .filter(|a| *a == "warning")
+                        .for_each(|a| *a = "info".into());
+                }
                 let child = command
-                    .args(mvllm_args(true))
-                    .stdout(Stdio::null())
+                    .args(args)
+                    .stdout(log.map_or_else(Stdio::null, Stdio::from))
                     .stderr(Stdio::inherit())
                     .kill_on_drop(std::env::var_os("MVLLM_BENCH_WRAP").is_none())
                     .spawn()

@@ -29,6 +29,9 @@ pub struct Options {
     pub fleet: Option<String>,
     /// Only these loads (fractions of capacity).
     pub loads: Option<Vec<f64>>,
+    /// Compare the default policy without and with the router's wait queue of this size
+    /// (instead of comparing policies).
+    pub queue: Option<usize>,
 }
 
 /// Simulator flags shared by every fleet: a small batch so that servers saturate at rates the
@@ -102,6 +105,7 @@ async fn run_policy(
     client: &HttpClient,
     urls: &[String],
     policy: PolicyKind,
+    queue_size: usize,
     rate: f64,
     seconds: f64,
     seed: u64,
@@ -117,6 +121,8 @@ async fn run_policy(
         .collect();
     let settings = Settings {
         routing_policy: policy,
+        queue_size,
+        queue_timeout: Duration::from_secs(30),
         request_timeout: Duration::from_secs(300),
         ..Settings::default()
     };
@@ -165,7 +171,7 @@ async fn run_policy(
     })
 }
 
-fn summarize(policy: PolicyKind, r: &RunResult) -> Value {
+fn summarize(policy: &str, r: &RunResult) -> Value {
     let ok: Vec<(&StreamTiming, &Shape)> = r
         .timings
         .iter()
@@ -185,7 +191,7 @@ fn summarize(policy: PolicyKind, r: &RunResult) -> Value {
         .collect();
     let tokens: usize = ok.iter().map(|(_, s)| s.output).sum();
     json!({
-        "policy": policy.name(),
+        "policy": policy,
         "requests": r.timings.len(), "completed": ok.len(), "errors": r.timings.len() - ok.len(),
         "ttft_p50": quantile(&ttft, 0.5), "ttft_p90": quantile(&ttft, 0.9), "ttft_p99": quantile(&ttft, 0.99),
         "tpot_mean": mean(&tpot), "requests_per_s": ok.len() as f64 / r.wall, "output_tokens_per_s": tokens as f64 / r.wall,
@@ -213,12 +219,17 @@ pub async fn run(opts: Options) -> Result<Value, String> {
         (None, true) => vec![0.8],
         (None, false) => vec![0.5, 0.8, 1.0],
     };
-    let policies = [
-        PolicyKind::RoundRobin,
-        PolicyKind::Mvllm,
-        PolicyKind::LeastLoad,
-        PolicyKind::Adaptive,
-    ];
+    let policies: Vec<(PolicyKind, usize)> = match opts.queue {
+        Some(q) => vec![(PolicyKind::Adaptive, 0), (PolicyKind::Adaptive, q)],
+        None => [
+            PolicyKind::RoundRobin,
+            PolicyKind::Mvllm,
+            PolicyKind::LeastLoad,
+            PolicyKind::Adaptive,
+        ]
+        .map(|p| (p, 0))
+        .to_vec(),
+    };
     let mut out = Vec::new();
     for (name, speeds) in &fleets {
         let mut args = vec!["--speed", speeds];
@@ -234,22 +245,28 @@ pub async fn run(opts: Options) -> Result<Value, String> {
         let capacity: f64 = caps.iter().sum();
         let mut runs = Vec::new();
         for &load in &loads {
-            for policy in &policies {
+            for &(policy, queue_size) in &policies {
+                let label = if queue_size > 0 {
+                    format!("{}+queue{queue_size}", policy.name())
+                } else {
+                    policy.name().to_string()
+                };
                 let r = run_policy(
                     &client,
                     &sim.urls,
-                    *policy,
+                    policy,
+                    queue_size,
                     capacity * load,
                     run_secs,
                     1000 + (load * 100.0) as u64,
                 )
                 .await?;
-                let mut row = summarize(*policy, &r);
+                let mut row = summarize(&label, &r);
                 row["load"] = json!(load);
                 eprintln!(
                     "  {name} {:.0}% {:<12} TTFT p99 {:.3}s",
                     load * 100.0,
-                    policy.name(),
+                    label,
                     row["ttft_p99"].as_f64().unwrap_or(f64::NAN)
                 );
                 runs.push(row);

@@ -41,8 +41,10 @@ struct Books {
     lost: BTreeMap<String, u64>,
 }
 
+/// Faults as `/sim/faults` patches; `{ms}` is the fault's duration. A server that is down cannot
+/// be told to come back, so "down" carries its own duration.
 const FAULTS: &[(&str, &str)] = &[
-    ("down", r#"{"down": true}"#),
+    ("down", r#"{"down_for_ms": {ms}}"#),
     ("hang", r#"{"hang": true}"#),
     ("die mid-stream", r#"{"die_after_chunks": 5}"#),
     ("500 burst", r#"{"error_rate": 0.5, "error_status": 500}"#),
@@ -95,13 +97,15 @@ pub async fn run(opts: Options) -> Result<Value, String> {
                 tokio::time::sleep(Duration::from_secs_f64(rng.random_range(1.0..3.0))).await;
                 let url = &urls[rng.random_range(0..urls.len())];
                 let (name, patch) = FAULTS[rng.random_range(0..FAULTS.len())];
-                if post_json(&client, &format!("{url}/sim/faults"), patch)
+                let lasts = Duration::from_secs_f64(rng.random_range(2.0..6.0));
+                let patch = patch.replace("{ms}", &lasts.as_millis().to_string());
+                if post_json(&client, &format!("{url}/sim/faults"), &patch)
                     .await
                     .is_ok()
                 {
                     *log.lock().entry(name.to_string()).or_default() += 1;
                 }
-                tokio::time::sleep(Duration::from_secs_f64(rng.random_range(2.0..6.0))).await;
+                tokio::time::sleep(lasts).await;
                 let _ =
                     post_json(&client, &format!("{url}/sim/faults"), r#"{"reset": true}"#).await;
             }
@@ -150,8 +154,9 @@ pub async fn run(opts: Options) -> Result<Value, String> {
                         .or_default() += 1;
                 }
                 Ok(t) if t.status != 200 && t.error.is_some() => {
+                    let why: String = t.error.as_deref().unwrap_or("").chars().take(56).collect();
                     *b.clear_errors
-                        .entry(format!("HTTP {}", t.status))
+                        .entry(format!("HTTP {}: {why}", t.status))
                         .or_default() += 1;
                 }
                 Ok(t) if t.status == 200 => {

@@ -91,6 +91,9 @@ enum Suite {
         /// Only these loads, as fractions of capacity (e.g. 0.8 or 0.5,1.0).
         #[arg(long, value_delimiter = ',')]
         load: Option<Vec<f64>>,
+        /// Compare the default policy without and with a router wait queue of this size.
+        #[arg(long)]
+        queue: Option<usize>,
         #[command(flatten)]
         output: Output,
     },
@@ -218,12 +221,14 @@ pub fn run(args: BenchArgs) -> ExitCode {
             quick,
             fleet,
             load,
+            queue,
             output,
         } => runtime
             .block_on(routing_suite::run(routing_suite::Options {
                 quick,
                 fleet,
                 loads: load,
+                queue,
             }))
             .map(|r| {
                 (

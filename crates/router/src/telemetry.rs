@@ -77,6 +77,7 @@ pub struct Telemetry {
     pub reloads: Family<ResultLabels, Counter>,
     pub decisions: Family<DecisionLabels, Counter>,
     pub refusals: Family<ReasonLabels, Counter>,
+    pub panic_routed: Counter,
     in_flight: Family<ServerLabels, Gauge>,
     healthy: Family<ServerLabels, Gauge>,
     draining: Family<ServerLabels, Gauge>,
@@ -112,6 +113,7 @@ impl Telemetry {
             reloads: Family::default(),
             decisions: Family::default(),
             refusals: Family::default(),
+            panic_routed: Counter::default(),
             in_flight: Family::default(),
             healthy: Family::default(),
             draining: Family::default(),
@@ -165,6 +167,11 @@ impl Telemetry {
             "policy_decisions",
             "Servers chosen by the routing policy",
             t.decisions.clone(),
+        );
+        r.register(
+            "panic_routed",
+            "Attempts sent to an ejected server because every server was out",
+            t.panic_routed.clone(),
         );
         r.register(
             "client_refusals",

@@ -209,3 +209,40 @@ async fn a_server_starting_late_joins_once_it_answers() {
     )
     .await;
 }
+
+#[tokio::test]
+async fn with_every_server_ejected_requests_still_go_to_those_that_pass_health_checks() {
+    let fleet = sims(2, SimConfig::instant()).await;
+    let settings = Settings {
+        outlier_ejection_time: Duration::from_secs(60),
+        ..fast_settings()
+    };
+    let r = router(fleet.iter().map(server_of).collect(), settings).await;
+    eventually(Duration::from_secs(3), "both healthy", || async {
+        r.fleet.servers().iter().all(|s| s.is_healthy())
+    })
+    .await;
+    // Both engines fail half their requests: both get ejected, their /health still answers.
+    for s in &fleet {
+        s.update_faults(|f| {
+            f.error_rate = 0.5;
+            f.error_status = 500;
+        });
+    }
+    eventually(Duration::from_secs(10), "both ejected", || async {
+        let _ = chat_status(&r.url()).await;
+        r.fleet.servers().iter().all(|s| !s.is_healthy())
+    })
+    .await;
+    let mut ok = 0;
+    for _ in 0..20 {
+        match chat_status(&r.url()).await {
+            200 => ok += 1,
+            500 => {}
+            other => panic!("{other}: with every server out, clients must still be served"),
+        }
+    }
+    assert!(ok > 0, "half the requests can succeed");
+    let text = r.fleet.telemetry.render(&r.fleet);
+    assert!(!text.contains("mvllm_panic_routed_total 0\n"), "{text}");
+}

@@ -163,6 +163,13 @@ impl Server {
         self.probing.load(Ordering::Relaxed)
     }
 
+    /// Ejected for failing requests, though its health checks pass: the last resort when every
+    /// server is out (see `proxy::send`'s panic routing).
+    pub fn ejected_but_reachable(&self) -> bool {
+        let h = self.health.lock();
+        !h.is_healthy() && h.ejections > 0 && h.consecutive_check_failures == 0
+    }
+
     /// Whether it has room under its capacity for one more request now.
     pub fn has_free_slot(&self) -> bool {
         self.takes_requests() && self.in_flight() < self.capacity() as usize

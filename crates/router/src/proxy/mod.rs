@@ -142,15 +142,34 @@ async fn send(
         if attempt > 0 && !std::mem::take(&mut charged) && !retry_allowed(app) {
             break;
         }
-        let eligible: Vec<usize> = (0..servers.len())
-            .filter(|&i| {
-                let s = &servers[i];
-                s.takes_requests()
-                    && !tried.contains(&i)
-                    && pinned.as_deref().is_none_or(|url| s.url() == url)
-                    && meta.model.as_deref().is_none_or(|m| s.serves(m))
-            })
+        let usable = |i: &usize, ok: &dyn Fn(&Server) -> bool| {
+            let s = &servers[*i];
+            ok(s) && !tried.contains(i) && could_serve(s)
+        };
+        let mut eligible: Vec<usize> = (0..servers.len())
+            .filter(|i| usable(i, &|s| s.takes_requests()))
             .collect();
+        if eligible.is_empty() {
+            // Panic routing (as Envoy's): with every server out, rather than refusing everyone,
+            // try the ones ejected for failing requests whose health checks still pass. A server
+            // failing half its requests serves half the clients; an empty fleet serves none.
+            eligible = (0..servers.len())
+                .filter(|i| {
+                    usable(i, &|s| {
+                        !s.draining.load(std::sync::atomic::Ordering::Relaxed)
+                            && s.ejected_but_reachable()
+                    })
+                })
+                .collect();
+            if !eligible.is_empty() {
+                fleet.telemetry.panic_routed.inc();
+                fleet.telemetry.events.push(
+                    EventKind::Unhealthy,
+                    None,
+                    "every server is out: trying ejected servers that still pass health checks",
+                );
+            }
+        }
         let candidates: Vec<_> = eligible
             .iter()
             .map(|&i| servers[i].candidate(max_age))
