@@ -13,6 +13,7 @@ pub mod routing;
 pub mod server;
 pub mod status;
 pub mod telemetry;
+pub mod tls;
 pub mod upstream;
 
 use std::net::SocketAddr;
@@ -43,6 +44,8 @@ use server::ServeTask;
 /// A running router. Dropping it stops it at once; [`RouterHandle::shutdown`] drains it.
 pub struct RouterHandle {
     pub addr: SocketAddr,
+    /// Whether the main listener speaks TLS.
+    pub tls: bool,
     pub admin_addr: Option<SocketAddr>,
     pub fleet: Arc<Fleet>,
     pub reloader: Arc<Reloader>,
@@ -54,7 +57,8 @@ pub struct RouterHandle {
 
 impl RouterHandle {
     pub fn url(&self) -> String {
-        format!("http://{}", self.addr)
+        let scheme = if self.tls { "https" } else { "http" };
+        format!("{scheme}://{}", self.addr)
     }
 
     /// Graceful shutdown: report not ready, stop accepting, let in-flight requests and streams
@@ -116,6 +120,13 @@ pub async fn start_with(opts: Options) -> std::io::Result<RouterHandle> {
         header_read_timeout: s.header_read_timeout,
         max_header_bytes: s.max_header_bytes,
     };
+    let tls = match (&s.tls_cert_file, &s.tls_key_file) {
+        (Some(cert), Some(key)) => Some(tokio_rustls::TlsAcceptor::from(Arc::new(
+            tls::server_config(cert, key).map_err(std::io::Error::other)?,
+        ))),
+        _ => None,
+    };
+    let tls_on = tls.is_some();
     match opts.config.settings.auth.keys.len() {
         0 => tracing::warn!(
             "no client API keys: anyone who reaches this port can use the servers ([auth] keys in the config)"
@@ -130,6 +141,7 @@ pub async fn start_with(opts: Options) -> std::io::Result<RouterHandle> {
                 app::admin_app(state.clone()),
                 stop_accepting.clone(),
                 limits,
+                None,
             ));
             Some(a)
         }
@@ -147,9 +159,11 @@ pub async fn start_with(opts: Options) -> std::io::Result<RouterHandle> {
         app::app(state.clone(), admin_addr.is_none()),
         stop_accepting.clone(),
         limits,
+        tls,
     ));
     Ok(RouterHandle {
         addr,
+        tls: tls_on,
         admin_addr,
         fleet,
         reloader,

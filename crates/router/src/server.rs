@@ -10,6 +10,10 @@
 //! - every connection gets `TCP_NODELAY` (with Nagle's algorithm each small SSE chunk after the
 //!   first would wait for the client's delayed ACK, ~40 ms).
 //!
+//! With `tls_cert_file` and `tls_key_file` the listener speaks TLS (rustls); the handshake must
+//! finish within `header_read_timeout` and runs on the connection's own task, so a slow one holds
+//! up no one else.
+//!
 //! HTTP/1.1 only: the OpenAI API is HTTP/1.1 (HTTP/2 arrives over TLS from a proxy in front),
 //! and detecting HTTP/2 prior knowledge would wait for a silent client's first bytes without any
 //! timeout. On shutdown the listener closes at once, idle connections are closed, and busy ones
@@ -41,6 +45,7 @@ pub fn serve(
     app: axum::Router,
     stop: CancellationToken,
     limits: Limits,
+    tls: Option<tokio_rustls::TlsAcceptor>,
 ) -> ServeTask {
     tokio::spawn(async move {
         let mut builder = http1::Builder::new();
@@ -80,10 +85,36 @@ pub fn serve(
                     app.clone().oneshot(req.map(axum::body::Body::new))
                 }
             });
-            let conn = builder.serve_connection(TokioIo::new(tcp), service);
-            let conn = graceful.watch(conn);
+            let builder = builder.clone();
+            let watcher = graceful.watcher();
+            let tls = tls.clone();
+            let handshake_timeout = limits.header_read_timeout;
             tokio::spawn(async move {
-                if let Err(e) = conn.await {
+                let ended = match tls {
+                    None => {
+                        watcher
+                            .watch(builder.serve_connection(TokioIo::new(tcp), service))
+                            .await
+                    }
+                    Some(acceptor) => {
+                        match tokio::time::timeout(handshake_timeout, acceptor.accept(tcp)).await {
+                            Ok(Ok(stream)) => {
+                                watcher
+                                    .watch(builder.serve_connection(TokioIo::new(stream), service))
+                                    .await
+                            }
+                            Ok(Err(e)) => {
+                                tracing::debug!("TLS handshake failed: {e}");
+                                Ok(())
+                            }
+                            Err(_) => {
+                                tracing::debug!("TLS handshake not finished in time");
+                                Ok(())
+                            }
+                        }
+                    }
+                };
+                if let Err(e) = ended {
                     tracing::debug!("connection ended: {e}");
                 }
                 drop(permit);

@@ -13,7 +13,7 @@
 //! Keys also come from the environment, `MVLLM_API_KEYS=key1,key2`. A key is at least 16
 //! characters without spaces. Key values never appear in `Debug` output or logs.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use serde::Deserialize;
 use toml::Spanned;
@@ -186,7 +186,7 @@ pub fn auth_settings(
         out.keys.push(key);
     }
     if let Some(f) = raw.keys_file {
-        let path = resolve(config_file, f.get_ref());
+        let path = super::resolve_path(config_file, f.get_ref());
         let text = std::fs::read_to_string(&path).map_err(|e| {
             at(
                 f.span(),
@@ -243,14 +243,4 @@ pub fn auth_settings(
         }
     }
     Ok(out)
-}
-
-fn resolve(config_file: &str, path: &str) -> PathBuf {
-    let p = Path::new(path);
-    if p.is_absolute() {
-        return p.to_path_buf();
-    }
-    Path::new(config_file)
-        .parent()
-        .map_or_else(|| p.to_path_buf(), |dir| dir.join(p))
 }

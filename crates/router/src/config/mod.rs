@@ -82,6 +82,12 @@ pub struct Settings {
     pub queue_size: usize,
     /// Longest wait in that queue before 503.
     pub queue_timeout: Duration,
+    /// Extra CA certificates (PEM) trusted for `https://` servers, besides the web PKI roots
+    /// (needs a restart).
+    pub tls_ca_file: Option<std::path::PathBuf>,
+    /// Serve clients over TLS with this certificate chain and key (PEM; needs a restart).
+    pub tls_cert_file: Option<std::path::PathBuf>,
+    pub tls_key_file: Option<std::path::PathBuf>,
 }
 
 impl Default for Settings {
@@ -120,6 +126,9 @@ impl Default for Settings {
             max_header_bytes: 64 * 1024,
             queue_size: 0,
             queue_timeout: Duration::from_secs(30),
+            tls_ca_file: None,
+            tls_cert_file: None,
+            tls_key_file: None,
         }
     }
 }
@@ -224,7 +233,7 @@ impl Config {
                 models: s.models,
             });
         }
-        let mut settings = settings(raw.config, &at)?;
+        let mut settings = settings(raw.config, file, &at)?;
         settings.auth = auth::auth_settings(raw.auth, file, &at)?;
         Ok(Config { servers, settings })
     }
@@ -232,8 +241,25 @@ impl Config {
 
 fn settings(
     r: RawSettings,
+    file: &str,
     at: &dyn Fn(std::ops::Range<usize>, String) -> ConfigError,
 ) -> Result<Settings, ConfigError> {
+    match (&r.tls_cert_file, &r.tls_key_file) {
+        (Some(c), Some(k)) => {
+            crate::tls::server_config(
+                &resolve_path(file, c.get_ref()),
+                &resolve_path(file, k.get_ref()),
+            )
+            .map_err(|m| at(c.span(), m))?;
+        }
+        (Some(f), None) | (None, Some(f)) => {
+            return Err(at(
+                f.span(),
+                "tls_cert_file and tls_key_file go together".into(),
+            ));
+        }
+        (None, None) => {}
+    }
     let d = Settings::default();
     let secs = |v: Option<Spanned<f64>>,
                 name: &str,
@@ -451,6 +477,22 @@ fn settings(
             d.max_header_bytes as u32,
             8192,
         )? as usize,
+        tls_ca_file: match &r.tls_ca_file {
+            None => None,
+            Some(f) => {
+                let path = resolve_path(file, f.get_ref());
+                crate::tls::client_config(Some(&path)).map_err(|m| at(f.span(), m))?;
+                Some(path)
+            }
+        },
+        tls_cert_file: r
+            .tls_cert_file
+            .as_ref()
+            .map(|f| resolve_path(file, f.get_ref())),
+        tls_key_file: r
+            .tls_key_file
+            .as_ref()
+            .map(|f| resolve_path(file, f.get_ref())),
         queue_size: int(r.queue_size, "queue_size", 0, 0)? as usize,
         queue_timeout: secs(r.queue_timeout, "queue_timeout", d.queue_timeout, 0.0)?,
         outlier_ejection_time: secs(
@@ -483,6 +525,17 @@ fn settings(
             }
         },
     })
+}
+
+/// A path from the config, relative to the config file's directory.
+pub(crate) fn resolve_path(config_file: &str, path: &str) -> std::path::PathBuf {
+    let p = Path::new(path);
+    if p.is_absolute() {
+        return p.to_path_buf();
+    }
+    Path::new(config_file)
+        .parent()
+        .map_or_else(|| p.to_path_buf(), |dir| dir.join(p))
 }
 
 /// Checks an upstream URL and drops a trailing slash.

@@ -62,6 +62,9 @@ pub struct RawSettings {
     pub max_header_bytes: Option<Spanned<i64>>,
     pub queue_size: Option<Spanned<i64>>,
     pub queue_timeout: Option<Spanned<f64>>,
+    pub tls_ca_file: Option<Spanned<String>>,
+    pub tls_cert_file: Option<Spanned<String>>,
+    pub tls_key_file: Option<Spanned<String>>,
 }
 
 /// `[servers]` in either form: the seed's `servers = [{...}]` inside a `[servers]` table, or an

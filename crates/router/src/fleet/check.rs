@@ -68,7 +68,7 @@ impl ServerReport {
 
 pub async fn check_all(config: &Config) -> Vec<ServerReport> {
     let s = &config.settings;
-    let client = upstream::client(s.connect_timeout);
+    let client = upstream::client(s.connect_timeout, s.tls_ca_file.as_deref());
     join_all(config.servers.iter().map(|cfg| {
         let client = client.clone();
         async move {

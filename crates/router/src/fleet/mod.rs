@@ -65,7 +65,10 @@ impl Fleet {
         Arc::new(Fleet {
             servers: ArcSwap::from_pointee(servers),
             picker: ArcSwap::from_pointee(Picker::new(config.settings.routing_policy)),
-            client: upstream::client(config.settings.connect_timeout),
+            client: upstream::client(
+                config.settings.connect_timeout,
+                config.settings.tls_ca_file.as_deref(),
+            ),
             settings: ArcSwap::from_pointee(config.settings.clone()),
             wake: tokio::sync::Notify::new(),
             telemetry: Arc::new(crate::telemetry::Telemetry::new()),
