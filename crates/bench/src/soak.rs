@@ -112,6 +112,20 @@ pub async fn run(opts: Options) -> Result<Value, String> {
         })
     };
 
+    // The router's memory every 30 s, to see whether it levels off.
+    let sampler = {
+        let timeline = Arc::new(Mutex::new(Vec::<(f64, f64)>::new()));
+        let t = timeline.clone();
+        let task = tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(Duration::from_secs(30)).await;
+                let rss = crate::overhead_suite::memory_mib(pid, "VmRSS:").unwrap_or(f64::NAN);
+                t.lock()
+                    .push((started.elapsed().as_secs_f64().round(), rss));
+            }
+        });
+        (timeline, task)
+    };
     let endpoint = format!("{}/v1/chat/completions", router.url);
     let mut rng = StdRng::seed_from_u64(opts.seed);
     let mut tasks = Vec::new();
@@ -187,6 +201,7 @@ pub async fn run(opts: Options) -> Result<Value, String> {
         let _ = t.await;
     }
     injector.abort();
+    sampler.1.abort();
     let rss_end = rss();
     let router_metrics = get_text(&client, &format!("{}/metrics", router.url)).await?;
     let router_total = counter_sum(&router_metrics, "mvllm_requests_total");
@@ -209,6 +224,7 @@ pub async fn run(opts: Options) -> Result<Value, String> {
         "router_requests_total": router_total,
         "servers_request_success_total": servers_succeeded,
         "router_rss_mib_after_warmup": rss_after_warmup, "router_rss_mib_end": rss_end,
+        "router_rss_mib_every_30s": *sampler.0.lock(),
     });
     drop(b);
     drop(router);
@@ -223,7 +239,7 @@ pub fn render(r: &Value) -> String {
         "soak: {} min at {} sessions/s: {} requests, {} completed, {} clear errors {}, lost {} {}\n\
          faults injected: {} {}\n\
          counts: client {} / router mvllm_requests_total {} / servers' completed {}\n\
-         router memory: {:.1} MiB after warm-up, {:.1} MiB at the end\n",
+         router memory: {:.1} MiB after warm-up, {:.1} MiB at the end; every 30 s: {}\n",
         r["minutes"],
         r["rate"],
         r["requests"],
@@ -241,5 +257,6 @@ pub fn render(r: &Value) -> String {
             .as_f64()
             .unwrap_or(f64::NAN),
         r["router_rss_mib_end"].as_f64().unwrap_or(f64::NAN),
+        r["router_rss_mib_every_30s"],
     )
 }
