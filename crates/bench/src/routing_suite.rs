@@ -32,6 +32,111 @@ pub struct Options {
     /// Compare the default policy without and with the router's wait queue of this size
     /// (instead of comparing policies).
     pub queue: Option<usize>,
+    /// Run one of the load generator's workloads (sharegpt-like, chat-sessions, prefix-heavy)
+    /// instead of the suite's own streamed completions.
+    pub workload: Option<crate::load::Workload>,
+}
+
+/// Mean turns of a chat session (2..=6), to turn a request rate into a session rate.
+const MEAN_TURNS: f64 = 4.0;
+
+fn load_options(
+    url: String,
+    w: crate::load::Workload,
+    arrivals: crate::load::Arrivals,
+    seconds: f64,
+    seed: u64,
+) -> crate::load::Options {
+    crate::load::Options {
+        url,
+        workload: w,
+        arrivals,
+        duration: seconds,
+        stream: true,
+        model: None,
+        think_time: 0.5,
+        seed,
+        progress: false,
+    }
+}
+
+/// Requests per second one server completes when saturated with a load-generator workload.
+async fn workload_capacity(
+    url: &str,
+    w: crate::load::Workload,
+    seconds: f64,
+    seed: u64,
+) -> Result<f64, String> {
+    let users = crate::load::Arrivals::Concurrency(2 * CAPACITY_SETTING as usize);
+    let r = crate::load::run(load_options(url.to_string(), w, users, seconds, seed)).await?;
+    Ok(r["requests_per_second"].as_f64().unwrap_or(0.0))
+}
+
+/// One policy cell with a load-generator workload through an in-process router.
+async fn run_workload_policy(
+    urls: &[String],
+    policy: PolicyKind,
+    w: crate::load::Workload,
+    request_rate: f64,
+    seconds: f64,
+    seed: u64,
+) -> Result<Value, String> {
+    let router = start_router(urls, policy, 0).await?;
+    let sessions = if w == crate::load::Workload::ChatSessions {
+        request_rate / MEAN_TURNS
+    } else {
+        request_rate
+    };
+    let arrivals = crate::load::Arrivals::Rate(sessions);
+    let r = crate::load::run(load_options(router.url(), w, arrivals, seconds, seed)).await?;
+    let shares: Vec<u64> = router
+        .fleet
+        .servers()
+        .iter()
+        .map(|s| s.stats.requests.load(Ordering::Relaxed))
+        .collect();
+    router.shutdown(Duration::from_secs(5)).await;
+    let errors: u64 = r["errors"]
+        .as_object()
+        .map_or(0, |e| e.values().filter_map(Value::as_u64).sum());
+    Ok(json!({
+        "policy": policy.name(), "workload": w.name(),
+        "requests": r["requests"], "completed": r["ok"], "errors": errors,
+        "ttft_p50": r["ttft_s"]["p50"], "ttft_p90": r["ttft_s"]["p90"], "ttft_p99": r["ttft_s"]["p99"],
+        "tpot_mean": r["itl_s"]["mean"], "requests_per_s": r["requests_per_second"],
+        "output_tokens_per_s": r["output_tokens_per_second"],
+        "prefix_cache_hit_rate": r["prefix_cache"]["hit_rate"],
+        "server_shares": shares,
+    }))
+}
+
+async fn start_router(
+    urls: &[String],
+    policy: PolicyKind,
+    queue_size: usize,
+) -> Result<mvllm_router::RouterHandle, String> {
+    let servers = urls
+        .iter()
+        .map(|u| ServerConfig {
+            url: u.clone(),
+            max_concurrent_requests: CAPACITY_SETTING,
+            api_key: None,
+            models: None,
+        })
+        .collect();
+    let settings = Settings {
+        routing_policy: policy,
+        queue_size,
+        queue_timeout: Duration::from_secs(30),
+        request_timeout: Duration::from_secs(300),
+        ..Settings::default()
+    };
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .map_err(|e| e.to_string())?;
+    mvllm_router::start(&mvllm_router::Config { servers, settings }, listener)
+        .await
+        .map_err(|e| e.to_string())
 }
 
 /// Simulator flags shared by every fleet: a small batch so that servers saturate at rates the
@@ -110,28 +215,7 @@ async fn run_policy(
     seconds: f64,
     seed: u64,
 ) -> Result<RunResult, String> {
-    let servers = urls
-        .iter()
-        .map(|u| ServerConfig {
-            url: u.clone(),
-            max_concurrent_requests: CAPACITY_SETTING,
-            api_key: None,
-            models: None,
-        })
-        .collect();
-    let settings = Settings {
-        routing_policy: policy,
-        queue_size,
-        queue_timeout: Duration::from_secs(30),
-        request_timeout: Duration::from_secs(300),
-        ..Settings::default()
-    };
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .map_err(|e| e.to_string())?;
-    let router = mvllm_router::start(&mvllm_router::Config { servers, settings }, listener)
-        .await
-        .map_err(|e| e.to_string())?;
+    let router = start_router(urls, policy, queue_size).await?;
     let target = format!("{}/v1/completions", router.url());
     let n = (rate * seconds).round() as usize;
     let shapes = workload(seed, n);
@@ -235,13 +319,24 @@ pub async fn run(opts: Options) -> Result<Value, String> {
         let mut args = vec!["--speed", speeds];
         args.extend_from_slice(SIM_ARGS);
         let sim = SimProcess::start(4, &args).await?;
-        let caps = join_all(
-            sim.urls
-                .iter()
-                .enumerate()
-                .map(|(i, u)| server_capacity(&client, u, cap_secs, 77 + i as u64)),
-        )
-        .await;
+        let caps: Vec<f64> = match opts.workload {
+            None => {
+                join_all(
+                    sim.urls
+                        .iter()
+                        .enumerate()
+                        .map(|(i, u)| server_capacity(&client, u, cap_secs, 77 + i as u64)),
+                )
+                .await
+            }
+            Some(w) => {
+                let mut caps = Vec::new();
+                for (i, u) in sim.urls.iter().enumerate() {
+                    caps.push(workload_capacity(u, w, cap_secs, 77 + i as u64).await?);
+                }
+                caps
+            }
+        };
         let capacity: f64 = caps.iter().sum();
         let mut runs = Vec::new();
         for &load in &loads {
@@ -251,17 +346,26 @@ pub async fn run(opts: Options) -> Result<Value, String> {
                 } else {
                     policy.name().to_string()
                 };
-                let r = run_policy(
-                    &client,
-                    &sim.urls,
-                    policy,
-                    queue_size,
-                    capacity * load,
-                    run_secs,
-                    1000 + (load * 100.0) as u64,
-                )
-                .await?;
-                let mut row = summarize(&label, &r);
+                let seed = 1000 + (load * 100.0) as u64;
+                let mut row = match opts.workload {
+                    None => {
+                        let r = run_policy(
+                            &client,
+                            &sim.urls,
+                            policy,
+                            queue_size,
+                            capacity * load,
+                            run_secs,
+                            seed,
+                        )
+                        .await?;
+                        summarize(&label, &r)
+                    }
+                    Some(w) => {
+                        run_workload_policy(&sim.urls, policy, w, capacity * load, run_secs, seed)
+                            .await?
+                    }
+                };
                 row["load"] = json!(load);
                 eprintln!(
                     "  {name} {:.0}% {:<12} TTFT p99 {:.3}s",
@@ -274,7 +378,10 @@ pub async fn run(opts: Options) -> Result<Value, String> {
         }
         out.push(json!({"fleet": name, "speeds": speeds, "server_capacity_rps": caps, "fleet_capacity_rps": capacity, "runs": runs}));
     }
-    Ok(json!({"sim_args": SIM_ARGS, "max_concurrent_requests": CAPACITY_SETTING, "fleets": out}))
+    let workload = opts.workload.map_or("streamed completions", |w| w.name());
+    Ok(
+        json!({"sim_args": SIM_ARGS, "max_concurrent_requests": CAPACITY_SETTING, "workload": workload, "fleets": out}),
+    )
 }
 
 /// The report as a terminal table.
@@ -308,6 +415,14 @@ pub fn render(report: &Value) -> String {
                 r["errors"],
                 r["server_shares"]
             );
+            if let Some(hit) = r["prefix_cache_hit_rate"].as_f64() {
+                s += &format!(
+                    "{:<6} {:<12} prefix-cache hit rate {:.1}%\n",
+                    "",
+                    "",
+                    hit * 100.0
+                );
+            }
         }
     }
     s

@@ -94,6 +94,10 @@ enum Suite {
         /// Compare the default policy without and with a router wait queue of this size.
         #[arg(long)]
         queue: Option<usize>,
+        /// A load-generator workload (sharegpt-like, chat-sessions, prefix-heavy) instead of the
+        /// suite's streamed completions.
+        #[arg(long)]
+        workload: Option<String>,
         #[command(flatten)]
         output: Output,
     },
@@ -222,14 +226,21 @@ pub fn run(args: BenchArgs) -> ExitCode {
             fleet,
             load,
             queue,
+            workload,
             output,
-        } => runtime
-            .block_on(routing_suite::run(routing_suite::Options {
-                quick,
-                fleet,
-                loads: load,
-                queue,
-            }))
+        } => workload
+            .as_deref()
+            .map(load::Workload::parse)
+            .transpose()
+            .and_then(|workload| {
+                runtime.block_on(routing_suite::run(routing_suite::Options {
+                    quick,
+                    fleet,
+                    loads: load,
+                    queue,
+                    workload,
+                }))
+            })
             .map(|r| {
                 (
                     r,
