@@ -178,6 +178,11 @@ impl Window {
         self.finished_points
             .retain(|&(s, i), _| s != step || i + steps >= current);
         let mut points = Vec::with_capacity(steps as usize);
+        // Steps from before the window began are empty: padding them keeps the newest point at
+        // the right of a sparkline from the first second on.
+        for _ in (current + 1)..steps {
+            points.push((0.0, None));
+        }
         for i in first..=current {
             if let Some(p) = self.finished_points.get(&(step, i)) {
                 points.push(*p);
@@ -303,6 +308,11 @@ mod tests {
         for _ in 0..4 {
             w.record_request(false);
         }
+        assert_eq!(
+            w.series(60, 5).len(),
+            12,
+            "always one point per step, padded at first"
+        );
         let points = w.series(10, 5);
         assert_eq!(points.len(), 2);
         assert!((points[0].0 - 0.2).abs() < 1e-9, "{points:?}");
