@@ -89,12 +89,7 @@ async fn run_workload_policy(
     };
     let arrivals = crate::load::Arrivals::Rate(sessions);
     let r = crate::load::run(load_options(router.url(), w, arrivals, seconds, seed)).await?;
-    let shares: Vec<u64> = router
-        .fleet
-        .servers()
-        .iter()
-        .map(|s| s.stats.requests.load(Ordering::Relaxed))
-        .collect();
+    let shares: Vec<u64> = server_shares(&router);
     router.shutdown(Duration::from_secs(5)).await;
     let errors: u64 = r["errors"]
         .as_object()
@@ -108,6 +103,16 @@ async fn run_workload_policy(
         "prefix_cache_hit_rate": r["prefix_cache"]["hit_rate"],
         "server_shares": shares,
     }))
+}
+
+/// Requests each server got through the router, in fleet order.
+fn server_shares(router: &mvllm_router::RouterHandle) -> Vec<u64> {
+    router
+        .fleet
+        .servers()
+        .iter()
+        .map(|s| s.stats.requests.load(Ordering::Relaxed))
+        .collect()
 }
 
 async fn start_router(
@@ -240,12 +245,7 @@ async fn run_policy(
         .map(|r| r.unwrap_or_else(|e| Err(e.to_string())))
         .collect();
     let wall = start.elapsed().as_secs_f64();
-    let shares = router
-        .fleet
-        .servers()
-        .iter()
-        .map(|s| s.stats.requests.load(Ordering::Relaxed))
-        .collect();
+    let shares = server_shares(&router);
     router.shutdown(Duration::from_secs(5)).await;
     Ok(RunResult {
         timings,

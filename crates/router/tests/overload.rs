@@ -35,26 +35,22 @@ async fn full_servers_make_requests_wait_in_line_then_503_past_the_bound_or_the_
         held.push(resp);
     }
     let queue = r.fleet.wait_queue.clone();
-    let third = tokio::spawn({
+    // A short request sent in the background: its status and when it ended.
+    let send_later = |content: &'static str| {
         let url = url.clone();
-        async move {
-            let status = post(&url, &chat("third", 2, false)).await.status();
+        tokio::spawn(async move {
+            let status = post(&url, &chat(content, 2, false)).await.status();
             (status, std::time::Instant::now())
-        }
-    });
+        })
+    };
+    let third = send_later("third");
     eventually(
         Duration::from_secs(5),
         "the third request waiting",
         || async { queue.len() == 1 },
     )
     .await;
-    let fourth = tokio::spawn({
-        let url = url.clone();
-        async move {
-            let status = post(&url, &chat("fourth", 2, false)).await.status();
-            (status, std::time::Instant::now())
-        }
-    });
+    let fourth = send_later("fourth");
     eventually(
         Duration::from_secs(5),
         "the fourth request waiting",

@@ -11,7 +11,7 @@
 //! taking a slot that frees up (no barging). Each freed slot wakes the head of the line.
 
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
 use parking_lot::Mutex;
 use tokio::sync::oneshot;
@@ -19,6 +19,10 @@ use tokio::sync::oneshot;
 #[derive(Default)]
 pub struct WaitQueue {
     waiters: Mutex<VecDeque<(u64, oneshot::Sender<()>)>>,
+    /// The line's length, readable without the lock: every request's end asks whether anyone
+    /// waits, and with the queue off (or empty) that must cost one atomic load. A wake-up missed
+    /// in the instant a waiter joins is caught by the waiter's own periodic look.
+    waiting: AtomicUsize,
     next_ticket: AtomicU64,
 }
 
@@ -42,6 +46,7 @@ impl Drop for Ticket<'_> {
         let mut w = self.queue.waiters.lock();
         if let Some(i) = w.iter().position(|(id, _)| *id == self.id) {
             w.remove(i);
+            self.queue.waiting.store(w.len(), Ordering::Relaxed);
         } else if !self.used {
             // Woken but leaving without using the slot: pass the wake-up on.
             drop(w);
@@ -60,7 +65,7 @@ impl std::fmt::Debug for WaitQueue {
 
 impl WaitQueue {
     pub fn len(&self) -> usize {
-        self.waiters.lock().len()
+        self.waiting.load(Ordering::Relaxed)
     }
 
     pub fn is_empty(&self) -> bool {
@@ -89,6 +94,7 @@ impl WaitQueue {
         } else {
             w.push_back((id, tx));
         }
+        self.waiting.store(w.len(), Ordering::Relaxed);
         Some(Ticket {
             queue: self,
             id,
@@ -99,12 +105,16 @@ impl WaitQueue {
 
     /// A slot freed up: the head of the line may look again.
     pub fn wake_one(&self) {
+        if self.is_empty() {
+            return;
+        }
         let mut w = self.waiters.lock();
         while let Some((_, tx)) = w.pop_front() {
             if tx.send(()).is_ok() {
-                return;
+                break;
             }
         }
+        self.waiting.store(w.len(), Ordering::Relaxed);
     }
 }
 
