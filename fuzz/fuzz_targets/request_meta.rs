@@ -12,5 +12,5 @@ fuzz_target!(|data: &[u8]| {
     };
     headers.insert(http::header::CONTENT_TYPE, http::HeaderValue::from_static(ct));
     let body = bytes::Bytes::copy_from_slice(body);
-    let _ = futures_executor::block_on(mvllm_router::proxy::meta::read_meta(&headers, &body));
+    let _ = futures_executor::block_on(mvllm_router::proxy::meta::read_meta(&headers, &body, true));
 });

@@ -20,17 +20,17 @@ use std::time::Duration;
 
 use axum::body::Body;
 use axum::extract::{Request, State};
-use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::http::{HeaderMap, StatusCode, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use governor::clock::{Clock, DefaultClock};
 use governor::{Quota, RateLimiter};
-use serde_json::json;
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
 use crate::app::AppState;
 use crate::config::{ApiKey, AuthSettings};
+use crate::error::ApiError;
 
 type Limiter = RateLimiter<
     governor::state::NotKeyed,
@@ -81,53 +81,28 @@ pub enum Refusal {
 
 impl Refusal {
     fn into_response(self) -> Response {
-        let (status, message, kind, code, retry_after) = match &self {
-            Refusal::MissingKey => (
+        let e = match &self {
+            Refusal::MissingKey => ApiError::new(
                 StatusCode::UNAUTHORIZED,
-                "You didn't provide an API key. Send it as `Authorization: Bearer <key>`."
-                    .to_string(),
-                "invalid_request_error",
-                "invalid_api_key",
-                None,
+                "You didn't provide an API key. Send it as `Authorization: Bearer <key>`.",
             ),
-            Refusal::WrongKey => (
-                StatusCode::UNAUTHORIZED,
-                "Incorrect API key provided.".to_string(),
-                "invalid_request_error",
-                "invalid_api_key",
-                None,
-            ),
-            Refusal::RateLimited { name, retry_after } => (
+            Refusal::WrongKey => {
+                ApiError::new(StatusCode::UNAUTHORIZED, "Incorrect API key provided.")
+            }
+            Refusal::RateLimited { name, retry_after } => ApiError::new(
                 StatusCode::TOO_MANY_REQUESTS,
                 format!(
                     "Rate limit reached for key `{name}`: retry in {:.1} s.",
                     retry_after.as_secs_f64()
                 ),
-                "requests",
-                "rate_limit_exceeded",
-                Some(retry_after.as_secs_f64().ceil().max(1.0) as u64),
-            ),
-            Refusal::TooManyInFlight { name, limit } => (
+            )
+            .retry_after(retry_after.as_secs_f64().ceil().max(1.0) as u64),
+            Refusal::TooManyInFlight { name, limit } => ApiError::new(
                 StatusCode::TOO_MANY_REQUESTS,
                 format!("Key `{name}` already has {limit} requests in flight, its limit."),
-                "requests",
-                "rate_limit_exceeded",
-                Some(1),
             ),
         };
-        let body =
-            json!({"error": {"message": message, "type": kind, "param": null, "code": code}});
-        let mut r = (status, axum::Json(body)).into_response();
-        if let Some(s) = retry_after
-            && let Ok(v) = HeaderValue::from_str(&s.to_string())
-        {
-            r.headers_mut().insert(header::RETRY_AFTER, v);
-        }
-        if status == StatusCode::UNAUTHORIZED {
-            r.headers_mut()
-                .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
-        }
-        r
+        e.into_response()
     }
 }
 

@@ -22,6 +22,11 @@ pub struct AppState {
     pub reloader: Arc<Reloader>,
     /// False once shutdown began: `/readyz` tells load balancers in front to stop sending.
     pub accepting: AtomicBool,
+    /// This router's token in the `Via` header of what it forwards: a request carrying it came
+    /// back through a config that lists the router itself (508).
+    pub instance: String,
+    /// The memory request bodies may take together (`max_buffered_body_bytes`).
+    pub body_budget: crate::proxy::read_body::BodyBudget,
 }
 
 /// The main listener's routes. With `with_admin`, the admin API is mounted here too.
@@ -85,8 +90,11 @@ fn admin_routes(state: Arc<AppState>) -> Router<Arc<AppState>> {
 }
 
 async fn not_here() -> Response {
-    (StatusCode::NOT_FOUND, axum::Json(json!({"error": {"message": "the admin API is served on admin_listen", "type": "NotFoundError", "param": null, "code": 404}})))
-        .into_response()
+    crate::error::ApiError::new(
+        StatusCode::NOT_FOUND,
+        "the admin API is served on admin_listen",
+    )
+    .into_response()
 }
 
 async fn metrics(State(app): State<Arc<AppState>>) -> Response {

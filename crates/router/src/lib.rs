@@ -6,6 +6,7 @@ pub mod access;
 pub mod api;
 pub mod app;
 pub mod config;
+pub mod error;
 pub mod fleet;
 pub mod proxy;
 pub mod reload;
@@ -100,6 +101,9 @@ pub async fn start(config: &Config, listener: TcpListener) -> std::io::Result<Ro
 /// already knows the fleet; then the background loops, the config watcher and the listeners.
 pub async fn start_with(opts: Options) -> std::io::Result<RouterHandle> {
     let addr = opts.listener.local_addr()?;
+    if let Some(why) = opts.config.settings.insecure_admin() {
+        return Err(std::io::Error::new(std::io::ErrorKind::InvalidInput, why));
+    }
     let fleet = Fleet::new(&opts.config);
     fleet.probe_all().await;
     let background = CancellationToken::new();
@@ -111,6 +115,10 @@ pub async fn start_with(opts: Options) -> std::io::Result<RouterHandle> {
         affinity: Default::default(),
         reloader: reloader.clone(),
         accepting: AtomicBool::new(true),
+        instance: format!("mvllm-{:016x}", rand::random::<u64>()),
+        body_budget: proxy::read_body::BodyBudget::new(
+            opts.config.settings.max_buffered_body_bytes,
+        ),
     });
     let stop_accepting = CancellationToken::new();
     let mut tasks = Vec::new();

@@ -1,20 +1,29 @@
 //! The one pooled HTTP client the router uses to talk to servers, for proxied requests and its
 //! own probes alike: keep-alive connections are reused, so a request costs no new handshake.
 //! `http://` servers are plain TCP; `https://` ones go over rustls (see [`crate::tls`]).
+//!
+//! Names are resolved by the system resolver behind a thin wrapper whose error is a type of our
+//! own, so that "the name does not resolve" is told apart from "nothing listens there" by type
+//! ([`describe`]), never by searching an error's text.
 
+use std::future::Future;
 use std::path::Path;
+use std::pin::Pin;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
 use http_body_util::Full;
 use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::connect::dns::{GaiResolver, Name};
 use hyper_util::rt::TokioExecutor;
 
-pub type Client = hyper_util::client::legacy::Client<HttpsConnector<HttpConnector>, Full<Bytes>>;
+pub type Client =
+    hyper_util::client::legacy::Client<HttpsConnector<HttpConnector<Resolver>>, Full<Bytes>>;
 
 pub fn client(connect_timeout: Duration, ca_file: Option<&Path>) -> Client {
-    let mut connector = HttpConnector::new();
+    let mut connector = HttpConnector::new_with_resolver(Resolver(GaiResolver::new()));
     connector.set_nodelay(true);
     connector.set_connect_timeout(Some(connect_timeout));
     connector.set_keepalive(Some(Duration::from_secs(60)));
@@ -34,4 +43,105 @@ pub fn client(connect_timeout: Duration, ca_file: Option<&Path>) -> Client {
         .pool_idle_timeout(Duration::from_secs(90))
         .pool_max_idle_per_host(1024)
         .build(https)
+}
+
+/// The system resolver, with a typed error.
+#[derive(Clone)]
+pub struct Resolver(GaiResolver);
+
+/// A server's host name did not resolve.
+#[derive(Debug)]
+pub struct NameNotResolved {
+    pub host: String,
+    source: std::io::Error,
+}
+
+impl std::fmt::Display for NameNotResolved {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "the name {} does not resolve", self.host)
+    }
+}
+
+impl std::error::Error for NameNotResolved {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        Some(&self.source)
+    }
+}
+
+type Addrs = <GaiResolver as tower::Service<Name>>::Response;
+
+impl tower::Service<Name> for Resolver {
+    type Response = Addrs;
+    type Error = NameNotResolved;
+    type Future = Pin<Box<dyn Future<Output = Result<Addrs, NameNotResolved>> + Send>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.0.poll_ready(cx).map_err(|source| NameNotResolved {
+            host: String::new(),
+            source,
+        })
+    }
+
+    fn call(&mut self, name: Name) -> Self::Future {
+        let host = name.as_str().to_string();
+        let lookup = self.0.call(name);
+        Box::pin(async move {
+            lookup
+                .await
+                .map_err(|source| NameNotResolved { host, source })
+        })
+    }
+}
+
+/// Why an upstream call failed, in a few words for `/health`, logs and clients: classified by
+/// the error's type and `io::ErrorKind` along its source chain, with no OS error text (which
+/// would leak details and differs between systems).
+pub fn describe(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    let mut closed_early = false;
+    while let Some(s) = source {
+        if let Some(n) = s.downcast_ref::<NameNotResolved>() {
+            return format!("name does not resolve: {}", n.host);
+        }
+        if let Some(io) = s.downcast_ref::<std::io::Error>() {
+            use std::io::ErrorKind::*;
+            if let Some(inner) = io.get_ref()
+                && inner.downcast_ref::<rustls::Error>().is_some()
+            {
+                source = Some(inner);
+                continue;
+            }
+            return match io.kind() {
+                ConnectionRefused => "connection refused",
+                TimedOut => "connect time-out",
+                ConnectionReset => "connection reset by the server",
+                ConnectionAborted | BrokenPipe | UnexpectedEof => "connection closed by the server",
+                NotConnected | NetworkUnreachable | HostUnreachable => "network unreachable",
+                AddrNotAvailable => "address not available",
+                PermissionDenied => "connection not permitted",
+                _ => "connection error",
+            }
+            .into();
+        }
+        if let Some(h) = s.downcast_ref::<hyper::Error>() {
+            if h.is_incomplete_message() {
+                closed_early = true;
+            } else if h.is_parse() {
+                return "invalid HTTP from the server".into();
+            }
+        }
+        if let Some(rustls) = s.downcast_ref::<rustls::Error>() {
+            return match rustls {
+                rustls::Error::InvalidCertificate(_) => "TLS certificate not trusted",
+                _ => "TLS error",
+            }
+            .into();
+        }
+        source = s.source();
+    }
+    if closed_early {
+        "connection closed before the answer".into()
+    } else {
+        "connection error".into()
+    }
 }

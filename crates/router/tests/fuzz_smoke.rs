@@ -133,7 +133,7 @@ fn the_request_body_reader_survives_mutated_bodies() {
         headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(ct));
         mutants(seeds, 3 + i as u64, |input| {
             let body = Bytes::copy_from_slice(input);
-            let _ = runtime.block_on(mvllm_router::proxy::meta::read_meta(&headers, &body));
+            let _ = runtime.block_on(mvllm_router::proxy::meta::read_meta(&headers, &body, true));
         });
     }
 }

@@ -22,13 +22,14 @@ use subtle::ConstantTimeEq;
 
 use crate::app::AppState;
 use crate::config::ServerConfig;
+use crate::error::ApiError;
 
 fn error(status: StatusCode, message: impl Into<String>) -> Response {
-    let message = message.into();
-    (status, Json(json!({"error": {"message": message, "type": "admin_error", "param": null, "code": status.as_u16()}}))).into_response()
+    ApiError::new(status, message).into_response()
 }
 
-/// Requires the admin token when one is configured; compared in constant time.
+/// Requires the admin token when one is configured. Digests are compared in constant time, as
+/// client keys are, so neither the token's contents nor its length show in the timing.
 pub async fn require_token(State(app): State<Arc<AppState>>, req: Request, next: Next) -> Response {
     if let Some(token) = app.fleet.settings().admin_token.as_deref() {
         let given = req
@@ -36,7 +37,9 @@ pub async fn require_token(State(app): State<Arc<AppState>>, req: Request, next:
             .get(header::AUTHORIZATION)
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.strip_prefix("Bearer "));
-        let ok = given.is_some_and(|g| bool::from(g.as_bytes().ct_eq(token.as_bytes())));
+        let ok = given.is_some_and(|g| {
+            bool::from(crate::access::digest(g).ct_eq(&crate::access::digest(token)))
+        });
         if !ok {
             return error(
                 StatusCode::UNAUTHORIZED,

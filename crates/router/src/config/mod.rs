@@ -88,6 +88,23 @@ pub struct Settings {
     /// Serve clients over TLS with this certificate chain and key (PEM; needs a restart).
     pub tls_cert_file: Option<std::path::PathBuf>,
     pub tls_key_file: Option<std::path::PathBuf>,
+    /// The longest a whole answer may take, streamed or not (vLLM's router: 30 min). Unlike
+    /// `request_timeout`, reaching it is not the server's fault: it is not retried and does not
+    /// count against the server.
+    pub generation_timeout: Duration,
+    /// Time a client has to send a whole request body.
+    pub body_read_timeout: Duration,
+    /// Slowest a request body may arrive, after its first second (bytes per second).
+    pub body_min_bytes_per_second: u64,
+    /// Memory all request bodies being read or forwarded may take together; beyond it a new
+    /// body gets 503 with Retry-After.
+    pub max_buffered_body_bytes: usize,
+    /// vLLM's management routes clients may call through the router (all are refused by
+    /// default; the admin API reaches them on one server or all).
+    pub allow_management_routes: Vec<String>,
+    /// Most models the router takes from one server's `/v1/models` (more are ignored, with a
+    /// warning).
+    pub max_models_per_server: usize,
 }
 
 impl Default for Settings {
@@ -129,7 +146,24 @@ impl Default for Settings {
             tls_ca_file: None,
             tls_cert_file: None,
             tls_key_file: None,
+            generation_timeout: Duration::from_secs(1800),
+            body_read_timeout: Duration::from_secs(60),
+            body_min_bytes_per_second: 4096,
+            max_buffered_body_bytes: 512 * 1024 * 1024,
+            allow_management_routes: Vec::new(),
+            max_models_per_server: 4096,
         }
+    }
+}
+
+impl Settings {
+    /// Client keys protect the router but the admin API on the same port would be open to
+    /// anyone: a config that says "keep strangers out" must not let them change the fleet.
+    pub fn insecure_admin(&self) -> Option<&'static str> {
+        (!self.auth.keys.is_empty() && self.admin_token.is_none() && self.admin_listen.is_none())
+            .then_some(
+                "[auth] keys are set but the admin API on the main port has no admin_token: set admin_token, or admin_listen to a private address",
+            )
     }
 }
 
@@ -235,6 +269,14 @@ impl Config {
         }
         let mut settings = settings(raw.config, file, &at)?;
         settings.auth = auth::auth_settings(raw.auth, file, &at)?;
+        if let Some(why) = settings.insecure_admin() {
+            return Err(ConfigError {
+                file: file.to_string(),
+                line: 0,
+                column: 0,
+                message: why.into(),
+            });
+        }
         Ok(Config { servers, settings })
     }
 }
@@ -511,6 +553,65 @@ fn settings(
                 ));
             }
         },
+        generation_timeout: secs(
+            r.generation_timeout,
+            "generation_timeout",
+            d.generation_timeout,
+            1.0,
+        )?,
+        body_read_timeout: secs(
+            r.body_read_timeout,
+            "body_read_timeout",
+            d.body_read_timeout,
+            0.1,
+        )?,
+        body_min_bytes_per_second: u64::from(int(
+            r.body_min_bytes_per_second,
+            "body_min_bytes_per_second",
+            d.body_min_bytes_per_second as u32,
+            0,
+        )?),
+        max_buffered_body_bytes: match r.max_buffered_body_bytes {
+            None => d.max_buffered_body_bytes.max(max_body),
+            Some(v) if *v.get_ref() >= max_body as i64 => *v.get_ref() as usize,
+            Some(v) => {
+                return Err(at(
+                    v.span(),
+                    format!(
+                        "max_buffered_body_bytes must be at least max_body_bytes ({max_body}), got {}",
+                        v.get_ref()
+                    ),
+                ));
+            }
+        },
+        allow_management_routes: match r.allow_management_routes {
+            None => Vec::new(),
+            Some(list) => {
+                let mut out = Vec::new();
+                for p in list.get_ref() {
+                    let known = crate::proxy::paths::MANAGEMENT_ROUTES;
+                    let norm = crate::proxy::paths::normalize(p);
+                    if !known.contains(&norm.as_str()) {
+                        return Err(at(
+                            list.span(),
+                            format!(
+                                "allow_management_routes: `{p}` is not one of vLLM's management routes{}; one of: {}",
+                                did_you_mean(&norm, known),
+                                known.join(", ")
+                            ),
+                        ));
+                    }
+                    out.push(norm);
+                }
+                out
+            }
+        },
+        max_models_per_server: int(
+            r.max_models_per_server,
+            "max_models_per_server",
+            d.max_models_per_server as u32,
+            1,
+        )? as usize,
         retry_budget_min_per_second: match r.retry_budget_min_per_second {
             None => d.retry_budget_min_per_second,
             Some(v) if v.get_ref().is_finite() && *v.get_ref() >= 0.0 => *v.get_ref(),

@@ -65,6 +65,12 @@ pub struct RawSettings {
     pub tls_ca_file: Option<Spanned<String>>,
     pub tls_cert_file: Option<Spanned<String>>,
     pub tls_key_file: Option<Spanned<String>>,
+    pub generation_timeout: Option<Spanned<f64>>,
+    pub body_read_timeout: Option<Spanned<f64>>,
+    pub body_min_bytes_per_second: Option<Spanned<i64>>,
+    pub max_buffered_body_bytes: Option<Spanned<i64>>,
+    pub allow_management_routes: Option<Spanned<Vec<String>>>,
+    pub max_models_per_server: Option<Spanned<i64>>,
 }
 
 /// `[servers]` in either form: the seed's `servers = [{...}]` inside a `[servers]` table, or an

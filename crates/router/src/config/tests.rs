@@ -217,6 +217,9 @@ fn auth_keys_from_the_file_a_key_file_and_their_limits() {
     .unwrap();
     let file = dir.path().join("servers.toml");
     let text = r#"
+[config]
+admin_token = "admin-0123456789abcdef"
+
 [auth]
 keys = ["sk-plain-0123456789abc", { key = "sk-table-0123456789ab", name = "team-b", requests_per_second = 2.5, burst = 4, max_concurrent = 3 }]
 keys_file = "keys.txt"
@@ -225,6 +228,10 @@ max_concurrent = 8
 protect_metrics = true
 "#;
     let c = Config::parse(text, &file.display().to_string()).unwrap();
+    // Keys without an admin token would leave the admin API on the main port open to all.
+    let open_admin = text.replace("admin_token = \"admin-0123456789abcdef\"", "");
+    let e = Config::parse(&open_admin, &file.display().to_string()).unwrap_err();
+    assert!(e.message.contains("admin_token"), "{e}");
     let a = &c.settings.auth;
     let names: Vec<&str> = a.keys.iter().map(|k| k.name.as_str()).collect();
     assert_eq!(names, ["key-1", "team-b", "file-2", "ops"]);

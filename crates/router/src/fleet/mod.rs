@@ -280,7 +280,27 @@ impl Fleet {
         let result = probe::discover_models(&self.client, server, timeout).await;
         let mut models = (**server.models.load()).clone();
         match result {
-            Ok((ids, cards)) => {
+            Ok((mut ids, mut cards)) => {
+                let max = self.settings().max_models_per_server;
+                let listed = ids.len();
+                let was_truncated = models.truncated_from.is_some();
+                models.truncated_from = (listed > max).then_some(listed);
+                ids.truncate(max);
+                models.index = ids.iter().cloned().collect();
+                if listed > max {
+                    if !was_truncated {
+                        tracing::warn!(
+                            server = server.url(),
+                            "the server lists {listed} models; the router takes the first {max} (max_models_per_server)"
+                        );
+                    }
+                    let index = &models.index;
+                    cards.retain(|c| {
+                        c.get("id")
+                            .and_then(serde_json::Value::as_str)
+                            .is_some_and(|id| index.contains(id))
+                    });
+                }
                 models.ids = ids;
                 models.cards = cards;
                 models.updated = Some(SystemTime::now());

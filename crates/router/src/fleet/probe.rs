@@ -15,27 +15,7 @@ use crate::upstream::Client;
 
 const MAX_PROBE_BODY: usize = 8 * 1024 * 1024;
 
-/// A short reason for a failed upstream call, as shown in `/health` and logs.
-pub fn describe(e: &hyper_util::client::legacy::Error) -> String {
-    if e.is_connect() {
-        let text = format!("{e:?}");
-        if text.contains("ConnectionRefused") {
-            return "connection refused".into();
-        }
-        if text.contains("timed out") || text.contains("TimedOut") {
-            return "connect time-out".into();
-        }
-        return "connect error".into();
-    }
-    let mut source: Option<&dyn std::error::Error> = std::error::Error::source(e);
-    while let Some(s) = source {
-        if s.source().is_none() {
-            return format!("connection error: {s}");
-        }
-        source = s.source();
-    }
-    format!("connection error: {e}")
-}
+pub use crate::upstream::describe;
 
 async fn get(
     client: &Client,
@@ -43,7 +23,7 @@ async fn get(
     path: &str,
     timeout: Duration,
 ) -> Result<(StatusCode, Bytes), String> {
-    let mut req = Request::get(format!("{}{path}", server.url()));
+    let mut req = Request::get(server.uri_for(path)?);
     if let Some(key) = server.api_key() {
         req = req.header(header::AUTHORIZATION, format!("Bearer {key}"));
     }

@@ -4,6 +4,7 @@
 //! list is an `ArcSwap`, and the two small mutexes (health, last scrape) are held for a few
 //! instructions and never across an `.await`.
 
+use std::collections::HashSet;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, SystemTime};
@@ -23,6 +24,10 @@ use crate::routing::{Candidate, Scraped};
 #[derive(Debug, Clone, Default)]
 pub struct Models {
     pub ids: Vec<String>,
+    /// `ids` as a set: routing asks "does it serve this model?" per request and per card.
+    pub index: HashSet<String>,
+    /// How many models the server listed when that was more than `max_models_per_server`.
+    pub truncated_from: Option<usize>,
     /// The cards as the server wrote them (served names and LoRA adapters).
     pub cards: Vec<Value>,
     pub updated: Option<SystemTime>,
@@ -68,10 +73,38 @@ pub const LIVE_WINDOW_SECONDS: usize = 60;
 /// How long a 429 or 503 lowers a server's share.
 pub const OVERLOAD_PENALTY: Duration = Duration::from_secs(1);
 
+/// A server's URL in parts, so request paths are appended structurally, never by string
+/// concatenation (`http://host:8101` + `*` would address port 80).
+#[derive(Debug, Clone)]
+struct Target {
+    scheme: hyper::http::uri::Scheme,
+    authority: hyper::http::uri::Authority,
+    /// The URL's own path (`/base` of `http://host/base`), without a trailing slash.
+    base_path: String,
+}
+
+impl Target {
+    fn parse(url: &str) -> Target {
+        // The config validated the URL; an unparsable one cannot get here.
+        let uri: hyper::Uri = url
+            .parse()
+            .expect("server URLs are validated by the config");
+        Target {
+            scheme: uri
+                .scheme()
+                .cloned()
+                .unwrap_or(hyper::http::uri::Scheme::HTTP),
+            authority: uri.authority().cloned().expect("server URLs have a host"),
+            base_path: uri.path().trim_end_matches('/').to_string(),
+        }
+    }
+}
+
 #[derive(Debug)]
 pub struct Server {
     /// The server's identity: a reload that keeps the URL keeps the server and its state.
     url: String,
+    target: Target,
     /// Capacity, API key and static models, which a reload may change in place.
     cfg: ArcSwap<ServerConfig>,
     in_flight: AtomicUsize,
@@ -105,10 +138,13 @@ impl Server {
         } else {
             Health::assumed_healthy()
         };
+        let ids = cfg.models.clone().unwrap_or_default();
         let models = Models {
-            ids: cfg.models.clone().unwrap_or_default(),
+            index: ids.iter().cloned().collect(),
+            ids,
             ..Default::default()
         };
+        let target = Target::parse(&cfg.url);
         Server {
             healthy: AtomicBool::new(health.is_healthy()),
             probing: AtomicBool::new(false),
@@ -123,8 +159,27 @@ impl Server {
             live: Mutex::new(Window::new(LIVE_WINDOW_SECONDS)),
             slot_freed,
             url: cfg.url.clone(),
+            target,
             cfg: ArcSwap::from_pointee(cfg),
         }
+    }
+
+    /// The address of `path_and_query` (origin-form, starting with `/`) on this server, built
+    /// from its parts: the scheme and authority always the configured ones, whatever the path.
+    pub fn uri_for(&self, path_and_query: &str) -> Result<hyper::Uri, String> {
+        if !path_and_query.starts_with('/') {
+            return Err(format!("`{path_and_query}` is not a path"));
+        }
+        let t = &self.target;
+        let mut pq = String::with_capacity(t.base_path.len() + path_and_query.len());
+        pq.push_str(&t.base_path);
+        pq.push_str(path_and_query);
+        hyper::Uri::builder()
+            .scheme(t.scheme.clone())
+            .authority(t.authority.clone())
+            .path_and_query(pq)
+            .build()
+            .map_err(|e| format!("cannot address `{path_and_query}` on the server: {e}"))
     }
 
     pub fn url(&self) -> &str {
@@ -225,7 +280,7 @@ impl Server {
     pub fn serves(&self, model: &str) -> bool {
         match &self.cfg.load().models {
             Some(list) => list.iter().any(|m| m == model),
-            None => self.models.load().ids.iter().any(|m| m == model),
+            None => self.models.load().index.contains(model),
         }
     }
 

@@ -47,6 +47,8 @@ pub struct ProxyBody {
     outcome: &'static str,
     /// For `POST /v1/responses`: the body's first bytes, until the response id is found.
     tap: Option<(Vec<u8>, Arc<Affinity>)>,
+    /// The last two bytes sent, to end a half-sent SSE event before an error event.
+    tail: [u8; 2],
 }
 
 impl ProxyBody {
@@ -69,6 +71,7 @@ impl ProxyBody {
             log,
             outcome: "aborted by client",
             tap: None,
+            tail: *b"\n\n",
         }
     }
 
@@ -109,8 +112,23 @@ impl ProxyBody {
         }
         tracing::warn!(id = %self.log.id, server = %self.log.server, reason = %why, "upstream failed mid-response");
         self.ended = true;
+        // An event ends with a blank line: end the one the server left half-sent, so the error
+        // event is not glued to it.
+        let close = match self.tail {
+            [b'\n', b'\n'] => "",
+            [_, b'\n'] => "\n",
+            _ => "\n\n",
+        };
         self.sse
-            .then(|| Bytes::from(format!("data: {}\n\ndata: [DONE]\n\n", error.body())))
+            .then(|| Bytes::from(format!("{close}data: {}\n\ndata: [DONE]\n\n", error.body())))
+    }
+
+    fn remember_tail(&mut self, data: &[u8]) {
+        match data {
+            [] => {}
+            [b] => self.tail = [self.tail[1], *b],
+            [.., a, b] => self.tail = [*a, *b],
+        }
     }
 }
 
@@ -139,6 +157,7 @@ impl Body for ProxyBody {
                         this.log.telemetry.live.lock().record_ttft(ttft);
                     }
                     this.scan(data);
+                    this.remember_tail(data);
                 }
                 if this.inner.is_end_stream() {
                     // Hyper stops polling once a Content-Length is satisfied: the end is now.

@@ -1,10 +1,14 @@
-//! The router's own error answers, in OpenAI's format: `{"error":{"message","type","param","code"}}`.
-//! Details that would leak internals (addresses, OS errors) go to the log, not to the client.
+//! Why the router answers a forwarded request itself, as a typed error; the answer's shape is
+//! [`crate::error::ApiError`]'s (vLLM's). Details that would leak internals (addresses, OS
+//! errors) go to the log, not to the client.
 
-use axum::Json;
-use axum::http::{HeaderValue, StatusCode, header};
+use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use serde_json::json;
+
+use crate::error::ApiError;
+
+/// How many model names an unknown-model answer lists at most (a server may serve thousands).
+pub const MODELS_LISTED: usize = 20;
 
 #[derive(Debug, Clone, PartialEq)]
 pub enum ProxyError {
@@ -12,6 +16,12 @@ pub enum ProxyError {
     BadRequest(String),
     /// The body is larger than `max_body_bytes` (413).
     TooLarge(usize),
+    /// The body did not arrive within `body_read_timeout`, or slower than its minimum rate (408).
+    BodyTimeout(String),
+    /// A route clients may not use through the router (403), e.g. vLLM's management routes.
+    Forbidden(String),
+    /// The request already passed through this router: the config lists the router itself (508).
+    LoopDetected,
     /// No server serves this model (404), with the models that exist.
     UnknownModel {
         model: String,
@@ -19,9 +29,10 @@ pub enum ProxyError {
     },
     /// Servers exist for the request but none can take it now (503, Retry-After).
     NoServerAvailable(String),
-    /// Every attempt failed to reach a server (502).
+    /// Every attempt failed to reach a server (502); the reason is for the client, so it must
+    /// not carry OS error text or addresses.
     BadGateway(String),
-    /// The server did not answer within `request_timeout` (504).
+    /// The server did not answer in time (504).
     Timeout,
     /// Every eligible server is full and the wait queue is full or timed out (503, Retry-After).
     Overloaded(&'static str),
@@ -32,6 +43,9 @@ impl ProxyError {
         match self {
             Self::BadRequest(_) => StatusCode::BAD_REQUEST,
             Self::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            Self::BodyTimeout(_) => StatusCode::REQUEST_TIMEOUT,
+            Self::Forbidden(_) => StatusCode::FORBIDDEN,
+            Self::LoopDetected => StatusCode::LOOP_DETECTED,
             Self::UnknownModel { .. } => StatusCode::NOT_FOUND,
             Self::NoServerAvailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             Self::BadGateway(_) => StatusCode::BAD_GATEWAY,
@@ -40,63 +54,47 @@ impl ProxyError {
         }
     }
 
-    fn parts(&self) -> (String, &'static str, Option<&'static str>) {
+    pub fn api_error(&self) -> ApiError {
+        let message = match self {
+            Self::BadRequest(m) | Self::BodyTimeout(m) | Self::Forbidden(m) => m.clone(),
+            Self::TooLarge(limit) => {
+                format!("request body is larger than the limit of {limit} bytes")
+            }
+            Self::LoopDetected => "this request already passed through this router: its config lists the router itself as a server".into(),
+            Self::UnknownModel { model, available } => {
+                let listed = match available.len() {
+                    0 => "none".to_string(),
+                    n if n <= MODELS_LISTED => available.join(", "),
+                    n => format!(
+                        "{} and {} more (GET /v1/models lists them all)",
+                        available[..MODELS_LISTED].join(", "),
+                        n - MODELS_LISTED
+                    ),
+                };
+                format!("The model `{model}` does not exist. Available models: {listed}")
+            }
+            Self::NoServerAvailable(why) => {
+                format!("No server is available to handle this request: {why}. Please retry.")
+            }
+            Self::BadGateway(why) => format!("The upstream server failed: {why}"),
+            Self::Timeout => "The upstream server did not answer in time.".to_string(),
+            Self::Overloaded(why) => format!("Every server is at capacity and {why}. Please retry."),
+        };
+        let e = ApiError::new(self.status(), message);
         match self {
-            Self::BadRequest(m) => (m.clone(), "invalid_request_error", None),
-            Self::TooLarge(limit) => (
-                format!("request body is larger than the limit of {limit} bytes"),
-                "invalid_request_error",
-                None,
-            ),
-            Self::UnknownModel { model, available } => (
-                format!(
-                    "The model `{model}` does not exist. Available models: {}",
-                    if available.is_empty() {
-                        "none".to_string()
-                    } else {
-                        available.join(", ")
-                    }
-                ),
-                "NotFoundError",
-                Some("model"),
-            ),
-            Self::NoServerAvailable(why) => (
-                format!("No server is available to handle this request: {why}. Please retry."),
-                "ServiceUnavailableError",
-                None,
-            ),
-            Self::BadGateway(why) => (
-                format!("The upstream server failed: {why}"),
-                "BadGatewayError",
-                None,
-            ),
-            Self::Timeout => (
-                "The upstream server did not answer in time.".to_string(),
-                "GatewayTimeoutError",
-                None,
-            ),
-            Self::Overloaded(why) => (
-                format!("Every server is at capacity and {why}. Please retry."),
-                "ServiceUnavailableError",
-                None,
-            ),
+            Self::UnknownModel { .. } => e.with_param("model"),
+            _ => e,
         }
     }
 
     /// The JSON error object (also used inside an SSE error event).
     pub fn body(&self) -> serde_json::Value {
-        let (message, kind, param) = self.parts();
-        json!({"error": {"message": message, "type": kind, "param": param, "code": self.status().as_u16()}})
+        self.api_error().body()
     }
 }
 
 impl IntoResponse for ProxyError {
     fn into_response(self) -> Response {
-        let mut r = (self.status(), Json(self.body())).into_response();
-        if matches!(self, Self::NoServerAvailable(_) | Self::Overloaded(_)) {
-            r.headers_mut()
-                .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
-        }
-        r
+        self.api_error().into_response()
     }
 }

@@ -28,9 +28,36 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
     }
 }
 
+/// Adds this router to `Via` (RFC 9110 7.6.3), keeping earlier hops.
+pub fn add_via(headers: &mut HeaderMap, token: &str) {
+    if let Ok(v) = axum::http::HeaderValue::from_str(&format!("1.1 {token}")) {
+        headers.append(header::VIA, v);
+    }
+}
+
+/// Whether a request already passed through the router whose `Via` token is `token`.
+pub fn has_passed(headers: &HeaderMap, token: &str) -> bool {
+    headers
+        .get_all(header::VIA)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|hop| hop.split_whitespace().nth(1) == Some(token))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn via_marks_the_hop_and_recognises_it() {
+        let mut h = HeaderMap::new();
+        h.insert(header::VIA, "1.0 fred, 1.1 p.example.net".parse().unwrap());
+        assert!(!has_passed(&h, "mvllm-1"));
+        add_via(&mut h, "mvllm-1");
+        assert!(has_passed(&h, "mvllm-1"));
+        assert!(!has_passed(&h, "mvllm-12"));
+    }
 
     #[test]
     fn removes_standard_and_listed_hop_by_hop_headers() {

@@ -21,11 +21,21 @@ struct JsonFields {
     stream: Option<bool>,
 }
 
-/// Reads the routing fields. An empty body has none. A body must be JSON or multipart form
-/// data; anything else, invalid JSON, or a multipart body without a readable form is the
-/// client's error (400) and never reaches a server.
-pub async fn read_meta(headers: &HeaderMap, body: &Bytes) -> Result<RequestMeta, ProxyError> {
+/// Reads the routing fields. An empty body has none, except on a generation route, which
+/// needs one. A body must be a JSON object or multipart form data; anything else, invalid
+/// JSON, or a multipart body without a readable form is the client's error (400) and never
+/// reaches a server.
+pub async fn read_meta(
+    headers: &HeaderMap,
+    body: &Bytes,
+    generation: bool,
+) -> Result<RequestMeta, ProxyError> {
     if body.is_empty() {
+        if generation {
+            return Err(ProxyError::BadRequest(
+                "this route needs a JSON object as its request body".into(),
+            ));
+        }
         return Ok(RequestMeta::default());
     }
     let ct = headers
@@ -39,10 +49,18 @@ pub async fn read_meta(headers: &HeaderMap, body: &Bytes) -> Result<RequestMeta,
         .trim()
         .to_ascii_lowercase();
     if mime == "application/json" || mime.ends_with("+json") {
+        let first = body.iter().find(|b| !b.is_ascii_whitespace());
+        if first != Some(&b'{') {
+            return Err(ProxyError::BadRequest(
+                "the request body must be a JSON object".into(),
+            ));
+        }
         let fields: JsonFields = serde_json::from_slice(body).map_err(|e| {
             use serde_json::error::Category;
             match e.classify() {
-                Category::Data => ProxyError::BadRequest(format!("invalid request body: {e}")),
+                Category::Data => ProxyError::BadRequest(format!(
+                    "invalid request body: {e} (`model` must be a string, `stream` a boolean)"
+                )),
                 _ => ProxyError::BadRequest(format!("request body is not valid JSON: {e}")),
             }
         })?;
@@ -102,6 +120,7 @@ mod tests {
         let m = read_meta(
             &json_headers(),
             &Bytes::from_static(br#"{"stream":true,"messages":[],"model":"m\u0031"}"#),
+            true,
         )
         .await
         .unwrap();
@@ -112,7 +131,7 @@ mod tests {
                 stream: true
             }
         );
-        let m = read_meta(&json_headers(), &Bytes::from_static(b"{}"))
+        let m = read_meta(&json_headers(), &Bytes::from_static(b"{}"), true)
             .await
             .unwrap();
         assert_eq!(m, RequestMeta::default());
@@ -121,17 +140,26 @@ mod tests {
     #[tokio::test]
     async fn rejects_invalid_json_and_other_content_types() {
         assert!(matches!(
-            read_meta(&json_headers(), &Bytes::from_static(b"{nope")).await,
+            read_meta(&json_headers(), &Bytes::from_static(b"{nope"), true).await,
             Err(ProxyError::BadRequest(_))
         ));
-        assert!(matches!(
-            read_meta(&json_headers(), &Bytes::from_static(b"[1]")).await,
-            Err(ProxyError::BadRequest(_))
-        ));
+        for body in [&b"[1]"[..], b"[\"m\", true]", b"\"m\"", b"  7", b""] {
+            match read_meta(&json_headers(), &Bytes::from_static(body), true).await {
+                Err(ProxyError::BadRequest(m)) => {
+                    assert!(!m.contains("struct") && !m.contains("JsonFields"), "{m}")
+                }
+                other => panic!("{other:?} for {body:?}"),
+            }
+        }
+        // Outside generation routes an empty body has no fields.
+        assert_eq!(
+            read_meta(&json_headers(), &Bytes::new(), false).await,
+            Ok(RequestMeta::default())
+        );
         let mut h = HeaderMap::new();
         h.insert(header::CONTENT_TYPE, "text/plain".parse().unwrap());
         assert!(matches!(
-            read_meta(&h, &Bytes::from_static(b"{}")).await,
+            read_meta(&h, &Bytes::from_static(b"{}"), true).await,
             Err(ProxyError::BadRequest(_))
         ));
     }
@@ -145,7 +173,7 @@ mod tests {
             header::CONTENT_TYPE,
             "multipart/form-data; boundary=XX".parse().unwrap(),
         );
-        let m = read_meta(&h, &Bytes::from(body)).await.unwrap();
+        let m = read_meta(&h, &Bytes::from(body), true).await.unwrap();
         assert_eq!(m.model.as_deref(), Some("whisper-1"));
     }
 }

@@ -8,28 +8,27 @@
 //! never counts against the server. The answer streams back through [`body::ProxyBody`].
 
 pub mod affinity;
+mod attempt;
 pub mod body;
 pub mod errors;
 pub mod headers;
 pub mod meta;
+pub mod paths;
+pub mod read_body;
 
 use std::sync::Arc;
 
-use axum::body::Body;
 use axum::extract::{Request, State};
-use axum::http::{HeaderValue, StatusCode, Uri, header};
+use axum::http::{HeaderValue, Method, StatusCode};
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
-use http_body_util::{BodyExt, Full, Limited};
 use rand::Rng;
 use tokio::time::Instant;
 
 use crate::app::AppState;
 use crate::fleet::Server;
 use crate::fleet::events::EventKind;
-use crate::fleet::probe::describe;
 use crate::telemetry::{self, DecisionLabels, ReasonLabels, RequestLabels, RouteLabels};
-use body::{ProxyBody, RequestLog};
 use errors::ProxyError;
 use meta::RequestMeta;
 
@@ -51,27 +50,24 @@ pub async fn forward(State(app): State<Arc<AppState>>, req: Request) -> Response
     };
     let settings = app.fleet.settings();
     let route = telemetry::route_label(parts.uri.path());
+    let mut named_model: Option<String> = None;
     let result = async {
-        let body = match Limited::new(body, settings.max_body_bytes).collect().await {
-            Ok(b) => b.to_bytes(),
-            Err(e) if e.is::<http_body_util::LengthLimitError>() => {
-                return Err(ProxyError::TooLarge(settings.max_body_bytes));
-            }
-            Err(e) => {
-                return Err(ProxyError::BadRequest(format!(
-                    "could not read the request body: {e}"
-                )));
-            }
-        };
-        let meta = meta::read_meta(&parts.headers, &body).await?;
-        send(&app, parts, body, meta, &request_id, started).await
+        let class = admit(&app, &parts, &settings)?;
+        let body = read_body::read(body, &parts.headers, &settings, &app.body_budget).await?;
+        let generation = class == paths::PathClass::Generation && parts.method == Method::POST;
+        let meta = meta::read_meta(&parts.headers, &body.bytes, generation).await?;
+        named_model.clone_from(&meta.model);
+        let answer = send(&app, parts, body.bytes.clone(), meta, &request_id, started).await;
+        drop(body);
+        answer
     }
     .await;
     let mut response = result.unwrap_or_else(|e| {
         tracing::info!(target: "mvllm::access", id = %request_id, status = e.status().as_u16(), error = ?e, "request refused");
         let t = &app.fleet.telemetry;
         let route = RouteLabels { route };
-        t.requests.get_or_create(&RequestLabels { route: route.route, model: "none".into(), server: "none".into(), status: e.status().as_u16() }).inc();
+        let model = model_label(&app.fleet.servers(), named_model.as_deref());
+        t.requests.get_or_create(&RequestLabels { route: route.route, model, server: "none".into(), status: e.status().as_u16() }).inc();
         t.ttfb.get_or_create(&route).observe(started.elapsed().as_secs_f64());
         t.duration.get_or_create(&route).observe(started.elapsed().as_secs_f64());
         e.into_response()
@@ -87,18 +83,51 @@ pub async fn forward(State(app): State<Arc<AppState>>, req: Request) -> Response
     response
 }
 
+/// The `model` label of a request's metrics: the model if some server serves it, `unknown` if
+/// it named one nobody serves (labels stay bounded by the fleet's models), `none` if it named
+/// none.
+fn model_label(servers: &[Arc<Server>], model: Option<&str>) -> String {
+    match model {
+        Some(m) if servers.iter().any(|s| s.serves(m)) => m.to_string(),
+        Some(_) => "unknown".into(),
+        None => "none".into(),
+    }
+}
+
+/// What is refused before the body is read: request targets that are not a path, the admin
+/// API's paths in disguise, vLLM's management routes (unless allowed), and requests that already
+/// passed through this router (a config listing the router itself).
+fn admit(
+    app: &AppState,
+    parts: &axum::http::request::Parts,
+    settings: &crate::config::Settings,
+) -> Result<paths::PathClass, ProxyError> {
+    if parts.method == Method::CONNECT || !parts.uri.path().starts_with('/') {
+        return Err(ProxyError::BadRequest(
+            "the request target must be a path (origin-form, such as /v1/chat/completions)".into(),
+        ));
+    }
+    if headers::has_passed(&parts.headers, &app.instance) {
+        return Err(ProxyError::LoopDetected);
+    }
+    let (class, norm) = paths::classify(parts.uri.path());
+    match class {
+        paths::PathClass::Admin => Err(ProxyError::Forbidden(
+            "the admin API is not served at this path".into(),
+        )),
+        paths::PathClass::Management if !settings.allow_management_routes.contains(&norm) => {
+            Err(ProxyError::Forbidden(format!(
+                "`{norm}` is a server management route: clients cannot call it through the router (operators: POST /admin/upstream{norm} with the admin token)"
+            )))
+        }
+        _ => Ok(class),
+    }
+}
+
 /// An answer that counts as an error in the live figures: the server's or the router's failure,
 /// or too busy to answer. Other 4xx are the client's and do not count.
 fn is_failure(status: StatusCode) -> bool {
     status.is_server_error() || status == StatusCode::TOO_MANY_REQUESTS
-}
-
-/// Why one attempt did not produce an answer for the client.
-enum Attempt {
-    /// Worth trying another server.
-    Retry(ProxyError),
-    /// The answer to send (a response, or a final error).
-    Done(Result<Response, ProxyError>),
 }
 
 async fn send(
@@ -135,49 +164,32 @@ async fn send(
     let mut timeouts = 0;
     let mut last_error = None;
     fleet.retry_budget.record_request();
-    // Whether the next attempt was already charged to the retry budget (status retries are
-    // charged before the answer is given up, so that a denied retry returns the server's answer).
-    let mut charged = false;
+    let request = attempt::Request {
+        parts: &parts,
+        body: &body,
+        meta: &meta,
+        id: request_id,
+        started,
+        via: &app.instance,
+    };
     for attempt in 0..=settings.max_retries {
-        if attempt > 0 && !std::mem::take(&mut charged) && !retry_allowed(app) {
-            break;
+        let (choices, panic) = eligible(&servers, &tried, &could_serve);
+        if panic {
+            fleet.telemetry.panic_routed.inc();
+            fleet.telemetry.events.push(
+                EventKind::Unhealthy,
+                None,
+                "every server is out: trying ejected servers that still pass health checks",
+            );
         }
-        let usable = |i: &usize, ok: &dyn Fn(&Server) -> bool| {
-            let s = &servers[*i];
-            ok(s) && !tried.contains(i) && could_serve(s)
-        };
-        let mut eligible: Vec<usize> = (0..servers.len())
-            .filter(|i| usable(i, &|s| s.takes_requests()))
-            .collect();
-        if eligible.is_empty() {
-            // Panic routing (as Envoy's): with every server out, rather than refusing everyone,
-            // try the ones ejected for failing requests whose health checks still pass. A server
-            // failing half its requests serves half the clients; an empty fleet serves none.
-            eligible = (0..servers.len())
-                .filter(|i| {
-                    usable(i, &|s| {
-                        !s.draining.load(std::sync::atomic::Ordering::Relaxed)
-                            && s.ejected_but_reachable()
-                    })
-                })
-                .collect();
-            if !eligible.is_empty() {
-                fleet.telemetry.panic_routed.inc();
-                fleet.telemetry.events.push(
-                    EventKind::Unhealthy,
-                    None,
-                    "every server is out: trying ejected servers that still pass health checks",
-                );
-            }
-        }
-        let candidates: Vec<_> = eligible
+        let candidates: Vec<_> = choices
             .iter()
             .map(|&i| servers[i].candidate(max_age))
             .collect();
         let Some(choice) = picker.pick(&candidates, &mut rand::rng()) else {
             break;
         };
-        let index = eligible[choice];
+        let index = choices[choice];
         tried.push(index);
         let server = &servers[index];
         fleet
@@ -188,47 +200,44 @@ async fn send(
                 server: server.url().to_string(),
             })
             .inc();
-        match try_server(
-            app, server, &parts, &body, &meta, request_id, started, attempt,
-        )
-        .await
-        {
-            Attempt::Done(r) => {
+        // A retry is worth deciding on only if there is another server to retry on.
+        let may_retry = attempt < settings.max_retries
+            && !eligible(&servers, &tried, &could_serve).0.is_empty();
+        let outcome = attempt::run(app, server, &request, attempt, may_retry).await;
+        let cause = match outcome {
+            attempt::Outcome::Done(r) => {
                 if attempt > 0 && r.is_ok() {
                     fleet.telemetry.failovers.inc();
                 }
                 return r;
             }
-            Attempt::Retry(e) => {
-                charged = matches!(&e, ProxyError::BadGateway(why) if why.starts_with("HTTP"));
-                let reason = match &e {
-                    ProxyError::Timeout => "timeout",
-                    ProxyError::BadGateway(why) if why.starts_with("HTTP") => "status",
-                    _ => "connection",
-                };
-                fleet
-                    .telemetry
-                    .retries
-                    .get_or_create(&ReasonLabels { reason })
-                    .inc();
-                fleet.telemetry.live.lock().record_retry();
-                let why = match &e {
-                    ProxyError::BadGateway(why) => why.as_str(),
-                    _ => "no response headers in time",
-                };
-                fleet.telemetry.events.push(
-                    EventKind::Retry,
-                    Some(servers[index].url()),
-                    format!("retried elsewhere: {why}"),
-                );
-                if e == ProxyError::Timeout {
-                    timeouts += 1;
-                    if timeouts > settings.timeout_retries {
-                        return Err(e);
-                    }
-                }
-                last_error = Some(e);
+            attempt::Outcome::Retry(cause) => cause,
+        };
+        fleet
+            .telemetry
+            .retries
+            .get_or_create(&ReasonLabels {
+                reason: cause.label(),
+            })
+            .inc();
+        fleet.telemetry.live.lock().record_retry();
+        fleet.telemetry.events.push(
+            EventKind::Retry,
+            Some(server.url()),
+            format!("retried elsewhere: {}", cause.describe()),
+        );
+        let error = cause.error();
+        if matches!(cause, attempt::RetryCause::Timeout) {
+            timeouts += 1;
+            if timeouts > settings.timeout_retries {
+                return Err(error);
             }
+        }
+        last_error = Some(error);
+        // Status retries were charged to the budget before the answer was given up (so that a
+        // refused retry returns the server's own answer); others ask now.
+        if !may_retry || (!matches!(cause, attempt::RetryCause::Status(_)) && !retry_allowed(app)) {
+            break;
         }
     }
     Err(match last_error {
@@ -243,124 +252,34 @@ async fn send(
     })
 }
 
-#[allow(clippy::too_many_arguments)]
-async fn try_server(
-    app: &AppState,
-    server: &Arc<Server>,
-    parts: &axum::http::request::Parts,
-    body: &Bytes,
-    meta: &RequestMeta,
-    request_id: &str,
-    started: Instant,
-    attempt: u32,
-) -> Attempt {
-    let settings = app.fleet.settings();
-    let guard = server.begin_request();
-    let req = match upstream_request(server, parts, body.clone()) {
-        Ok(r) => r,
-        Err(e) => return Attempt::Done(Err(e)),
+/// The servers a request may go to now, not yet tried: those taking requests, or, when every
+/// server is out, panic routing (as Envoy's): rather than refusing everyone, the ones ejected
+/// for failing requests whose health checks still pass. A server failing half its requests
+/// serves half the clients; an empty fleet serves none. The flag says it came to panic routing.
+fn eligible(
+    servers: &[Arc<Server>],
+    tried: &[usize],
+    could_serve: &dyn Fn(&Server) -> bool,
+) -> (Vec<usize>, bool) {
+    let usable = |i: &usize, ok: &dyn Fn(&Server) -> bool| {
+        let s = &servers[*i];
+        ok(s) && !tried.contains(i) && could_serve(s)
     };
-    let sent = tokio::time::timeout(settings.request_timeout, app.fleet.client.request(req)).await;
-    let resp = match sent {
-        Err(_) => {
-            server.live.lock().record_request(true);
-            let t =
-                server.record_failure("time-out waiting for response headers".into(), &settings);
-            app.fleet.on_transition(server, t).await;
-            tracing::warn!(
-                id = request_id,
-                server = server.url(),
-                "no response headers within request_timeout"
-            );
-            return Attempt::Retry(ProxyError::Timeout);
-        }
-        Ok(Err(e)) => {
-            server.live.lock().record_request(true);
-            let why = describe(&e);
-            let t = server.record_failure(why.clone(), &settings);
-            app.fleet.on_transition(server, t).await;
-            tracing::warn!(id = request_id, server = server.url(), reason = %why, "server unreachable; trying another");
-            return Attempt::Retry(ProxyError::BadGateway(why));
-        }
-        Ok(Ok(resp)) => resp,
-    };
-    let status = resp.status();
-    server.live.lock().record_request(is_failure(status));
-    if matches!(
-        status,
-        StatusCode::TOO_MANY_REQUESTS | StatusCode::SERVICE_UNAVAILABLE
-    ) {
-        // Overloaded, not broken (vLLM's 503 is its admission control saying "busy"): do not
-        // eject, but lower its share for a moment and try elsewhere.
-        server.note_overloaded();
-    } else if status.is_server_error() {
-        let t = server.record_failure(format!("HTTP {}", status.as_u16()), &settings);
-        app.fleet.on_transition(server, t).await;
-    } else {
-        server.record_success();
-        if status.is_client_error() {
-            server
-                .stats
-                .client_errors
-                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        }
+    let taking: Vec<usize> = (0..servers.len())
+        .filter(|i| usable(i, &|s| s.takes_requests()))
+        .collect();
+    if !taking.is_empty() {
+        return (taking, false);
     }
-    let retryable = matches!(status.as_u16(), 429 | 502 | 503 | 504);
-    if retryable && attempt < settings.max_retries && retry_allowed(app) {
-        tracing::info!(
-            id = request_id,
-            server = server.url(),
-            status = status.as_u16(),
-            "retrying on another server"
-        );
-        return Attempt::Retry(ProxyError::BadGateway(format!("HTTP {}", status.as_u16())));
-    }
-    let (mut rparts, incoming) = resp.into_parts();
-    headers::strip_hop_by_hop(&mut rparts.headers);
-    let sse = rparts
-        .headers
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.starts_with("text/event-stream"));
-    let telemetry = app.fleet.telemetry.clone();
-    let route = telemetry::route_label(parts.uri.path());
-    let model = match &meta.model {
-        Some(m) if server.serves(m) => m.clone(),
-        Some(_) => "unknown".into(),
-        None => "none".into(),
-    };
-    telemetry
-        .requests
-        .get_or_create(&RequestLabels {
-            route,
-            model,
-            server: server.url().to_string(),
-            status: status.as_u16(),
+    let panic: Vec<usize> = (0..servers.len())
+        .filter(|i| {
+            usable(i, &|s| {
+                !s.draining.load(std::sync::atomic::Ordering::Relaxed) && s.ejected_but_reachable()
+            })
         })
-        .inc();
-    telemetry
-        .ttfb
-        .get_or_create(&RouteLabels { route })
-        .observe(started.elapsed().as_secs_f64());
-    let log = RequestLog {
-        route,
-        telemetry,
-        id: request_id.to_string(),
-        model: meta.model.clone(),
-        server: server.url().to_string(),
-        status: status.as_u16(),
-        started,
-        ttfb: started.elapsed(),
-        retries: attempt,
-    };
-    let mut body = ProxyBody::new(incoming, guard, settings, sse, log);
-    if parts.method == axum::http::Method::POST
-        && parts.uri.path() == "/v1/responses"
-        && status.is_success()
-    {
-        body = body.remember_response_id(app.affinity.clone());
-    }
-    Attempt::Done(Ok(Response::from_parts(rparts, Body::new(body))))
+        .collect();
+    let panicking = !panic.is_empty();
+    (panic, panicking)
 }
 
 /// With `queue_size > 0`: when no server that could serve the request has a free slot (or others
@@ -409,7 +328,7 @@ async fn wait_for_slot<'a>(
 }
 
 /// Asks the retry budget for one more attempt; a refusal is counted.
-fn retry_allowed(app: &AppState) -> bool {
+pub(crate) fn retry_allowed(app: &AppState) -> bool {
     let fleet = &app.fleet;
     let s = fleet.settings();
     let ok = fleet
@@ -425,31 +344,4 @@ fn retry_allowed(app: &AppState) -> bool {
             .inc();
     }
     ok
-}
-
-/// The request as the server gets it: same method, path, query and body; hop-by-hop headers
-/// dropped; the server's API key as the bearer when one is configured.
-fn upstream_request(
-    server: &Server,
-    parts: &axum::http::request::Parts,
-    body: Bytes,
-) -> Result<hyper::Request<Full<Bytes>>, ProxyError> {
-    let path = parts.uri.path_and_query().map_or("/", |p| p.as_str());
-    let uri: Uri = format!("{}{path}", server.url())
-        .parse()
-        .map_err(|_| ProxyError::BadRequest("the request path cannot be forwarded".into()))?;
-    let mut req = hyper::Request::new(Full::new(body));
-    *req.method_mut() = parts.method.clone();
-    *req.uri_mut() = uri;
-    let headers = req.headers_mut();
-    *headers = parts.headers.clone();
-    headers::strip_hop_by_hop(headers);
-    headers.remove(header::HOST);
-    headers.remove(header::CONTENT_LENGTH);
-    if let Some(key) = server.api_key()
-        && let Ok(v) = HeaderValue::from_str(&format!("Bearer {key}"))
-    {
-        headers.insert(header::AUTHORIZATION, v);
-    }
-    Ok(req)
 }
