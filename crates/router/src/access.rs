@@ -182,20 +182,31 @@ impl Access {
     }
 
     /// Checks a request's key and limits; on success the guard counts it in flight.
-    pub fn admit(&self, headers: &HeaderMap) -> Result<Option<(KeyGuard, &str)>, Refusal> {
-        if !self.enabled() {
-            return Ok(None);
-        }
+    /// Whether the request carries a valid key (no limits counted): for views that show more
+    /// to clients than to strangers.
+    pub fn knows(&self, headers: &HeaderMap) -> bool {
+        !self.enabled() || self.identify(headers).is_ok()
+    }
+
+    /// The index of the key presented. Every digest is compared, whichever matches, so timing
+    /// does not depend on which.
+    fn identify(&self, headers: &HeaderMap) -> Result<usize, Refusal> {
         let given = Self::presented(headers).ok_or(Refusal::MissingKey)?;
         let d = digest(given);
-        // Every digest is compared, whichever matches, so timing does not depend on which.
         let mut found = None;
         for (i, k) in self.keys.iter().enumerate() {
             if bool::from(k.digest.ct_eq(&d)) {
                 found = Some(i);
             }
         }
-        let key = &self.keys[found.ok_or(Refusal::WrongKey)?];
+        found.ok_or(Refusal::WrongKey)
+    }
+
+    pub fn admit(&self, headers: &HeaderMap) -> Result<Option<(KeyGuard, &str)>, Refusal> {
+        if !self.enabled() {
+            return Ok(None);
+        }
+        let key = &self.keys[self.identify(headers)?];
         if let Some(max) = key.max_concurrent {
             let now = key.in_flight.fetch_add(1, Ordering::Relaxed);
             if now >= max {

@@ -83,6 +83,10 @@ fn admin_routes(state: Arc<AppState>) -> Router<Arc<AppState>> {
         .route("/admin/servers/remove", post(admin::remove))
         .route("/admin/servers/drain", post(admin::drain))
         .route("/admin/servers/undrain", post(admin::undrain))
+        .route(
+            "/admin/upstream/{*route}",
+            axum::routing::any(admin::upstream),
+        )
         .route_layer(axum::middleware::from_fn_with_state(
             state,
             admin::require_token,

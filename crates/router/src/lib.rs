@@ -97,6 +97,21 @@ pub async fn start(config: &Config, listener: TcpListener) -> std::io::Result<Ro
     .await
 }
 
+/// Config mistakes that are not errors: one server listed under two names, the router itself.
+pub fn warn_about_servers(config: &Config, listening: SocketAddr) {
+    for (a, b) in config::aliases::aliases(&config.servers) {
+        tracing::warn!("{a} and {b} are the same server under two names: it gets twice its share");
+    }
+    for s in &config.servers {
+        if config::aliases::is_self(&s.url, listening) {
+            tracing::warn!(
+                "{} is this router's own address: requests sent there come back (and get 508 Loop Detected)",
+                s.url
+            );
+        }
+    }
+}
+
 /// Starts a router: one round of probes first (health, models, metrics), so the first request
 /// already knows the fleet; then the background loops, the config watcher and the listeners.
 pub async fn start_with(opts: Options) -> std::io::Result<RouterHandle> {
@@ -104,6 +119,7 @@ pub async fn start_with(opts: Options) -> std::io::Result<RouterHandle> {
     if let Some(why) = opts.config.settings.insecure_admin() {
         return Err(std::io::Error::new(std::io::ErrorKind::InvalidInput, why));
     }
+    warn_about_servers(&opts.config, addr);
     let fleet = Fleet::new(&opts.config);
     fleet.probe_all().await;
     let background = CancellationToken::new();

@@ -40,6 +40,39 @@ pub struct Limits {
 
 pub type ServeTask = tokio::task::JoinHandle<std::io::Result<()>>;
 
+/// Longest request method accepted (the longest standard one has 7 letters).
+const MAX_METHOD_LEN: usize = 32;
+
+/// hyper bounds its read buffer, not the head itself: one header can be larger than
+/// `max_header_bytes` if it fits the buffer. So the head is measured here, as sent (request
+/// line and `name: value\r\n` lines), and a larger one refused with 431 before any routing.
+fn refuse_head<B>(req: &hyper::Request<B>, max: usize) -> Option<axum::response::Response> {
+    use axum::http::StatusCode;
+    use axum::response::IntoResponse;
+    if req.method().as_str().len() > MAX_METHOD_LEN {
+        return Some(
+            crate::error::ApiError::new(StatusCode::BAD_REQUEST, "unknown request method")
+                .into_response(),
+        );
+    }
+    let uri = req.uri();
+    let target = uri.path_and_query().map_or(1, |p| p.as_str().len())
+        + uri.authority().map_or(0, |a| a.as_str().len() + 8);
+    let line = req.method().as_str().len() + target + 12;
+    let headers: usize = req
+        .headers()
+        .iter()
+        .map(|(n, v)| n.as_str().len() + v.len() + 4)
+        .sum();
+    (line + headers > max).then(|| {
+        crate::error::ApiError::new(
+            StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+            format!("the request head is larger than {max} bytes"),
+        )
+        .into_response()
+    })
+}
+
 pub fn serve(
     listener: TcpListener,
     app: axum::Router,
@@ -79,10 +112,18 @@ pub fn serve(
             if let Err(e) = tcp.set_nodelay(true) {
                 tracing::debug!("cannot set TCP_NODELAY on a connection: {e}");
             }
+            let max_head = limits.max_header_bytes;
             let service = hyper::service::service_fn({
                 let app = app.clone();
                 move |req: hyper::Request<hyper::body::Incoming>| {
-                    app.clone().oneshot(req.map(axum::body::Body::new))
+                    let refused = refuse_head(&req, max_head);
+                    let app = app.clone();
+                    async move {
+                        match refused {
+                            Some(answer) => Ok(answer),
+                            None => app.oneshot(req.map(axum::body::Body::new)).await,
+                        }
+                    }
                 }
             });
             let builder = builder.clone();

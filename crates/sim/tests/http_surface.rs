@@ -307,6 +307,24 @@ async fn embeddings_are_deterministic_unit_vectors() {
         .unwrap();
     assert_eq!(again["data"][0]["embedding"], v["data"][0]["embedding"]);
     assert_ne!(v["data"][1]["embedding"], v["data"][0]["embedding"]);
+    // The OpenAI SDKs ask for base64 by default: float32 little-endian, as vLLM answers.
+    let b64: Value = post_json(&url, json!({"input": "a b c", "encoding_format": "base64"}))
+        .await
+        .json()
+        .await
+        .unwrap();
+    use base64::Engine;
+    let bytes = base64::engine::general_purpose::STANDARD
+        .decode(b64["data"][0]["embedding"].as_str().unwrap())
+        .unwrap();
+    let floats: Vec<f64> = bytes
+        .chunks(4)
+        .map(|c| f64::from(f32::from_le_bytes(c.try_into().unwrap())))
+        .collect();
+    let plain: Vec<f64> = serde_json::from_value(again["data"][0]["embedding"].clone()).unwrap();
+    assert_eq!(floats, plain);
+    let bad = post_json(&url, json!({"input": "a", "encoding_format": "hex"})).await;
+    assert_eq!(bad.status(), 400);
 }
 
 #[tokio::test]

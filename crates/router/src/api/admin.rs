@@ -180,3 +180,147 @@ pub async fn undrain(
 ) -> Result<Response, AdminError> {
     set_drain(&app, &body, false).await
 }
+
+/// How much of a server's answer to a management call is shown.
+const UPSTREAM_ANSWER_SHOWN: usize = 64 * 1024;
+
+/// `GET|POST /admin/upstream/<route>[?server=<url>]`: calls one of vLLM's management routes
+/// (`/sleep`, `/v1/load_lora_adapter`, ...; see `proxy::paths::MANAGEMENT_ROUTES`) on the named
+/// server, or on every server without `server`. The body and the rest of the query are passed
+/// on. Answers each server's status and body; 200 when every server answered 2xx, else 502.
+/// After a LoRA adapter is loaded or unloaded, that server's models are refreshed at once.
+pub async fn upstream(
+    State(app): State<Arc<AppState>>,
+    axum::extract::Path(route): axum::extract::Path<String>,
+    req: Request,
+) -> Result<Response, AdminError> {
+    use crate::proxy::paths;
+    let path = paths::normalize(&format!("/{route}"));
+    if !paths::MANAGEMENT_ROUTES.contains(&path.as_str()) {
+        return Err(AdminError(
+            StatusCode::BAD_REQUEST,
+            format!(
+                "`{path}` is not a server management route; one of: {}",
+                paths::MANAGEMENT_ROUTES.join(", ")
+            ),
+        ));
+    }
+    let (parts, body) = req.into_parts();
+    let body = http_body_util::BodyExt::collect(http_body_util::Limited::new(body, 1 << 20))
+        .await
+        .map_err(|_| AdminError(StatusCode::BAD_REQUEST, "body over 1 MiB".into()))?
+        .to_bytes();
+    let mut target = None;
+    let mut query = Vec::new();
+    for pair in parts
+        .uri
+        .query()
+        .unwrap_or("")
+        .split('&')
+        .filter(|p| !p.is_empty())
+    {
+        match pair.strip_prefix("server=") {
+            Some(url) => target = Some(url.to_string()),
+            None => query.push(pair),
+        }
+    }
+    let path_and_query = if query.is_empty() {
+        path.clone()
+    } else {
+        format!("{path}?{}", query.join("&"))
+    };
+    let servers = app.fleet.servers();
+    let chosen: Vec<_> = match target.as_deref() {
+        None | Some("all") => servers.iter().cloned().collect(),
+        Some(url) => {
+            let url = paths::percent_decode(url);
+            let url = crate::config::normalize_url(&url).unwrap_or(url);
+            let s = servers.iter().find(|s| s.url() == url).ok_or_else(|| {
+                AdminError(
+                    StatusCode::NOT_FOUND,
+                    format!("no server {url} in the fleet"),
+                )
+            })?;
+            vec![s.clone()]
+        }
+    };
+    let timeout = app.fleet.settings().request_timeout;
+    let lora = path.ends_with("_lora_adapter");
+    let calls = chosen.iter().map(|s| {
+        let app = app.clone();
+        let (method, headers, body, pq) = (
+            parts.method.clone(),
+            parts.headers.clone(),
+            body.clone(),
+            path_and_query.clone(),
+        );
+        async move {
+            let answer = call_upstream(&app, s, method, &headers, body, &pq, timeout).await;
+            if lora && answer.as_ref().is_ok_and(|(st, _)| st.is_success()) {
+                app.fleet.refresh_models(s).await;
+            }
+            match answer {
+                Ok((status, text)) => (
+                    status.is_success(),
+                    json!({"server": s.url(), "status": status.as_u16(), "body": text}),
+                ),
+                Err(e) => (false, json!({"server": s.url(), "error": e})),
+            }
+        }
+    });
+    let results = futures_util::future::join_all(calls).await;
+    let all_ok = results.iter().all(|(ok, _)| *ok);
+    tracing::info!(route = %path, servers = chosen.len(), all_ok, "management call through the admin API");
+    let status = if all_ok {
+        StatusCode::OK
+    } else {
+        StatusCode::BAD_GATEWAY
+    };
+    Ok((
+        status,
+        Json(json!({"route": path_and_query, "results": results.into_iter().map(|(_, v)| v).collect::<Vec<_>>()})),
+    )
+        .into_response())
+}
+
+async fn call_upstream(
+    app: &AppState,
+    server: &crate::fleet::Server,
+    method: axum::http::Method,
+    headers: &axum::http::HeaderMap,
+    body: Bytes,
+    path_and_query: &str,
+    timeout: std::time::Duration,
+) -> Result<(StatusCode, String), String> {
+    let mut req = hyper::Request::new(http_body_util::Full::new(body));
+    *req.method_mut() = method;
+    *req.uri_mut() = server.uri_for(path_and_query)?;
+    if let Some(ct) = headers.get(header::CONTENT_TYPE) {
+        req.headers_mut().insert(header::CONTENT_TYPE, ct.clone());
+    }
+    if let Some(key) = server.api_key()
+        && let Ok(v) = axum::http::HeaderValue::from_str(&format!("Bearer {key}"))
+    {
+        req.headers_mut().insert(header::AUTHORIZATION, v);
+    }
+    let call = async {
+        let resp = app
+            .fleet
+            .client
+            .request(req)
+            .await
+            .map_err(|e| crate::upstream::describe(&e))?;
+        let status = resp.status();
+        let body = http_body_util::BodyExt::collect(http_body_util::Limited::new(
+            resp.into_body(),
+            UPSTREAM_ANSWER_SHOWN,
+        ))
+        .await
+        .map(|b| String::from_utf8_lossy(&b.to_bytes()).into_owned())
+        .unwrap_or_else(|_| "(answer too long to show)".into());
+        Ok((status, body))
+    };
+    tokio::time::timeout(timeout, call)
+        .await
+        .unwrap_or_else(|_| Err("no answer within request_timeout".into()))
+}

@@ -50,7 +50,10 @@ pub(crate) fn server_health(s: &Server) -> Value {
 /// Fleet health: `status` is "healthy" (>= 80% of servers healthy), "degraded" (>= 50%),
 /// "unhealthy" or "no_servers". Answers 503 when unhealthy or empty, so that a load balancer in
 /// front can act on the status code; the body is the same either way.
-pub async fn health(State(app): State<Arc<AppState>>) -> Response {
+///
+/// With `[auth]` keys, a request without a valid key sees only the counts: server URLs, models
+/// and errors are for the router's clients.
+pub async fn health(State(app): State<Arc<AppState>>, headers: axum::http::HeaderMap) -> Response {
     let servers = app.fleet.servers();
     let settings = app.fleet.settings();
     let total = servers.len();
@@ -66,6 +69,21 @@ pub async fn health(State(app): State<Arc<AppState>>) -> Response {
         (_, s) if s >= 0.5 => "degraded",
         _ => "unhealthy",
     };
+    let code = if matches!(status, "healthy" | "degraded") {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    if !app.fleet.access.load().knows(&headers) {
+        let body = json!({
+            "status": status,
+            "health_score": score,
+            "total_servers": total,
+            "healthy_servers": healthy,
+            "unhealthy_servers": total - healthy,
+        });
+        return (code, Json(body)).into_response();
+    }
     let body = json!({
         "status": status,
         "health_score": score,
@@ -81,11 +99,6 @@ pub async fn health(State(app): State<Arc<AppState>>) -> Response {
             "routing_policy": settings.routing_policy.name(),
         },
     });
-    let code = if matches!(status, "healthy" | "degraded") {
-        StatusCode::OK
-    } else {
-        StatusCode::SERVICE_UNAVAILABLE
-    };
     (code, Json(body)).into_response()
 }
 

@@ -5,6 +5,7 @@
 //! start with `file:line:column: what is wrong` (and a did-you-mean for a typo). Every key is
 //! documented in `servers.example.toml` and the README.
 
+pub mod aliases;
 pub mod auth;
 mod raw;
 

@@ -40,6 +40,9 @@ pub struct Fleet {
     pub access: ArcSwap<crate::access::Access>,
     /// Wakes the background loops after a reload, so new intervals apply at once.
     wake: tokio::sync::Notify,
+    /// Serialises changes to the server list (reloads, admin add and remove), so that two
+    /// read-change-apply sequences cannot interleave and lose one another's change.
+    changes: parking_lot::Mutex<()>,
 }
 
 /// What a reload changed.
@@ -75,6 +78,7 @@ impl Fleet {
             retry_budget: retry_budget::RetryBudget::default(),
             wait_queue,
             access: ArcSwap::from_pointee(crate::access::Access::new(&config.settings.auth, None)),
+            changes: parking_lot::Mutex::new(()),
         })
     }
 
@@ -83,6 +87,11 @@ impl Fleet {
     /// server is probed at once and takes traffic once healthy; a removed one takes no new
     /// requests while its in-flight streams finish (they hold it). Settings apply at once.
     pub fn apply(self: &Arc<Self>, config: &Config) -> ReloadSummary {
+        let _one_change_at_a_time = self.changes.lock();
+        self.apply_locked(config)
+    }
+
+    fn apply_locked(self: &Arc<Self>, config: &Config) -> ReloadSummary {
         let old = self.servers();
         let mut summary = ReloadSummary::default();
         let mut next = Vec::with_capacity(config.servers.len());
@@ -150,30 +159,36 @@ impl Fleet {
                 tokio::join!(fleet.check(&s), fleet.discover(&s), fleet.scrape(&s));
             });
         }
-        self.wake.notify_waiters();
+        // New intervals apply at once; a reload that changed no setting costs no probe round
+        // (added servers were probed above), so a burst of reloads is no burst of probes.
+        if summary.settings_changed {
+            self.wake.notify_waiters();
+        }
         summary
     }
 
     /// Adds one server at run time (the admin API); `Err` if its URL is already in the fleet.
     pub fn add_server(self: &Arc<Self>, cfg: ServerConfig) -> Result<(), String> {
+        let _one_change_at_a_time = self.changes.lock();
         let mut config = self.current_config();
         if config.servers.iter().any(|s| s.url == cfg.url) {
             return Err(format!("server {} is already in the fleet", cfg.url));
         }
         config.servers.push(cfg);
-        self.apply(&config);
+        self.apply_locked(&config);
         Ok(())
     }
 
     /// Removes one server at run time; `Err` if no server has that URL.
     pub fn remove_server(self: &Arc<Self>, url: &str) -> Result<(), String> {
+        let _one_change_at_a_time = self.changes.lock();
         let mut config = self.current_config();
         let before = config.servers.len();
         config.servers.retain(|s| s.url != url);
         if config.servers.len() == before {
             return Err(format!("no server {url} in the fleet"));
         }
-        self.apply(&config);
+        self.apply_locked(&config);
         Ok(())
     }
 
@@ -273,6 +288,11 @@ impl Fleet {
         }
     }
 
+    /// Fetches the server's model list now (after a LoRA adapter was loaded or unloaded, say).
+    pub async fn refresh_models(&self, server: &Arc<Server>) {
+        self.discover(server).await;
+    }
+
     /// Fetches the server's model cards; for a server with a static `models` list the cards only
     /// feed `/v1/models`, routing uses the list.
     async fn discover(&self, server: &Arc<Server>) {
@@ -330,16 +350,19 @@ impl Fleet {
     pub fn spawn_loops(self: &Arc<Self>, shutdown: CancellationToken) {
         self.spawn_loop(
             shutdown.clone(),
+            ProbeKind::Health,
             |s| s.health_check_interval,
             |fleet, server| Box::pin(async move { fleet.check(&server).await }),
         );
         self.spawn_loop(
             shutdown.clone(),
+            ProbeKind::Metrics,
             |s| s.metrics_interval,
             |fleet, server| Box::pin(async move { fleet.scrape(&server).await }),
         );
         self.spawn_loop(
             shutdown,
+            ProbeKind::Models,
             |s| s.models_refresh_interval,
             |fleet, server| {
                 Box::pin(async move {
@@ -351,9 +374,13 @@ impl Fleet {
         );
     }
 
+    /// Every `interval`, starts a probe of each server whose previous probe of this kind has
+    /// finished. Each server's probe runs on its own task: a hung server (its probe waiting for
+    /// its time-out) delays no other server's, and is not probed twice at once.
     fn spawn_loop(
         self: &Arc<Self>,
         shutdown: CancellationToken,
+        kind: ProbeKind,
         interval: fn(&Settings) -> Duration,
         task: fn(Arc<Fleet>, Arc<Server>) -> futures_util::future::BoxFuture<'static, ()>,
     ) {
@@ -366,9 +393,23 @@ impl Fleet {
                     _ = fleet.wake.notified() => {}
                     _ = shutdown.cancelled() => return,
                 }
-                let servers = fleet.servers();
-                join_all(servers.iter().map(|s| task(fleet.clone(), s.clone()))).await;
+                for server in fleet.servers().iter() {
+                    let Some(running) = server.start_probe(kind) else {
+                        continue;
+                    };
+                    let probe = task(fleet.clone(), server.clone());
+                    let shutdown = shutdown.clone();
+                    tokio::spawn(async move {
+                        tokio::select! {
+                            _ = probe => {}
+                            _ = shutdown.cancelled() => {}
+                        }
+                        drop(running);
+                    });
+                }
             }
         });
     }
 }
+
+pub use server::ProbeKind;

@@ -51,6 +51,14 @@ pub fn parse(text: &str) -> Result<ServerMetrics, String> {
         if value.is_nan() {
             continue;
         }
+        // Counts, gauges and ratios are finite and not negative; a server reporting -1e6
+        // running requests or +Inf waiting would steer routing, so the scrape is malformed.
+        if !value.is_finite() || value < 0.0 {
+            return Err(format!(
+                "{name} is {value}: not a count or a ratio ({})",
+                truncate(line)
+            ));
+        }
         match target {
             0 => {
                 m.running += value;
@@ -128,6 +136,22 @@ fn truncate(line: &str) -> &str {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn negative_or_infinite_load_is_malformed() {
+        for bad in [
+            "vllm:num_requests_running{engine=\"0\"} -1e6",
+            "vllm:num_requests_waiting{engine=\"0\"} +Inf",
+            "vllm:kv_cache_usage_perc{engine=\"0\"} -0.5",
+        ] {
+            let text = format!("vllm:num_requests_running{{engine=\"1\"}} 1\n{bad}\n");
+            assert!(parse(&text).is_err(), "{bad}");
+        }
+        assert!(
+            parse("vllm:num_requests_running{engine=\"0\"} 0\nvllm:num_requests_waiting 0\n")
+                .is_ok()
+        );
+    }
 
     #[test]
     fn sums_engines_and_ignores_waiting_by_reason() {

@@ -125,6 +125,28 @@ pub struct Server {
     pub live: Mutex<Window>,
     /// The fleet's wait queue, told when a request here ends (a slot freed up).
     slot_freed: Arc<super::wait_queue::WaitQueue>,
+    /// Which background probes of this server are running now (one of each kind at a time).
+    probes_running: [AtomicBool; 3],
+}
+
+/// The background probes each server gets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ProbeKind {
+    Health = 0,
+    Metrics = 1,
+    Models = 2,
+}
+
+/// A background probe of one server in progress; dropping it marks it finished.
+pub struct ProbeRunning {
+    server: Arc<Server>,
+    kind: ProbeKind,
+}
+
+impl Drop for ProbeRunning {
+    fn drop(&mut self) {
+        self.server.probes_running[self.kind as usize].store(false, Ordering::Release);
+    }
 }
 
 impl Server {
@@ -158,6 +180,7 @@ impl Server {
             stats: ServerStats::default(),
             live: Mutex::new(Window::new(LIVE_WINDOW_SECONDS)),
             slot_freed,
+            probes_running: Default::default(),
             url: cfg.url.clone(),
             target,
             cfg: ArcSwap::from_pointee(cfg),
@@ -184,6 +207,15 @@ impl Server {
 
     pub fn url(&self) -> &str {
         &self.url
+    }
+
+    /// Marks a background probe of `kind` as running, unless one already is.
+    pub fn start_probe(self: &Arc<Self>, kind: ProbeKind) -> Option<ProbeRunning> {
+        let flag = &self.probes_running[kind as usize];
+        (!flag.swap(true, Ordering::AcqRel)).then(|| ProbeRunning {
+            server: self.clone(),
+            kind,
+        })
     }
 
     pub fn config(&self) -> Arc<ServerConfig> {

@@ -185,11 +185,17 @@ pub async fn embeddings(
 ) -> Result<Json<Value>, ApiError> {
     let req: EmbeddingRequest = parse_json(&headers, &body, "EmbeddingRequest")?;
     let (model, _) = resolve_model(&sim, req.model.as_deref())?;
-    if req.encoding_format.as_deref().is_some_and(|f| f != "float") {
-        return Err(ApiError::bad_request(
-            "the simulator only returns encoding_format 'float'",
-        ));
-    }
+    // vLLM (and OpenAI) answer `base64` with the float32 values, little-endian, in base64; the
+    // OpenAI SDKs ask for that by default.
+    let base64 = match req.encoding_format.as_deref() {
+        None | Some("float") => false,
+        Some("base64") => true,
+        Some(other) => {
+            return Err(ApiError::bad_request(format!(
+                "encoding_format must be 'float' or 'base64', got '{other}'"
+            )));
+        }
+    };
     let inputs: Vec<Vec<u32>> = match &req.input {
         Value::Array(items)
             if !items.is_empty() && items.iter().all(|i| i.is_string() || i.is_array()) =>
@@ -218,7 +224,17 @@ pub async fn embeddings(
     let data: Vec<Value> = inputs
         .iter()
         .enumerate()
-        .map(|(i, t)| json!({"index": i, "object": "embedding", "embedding": embed(t, dim, sim.cfg.seed)}))
+        .map(|(i, t)| {
+            let v = embed(t, dim, sim.cfg.seed);
+            let embedding = if base64 {
+                use base64::Engine;
+                let bytes: Vec<u8> = v.iter().flat_map(|x| x.to_le_bytes()).collect();
+                json!(base64::engine::general_purpose::STANDARD.encode(bytes))
+            } else {
+                json!(v)
+            };
+            json!({"index": i, "object": "embedding", "embedding": embedding})
+        })
         .collect();
     let id = format!("embd-{}", super::generate::request_id(&sim, &headers));
     Ok(Json(json!({
