@@ -20,23 +20,6 @@ fn limited(max_connections: usize) -> Settings {
     }
 }
 
-/// Reads until the server closes the connection (or `within` passes: then `None`).
-async fn read_until_closed(tcp: &mut TcpStream, within: Duration) -> Option<String> {
-    let mut out = Vec::new();
-    let read = tokio::time::timeout(within, async {
-        let mut buf = [0u8; 4096];
-        loop {
-            match tcp.read(&mut buf).await {
-                Ok(0) | Err(_) => break,
-                Ok(n) => out.extend_from_slice(&buf[..n]),
-            }
-        }
-    })
-    .await;
-    read.ok()
-        .map(|()| String::from_utf8_lossy(&out).into_owned())
-}
-
 #[tokio::test]
 async fn slow_and_idle_clients_are_cut_off_after_header_read_timeout() {
     let s = sim(SimConfig::instant()).await;

@@ -114,3 +114,53 @@ pub fn finished(s: &SimHandle) -> u64 {
         })
         .sum()
 }
+
+/// Reads until the server closes the connection (or `within` passes: then `None`).
+pub async fn read_until_closed(
+    tcp: &mut tokio::net::TcpStream,
+    within: Duration,
+) -> Option<String> {
+    use tokio::io::AsyncReadExt;
+    let mut out = Vec::new();
+    let read = tokio::time::timeout(within, async {
+        let mut buf = [0u8; 4096];
+        loop {
+            match tcp.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => out.extend_from_slice(&buf[..n]),
+            }
+        }
+    })
+    .await;
+    read.ok()
+        .map(|()| String::from_utf8_lossy(&out).into_owned())
+}
+
+/// Sends `request` as raw bytes on a new connection and returns what came back until the
+/// router closed it (within 10 s).
+pub async fn raw_exchange(addr: std::net::SocketAddr, request: &[u8]) -> String {
+    use tokio::io::AsyncWriteExt;
+    let mut tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    tcp.write_all(request).await.unwrap();
+    read_until_closed(&mut tcp, Duration::from_secs(10))
+        .await
+        .expect("the router answered and closed the connection")
+}
+
+/// The status code of a raw HTTP/1.1 answer.
+pub fn raw_status(answer: &str) -> u16 {
+    answer
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("not an HTTP answer: {answer:?}"))
+}
+
+/// Requests the router sent to its servers (every attempt).
+pub fn attempts(r: &RouterHandle) -> u64 {
+    r.fleet
+        .servers()
+        .iter()
+        .map(|s| s.stats.requests.load(std::sync::atomic::Ordering::Relaxed))
+        .sum()
+}
