@@ -47,7 +47,7 @@ pub enum RetryCause {
     Connect(String),
     /// No answer within `request_timeout`, and the server did not answer its health check.
     Timeout,
-    /// The server answered 429, 502, 503 or 504.
+    /// The server answered 429, 502, 503, 504 or 508.
     Status(u16),
 }
 
@@ -153,7 +153,8 @@ pub async fn run(
                 .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         }
     }
-    let retryable = matches!(status.as_u16(), 429 | 502 | 503 | 504);
+    // 508: the server is (or leads back to) this router, listed by mistake.
+    let retryable = matches!(status.as_u16(), 429 | 502 | 503 | 504 | 508);
     if retryable && may_retry && retry_allowed(app) {
         tracing::info!(
             id = request.id,

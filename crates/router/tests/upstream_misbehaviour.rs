@@ -1,0 +1,212 @@
+//! Servers that answer badly: a busy fleet, a stream cut in the middle of an event, a config
+//! that lists the router itself, a server listing a hundred thousand models.
+
+mod common;
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use axum::body::Body;
+use axum::routing::{get, post as route_post};
+use bytes::Bytes;
+use common::*;
+use mvllm_router::config::ServerConfig;
+use mvllm_sim::SimConfig;
+use serde_json::{Value, json};
+
+/// Serves `app` on a port of its own, like a (hostile) server would.
+async fn serve(app: axum::Router) -> SocketAddr {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    addr
+}
+
+/// A server the router takes on trust: static models, no active health checks.
+fn trusted(url: String) -> ServerConfig {
+    ServerConfig {
+        url,
+        max_concurrent_requests: 8,
+        api_key: None,
+        models: Some(vec![MODEL.into()]),
+    }
+}
+
+#[tokio::test]
+async fn a_busy_fleet_answers_the_servers_busy_status_with_retry_after() {
+    let s = sims(1, SimConfig::instant()).await;
+    s[0].update_faults(|f| {
+        f.error_rate = 1.0;
+        f.error_status = 503;
+    });
+    let r = router_over(&s).await;
+    let resp = post(
+        &format!("{}/v1/chat/completions", r.url()),
+        &chat("hi", 2, false),
+    )
+    .await;
+    assert_eq!(resp.status(), 503, "the server's own answer, not a 502");
+    assert!(resp.headers().contains_key("retry-after"));
+    let v: Value = resp.json().await.unwrap();
+    assert!(
+        v["error"]["message"].as_str().unwrap().contains("busy"),
+        "{v}"
+    );
+
+    // Two servers, both saying 429: each tried once, then the last one's 429 reaches the client.
+    let s = sims(2, SimConfig::instant()).await;
+    for sim in &s {
+        sim.update_faults(|f| {
+            f.error_rate = 1.0;
+            f.error_status = 429;
+        });
+    }
+    let r = router_over(&s).await;
+    let resp = post(
+        &format!("{}/v1/chat/completions", r.url()),
+        &chat("hi", 2, false),
+    )
+    .await;
+    assert_eq!(resp.status(), 429);
+    assert!(resp.headers().contains_key("retry-after"));
+    assert_eq!(attempts(&r), 2);
+}
+
+#[tokio::test]
+async fn a_stream_cut_mid_event_ends_that_event_before_the_error_event() {
+    let chunk = r#"data: {"id":"c","object":"chat.completion.chunk","choices":[{"index":0,"delta":{"content":"a"}}]}"#;
+    let app = axum::Router::new().route(
+        "/v1/chat/completions",
+        route_post(move || async move {
+            let parts: Vec<Result<Bytes, std::io::Error>> = vec![
+                Ok(Bytes::from(format!("{chunk}\n\n"))),
+                Ok(Bytes::from_static(b"data: {\"id\":\"c\",\"obj")),
+                Err(std::io::Error::other("the server died")),
+            ];
+            // Each part after a pause, so the head and the first parts are sent before the end.
+            let paced = futures_util::stream::unfold(parts.into_iter(), |mut rest| async move {
+                tokio::time::sleep(Duration::from_millis(30)).await;
+                rest.next().map(|part| (part, rest))
+            });
+            (
+                [("content-type", "text/event-stream")],
+                Body::from_stream(paced),
+            )
+        }),
+    );
+    let addr = serve(app).await;
+    let mut settings = fast_settings();
+    settings.enable_active_health_check = false;
+    let r = router(vec![trusted(format!("http://{addr}"))], settings).await;
+    let resp = post(
+        &format!("{}/v1/chat/completions", r.url()),
+        &chat("hi", 2, true),
+    )
+    .await;
+    assert_eq!(resp.status(), 200);
+    let text = resp.text().await.unwrap();
+    let events: Vec<&str> = text.split("\n\n").filter(|e| !e.is_empty()).collect();
+    assert_eq!(events.len(), 4, "{text:?}");
+    assert_eq!(
+        events[1], "data: {\"id\":\"c\",\"obj",
+        "the half event, ended"
+    );
+    let error: Value = serde_json::from_str(events[2].strip_prefix("data: ").unwrap())
+        .unwrap_or_else(|e| panic!("the error event stands alone: {e}: {text:?}"));
+    assert_eq!(error["error"]["code"], 502);
+    assert_eq!(events[3], "data: [DONE]");
+}
+
+#[tokio::test]
+async fn a_config_listing_the_router_itself_answers_508_instead_of_looping() {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let me = format!("http://{}", listener.local_addr().unwrap());
+    let s = sims(1, SimConfig::instant()).await;
+    let mut settings = fast_settings();
+    settings.enable_active_health_check = false;
+    settings.max_retries = 0;
+    let r = mvllm_router::start(
+        &mvllm_router::Config {
+            servers: vec![trusted(me)],
+            settings: settings.clone(),
+        },
+        listener,
+    )
+    .await
+    .unwrap();
+    let resp = post(
+        &format!("{}/v1/chat/completions", r.url()),
+        &chat("hi", 2, false),
+    )
+    .await;
+    assert_eq!(resp.status(), 508);
+    let v: Value = resp.json().await.unwrap();
+    assert_eq!(v["error"]["type"], "LoopDetectedError");
+    assert_eq!(attempts(&r), 1, "one hop out, refused when it came back");
+
+    // Listed beside a real server: requests reach the real one.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let me = format!("http://{}", listener.local_addr().unwrap());
+    settings.max_retries = 3;
+    let r = mvllm_router::start(
+        &mvllm_router::Config {
+            servers: vec![trusted(me), trusted(s[0].url())],
+            settings,
+        },
+        listener,
+    )
+    .await
+    .unwrap();
+    let url = format!("{}/v1/chat/completions", r.url());
+    for i in 0..6 {
+        assert_eq!(
+            post(&url, &chat(&format!("q{i}"), 2, false)).await.status(),
+            200
+        );
+    }
+    assert_eq!(finished(&s[0]), 6, "each served once by the real server");
+}
+
+#[tokio::test]
+async fn a_server_with_a_hundred_thousand_models_is_capped() {
+    let cards: Vec<Value> = (0..100_000)
+        .map(|i| json!({"id": format!("model-{i}"), "object": "model", "owned_by": "vllm"}))
+        .collect();
+    let models =
+        Bytes::from(serde_json::to_vec(&json!({"object": "list", "data": cards})).unwrap());
+    let app = axum::Router::new()
+        .route("/health", get(|| async { "" }))
+        .route(
+            "/metrics",
+            get(|| async { "vllm:num_requests_running 0\n" }),
+        )
+        .route(
+            "/v1/models",
+            get(move || {
+                let models = models.clone();
+                async move { ([("content-type", "application/json")], models) }
+            }),
+        );
+    let addr = serve(app).await;
+    let mut settings = fast_settings();
+    settings.max_models_per_server = 1000;
+    let r = router(
+        vec![ServerConfig {
+            url: format!("http://{addr}"),
+            max_concurrent_requests: 8,
+            api_key: None,
+            models: None,
+        }],
+        settings,
+    )
+    .await;
+    let listed = get_json(&format!("{}/v1/models", r.url())).await;
+    assert_eq!(listed["data"].as_array().unwrap().len(), 1000);
+    let mut body = chat("hi", 2, false);
+    body["model"] = json!("nope");
+    let resp = post(&format!("{}/v1/chat/completions", r.url()), &body).await;
+    assert_eq!(resp.status(), 404);
+    let text = resp.text().await.unwrap();
+    assert!(text.len() < 4096, "a short answer: {} bytes", text.len());
+    assert!(text.contains("and 980 more"), "{text}");
+}
