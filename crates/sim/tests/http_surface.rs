@@ -317,11 +317,11 @@ async fn embeddings_are_deterministic_unit_vectors() {
     let bytes = base64::engine::general_purpose::STANDARD
         .decode(b64["data"][0]["embedding"].as_str().unwrap())
         .unwrap();
-    let floats: Vec<f64> = bytes
+    let floats: Vec<f32> = bytes
         .chunks(4)
-        .map(|c| f64::from(f32::from_le_bytes(c.try_into().unwrap())))
+        .map(|c| f32::from_le_bytes(c.try_into().unwrap()))
         .collect();
-    let plain: Vec<f64> = serde_json::from_value(again["data"][0]["embedding"].clone()).unwrap();
+    let plain: Vec<f32> = serde_json::from_value(again["data"][0]["embedding"].clone()).unwrap();
     assert_eq!(floats, plain);
     let bad = post_json(&url, json!({"input": "a", "encoding_format": "hex"})).await;
     assert_eq!(bad.status(), 400);
