@@ -215,3 +215,29 @@ async fn protect_metrics_requires_a_key_for_metrics() {
         200
     );
 }
+
+#[tokio::test]
+async fn with_keys_health_shows_strangers_only_counts() {
+    let s = sim(SimConfig::instant()).await;
+    let r = router(vec![server_of(&s)], keyed(vec![ApiKey::new("a", KEY_A)])).await;
+    let open = get_json(&format!("{}/health", r.url())).await;
+    assert_eq!(open["healthy_servers"], 1);
+    assert!(
+        open.get("servers").is_none() && open.get("config").is_none(),
+        "no server URLs, models or errors for strangers: {open}"
+    );
+    let detailed: Value = client()
+        .get(format!("{}/health", r.url()))
+        .bearer_auth(KEY_A)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(detailed["servers"][0]["url"], s.url());
+    // Without keys the seed's full view stays open.
+    let r = router(vec![server_of(&s)], fast_settings()).await;
+    let open = get_json(&format!("{}/health", r.url())).await;
+    assert_eq!(open["servers"][0]["url"], s.url());
+}

@@ -269,3 +269,28 @@ fn auth_refuses_short_duplicate_and_unreadable_keys() {
     let err = Config::parse("[auth]\nkey = [\"sk-0123456789abcdefg\"]\n", "s.toml").unwrap_err();
     assert!(err.message.contains("unknown"), "{err}");
 }
+
+#[test]
+fn management_routes_in_the_allow_list_must_be_known() {
+    let c = Config::parse(
+        "[config]\nallow_management_routes = [\"/reset_prefix_cache\", \"/SLEEP/\"]\n",
+        "t.toml",
+    )
+    .unwrap();
+    assert_eq!(
+        c.settings.allow_management_routes,
+        ["/reset_prefix_cache", "/sleep"]
+    );
+    let e = Config::parse(
+        "[config]\nallow_management_routes = [\"/v1/chat/completions\"]\n",
+        "t.toml",
+    )
+    .unwrap_err();
+    assert!(e.message.contains("not one of vLLM's management routes"), "{e}");
+    let e = Config::parse(
+        "[config]\nmax_body_bytes = 2048\nmax_buffered_body_bytes = 1024\n",
+        "t.toml",
+    )
+    .unwrap_err();
+    assert!(e.message.contains("max_buffered_body_bytes"), "{e}");
+}
