@@ -145,3 +145,39 @@ pub fn describe(e: &(dyn std::error::Error + 'static)) -> String {
         "connection error".into()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn errors_are_classified_by_type_not_text() {
+        let dns = NameNotResolved {
+            host: "gpu-a.internal".into(),
+            source: std::io::Error::other("failed to lookup address information"),
+        };
+        assert_eq!(describe(&dns), "name does not resolve: gpu-a.internal");
+        let refused = std::io::Error::from(std::io::ErrorKind::ConnectionRefused);
+        assert_eq!(describe(&refused), "connection refused");
+        // The OS's words never show, whatever they are.
+        let reset = std::io::Error::new(
+            std::io::ErrorKind::ConnectionReset,
+            "Connection reset by peer (os error 104)",
+        );
+        assert_eq!(describe(&reset), "connection reset by the server");
+    }
+
+    #[tokio::test]
+    async fn a_closed_port_is_refused() {
+        let port = {
+            let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            l.local_addr().unwrap().port()
+        };
+        let c = client(Duration::from_secs(2), None);
+        let req = hyper::Request::get(format!("http://127.0.0.1:{port}/health"))
+            .body(Full::new(Bytes::new()))
+            .unwrap();
+        let e = c.request(req).await.unwrap_err();
+        assert_eq!(describe(&e), "connection refused");
+    }
+}

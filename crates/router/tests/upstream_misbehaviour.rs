@@ -210,3 +210,41 @@ async fn a_server_with_a_hundred_thousand_models_is_capped() {
     assert!(text.len() < 4096, "a short answer: {} bytes", text.len());
     assert!(text.contains("and 980 more"), "{text}");
 }
+
+#[tokio::test]
+async fn an_answer_shorter_than_its_content_length_reaches_the_client_as_cut() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut tcp, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut buf = [0u8; 8192];
+                let _ = tcp.read(&mut buf).await;
+                let _ = tcp
+                    .write_all(b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: 100\r\n\r\n{\"id\":")
+                    .await;
+                let _ = tcp.shutdown().await;
+            });
+        }
+    });
+    let mut settings = fast_settings();
+    settings.enable_active_health_check = false;
+    let r = router(vec![trusted(format!("http://{addr}"))], settings).await;
+    let resp = post(
+        &format!("{}/v1/chat/completions", r.url()),
+        &chat("hi", 2, false),
+    )
+    .await;
+    // The head has gone out; what can still be said is that the body is incomplete: the
+    // connection is cut before its declared length, never ended as if complete.
+    assert!(resp.bytes().await.is_err(), "the client sees the cut");
+    assert_eq!(
+        r.fleet.servers()[0]
+            .stats
+            .failures
+            .load(std::sync::atomic::Ordering::Relaxed),
+        1,
+        "counted against the server"
+    );
+}

@@ -286,7 +286,10 @@ fn management_routes_in_the_allow_list_must_be_known() {
         "t.toml",
     )
     .unwrap_err();
-    assert!(e.message.contains("not one of vLLM's management routes"), "{e}");
+    assert!(
+        e.message.contains("not one of vLLM's management routes"),
+        "{e}"
+    );
     let e = Config::parse(
         "[config]\nmax_body_bytes = 2048\nmax_buffered_body_bytes = 1024\n",
         "t.toml",
