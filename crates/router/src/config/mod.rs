@@ -106,6 +106,11 @@ pub struct Settings {
     /// Most models the router takes from one server's `/v1/models` (more are ignored, with a
     /// warning).
     pub max_models_per_server: usize,
+    /// Memory the prefix index may take across all servers (`cache_aware`), in bytes.
+    pub prefix_index_bytes: usize,
+    /// Request header naming a conversation, for session affinity (besides `prompt_cache_key`
+    /// and `user` in the body).
+    pub session_header: String,
 }
 
 impl Default for Settings {
@@ -153,6 +158,8 @@ impl Default for Settings {
             max_buffered_body_bytes: 512 * 1024 * 1024,
             allow_management_routes: Vec::new(),
             max_models_per_server: 4096,
+            prefix_index_bytes: 64 * 1024 * 1024,
+            session_header: "x-session-id".into(),
         }
     }
 }
@@ -613,6 +620,32 @@ fn settings(
             d.max_models_per_server as u32,
             1,
         )? as usize,
+        prefix_index_bytes: match r.prefix_index_bytes {
+            None => d.prefix_index_bytes,
+            Some(v) if (0..=1 << 40).contains(v.get_ref()) => *v.get_ref() as usize,
+            Some(v) => {
+                return Err(at(
+                    v.span(),
+                    format!(
+                        "prefix_index_bytes must be within 0..=1 TiB, got {}",
+                        v.get_ref()
+                    ),
+                ));
+            }
+        },
+        session_header: match r.session_header {
+            None => d.session_header,
+            Some(h) => {
+                let name = h.get_ref().trim().to_ascii_lowercase();
+                if axum::http::HeaderName::from_bytes(name.as_bytes()).is_err() {
+                    return Err(at(
+                        h.span(),
+                        format!("session_header `{}` is not a header name", h.get_ref()),
+                    ));
+                }
+                name
+            }
+        },
         retry_budget_min_per_second: match r.retry_budget_min_per_second {
             None => d.retry_budget_min_per_second,
             Some(v) if v.get_ref().is_finite() && *v.get_ref() >= 0.0 => *v.get_ref(),

@@ -71,6 +71,8 @@ pub struct RawSettings {
     pub max_buffered_body_bytes: Option<Spanned<i64>>,
     pub allow_management_routes: Option<Spanned<Vec<String>>>,
     pub max_models_per_server: Option<Spanned<i64>>,
+    pub prefix_index_bytes: Option<Spanned<i64>>,
+    pub session_header: Option<Spanned<String>>,
 }
 
 /// `[servers]` in either form: the seed's `servers = [{...}]` inside a `[servers]` table, or an

@@ -6,6 +6,7 @@
 pub mod check;
 pub mod events;
 pub mod health;
+pub mod prefix_index;
 pub mod probe;
 pub mod prom;
 pub mod retry_budget;
@@ -60,11 +61,12 @@ impl Fleet {
     pub fn new(config: &Config) -> Arc<Fleet> {
         let active = config.settings.enable_active_health_check;
         let wait_queue: Arc<wait_queue::WaitQueue> = Arc::default();
-        let servers = config
+        let servers: Vec<Arc<Server>> = config
             .servers
             .iter()
             .map(|c| Arc::new(Server::new(c.clone(), active, wait_queue.clone())))
             .collect();
+        share_prefix_budget(&servers, &config.settings);
         Arc::new(Fleet {
             servers: ArcSwap::from_pointee(servers),
             picker: ArcSwap::from_pointee(Picker::new(config.settings.routing_policy)),
@@ -121,6 +123,7 @@ impl Fleet {
             .filter(|s| !config.servers.iter().any(|c| c.url == s.url()))
             .map(|s| s.url().to_string())
             .collect();
+        share_prefix_budget(&next, &config.settings);
         self.servers.store(Arc::new(next));
         for url in &summary.added {
             self.telemetry
@@ -413,3 +416,12 @@ impl Fleet {
 }
 
 pub use server::ProbeKind;
+
+/// Each server's prefix index gets an equal share of `prefix_index_bytes`.
+fn share_prefix_budget(servers: &[Arc<Server>], settings: &Settings) {
+    let blocks = settings.prefix_index_bytes / prefix_index::BYTES_PER_BLOCK;
+    let share = blocks / servers.len().max(1);
+    for s in servers {
+        s.prefix.lock().set_budget(share);
+    }
+}

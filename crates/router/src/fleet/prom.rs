@@ -22,6 +22,9 @@ pub struct ServerMetrics {
     pub generation_tokens: f64,
     /// Engines seen (series of `num_requests_running`).
     pub engines: u32,
+    /// Tokens the server's KV cache holds, from `vllm:cache_config_info` (`num_gpu_blocks` x
+    /// `block_size`, summed over engines); 0 when not reported.
+    pub kv_cache_tokens: f64,
 }
 
 /// Parses Prometheus text; `Err` when no vLLM load figure is present (not a vLLM `/metrics`).
@@ -37,6 +40,18 @@ pub fn parse(text: &str) -> Result<ServerMetrics, String> {
         let Some((name, rest)) = split_name(line) else {
             continue;
         };
+        if name == "vllm:cache_config_info" {
+            let number = |label: &str| label_value(line, label).and_then(|v| v.parse::<f64>().ok());
+            if let (Some(blocks), Some(size)) = (number("num_gpu_blocks"), number("block_size"))
+                && blocks.is_finite()
+                && size.is_finite()
+                && blocks >= 0.0
+                && size >= 0.0
+            {
+                m.kv_cache_tokens += blocks * size;
+            }
+            continue;
+        }
         let target = match name {
             "vllm:num_requests_running" => 0,
             "vllm:num_requests_waiting" => 1,
@@ -99,6 +114,24 @@ fn split_name(line: &str) -> Option<(&str, &str)> {
     }
 }
 
+/// The value of `label` in a sample line's label set (unescaped values only: the numbers read
+/// here have no escapes).
+fn label_value<'a>(line: &'a str, label: &str) -> Option<&'a str> {
+    let labels = &line[line.find('{')? + 1..];
+    let labels = &labels[..labels_end(labels)?];
+    let mut rest = labels;
+    while let Some(eq) = rest.find("=\"") {
+        let name = rest[..eq].trim_start_matches([',', ' ']);
+        let value_start = eq + 2;
+        let value_len = rest[value_start..].find('"')?;
+        if name == label {
+            return Some(&rest[value_start..value_start + value_len]);
+        }
+        rest = &rest[value_start + value_len + 1..];
+    }
+    None
+}
+
 /// Index of the `}` closing a label set, skipping quoted values with escapes.
 fn labels_end(s: &str) -> Option<usize> {
     let mut in_quotes = false;
@@ -136,6 +169,14 @@ fn truncate(line: &str) -> &str {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_kv_cache_size_is_summed_over_engines() {
+        let text = "vllm:num_requests_running{engine=\"0\"} 0\nvllm:num_requests_waiting 0\n\
+vllm:cache_config_info{block_size=\"16\",cache_dtype=\"auto\",engine=\"0\",num_gpu_blocks=\"1000\"} 1.0\n\
+vllm:cache_config_info{block_size=\"16\",engine=\"1\",num_gpu_blocks=\"500\"} 1.0\n";
+        assert_eq!(parse(text).unwrap().kv_cache_tokens, 24_000.0);
+    }
 
     #[test]
     fn negative_or_infinite_load_is_malformed() {

@@ -15,6 +15,7 @@ use serde_json::Value;
 use tokio::time::Instant;
 
 use super::health::{Health, Transition};
+use super::prefix_index::PrefixIndex;
 use super::prom::ServerMetrics;
 use super::window::Window;
 use crate::config::{ServerConfig, Settings};
@@ -46,6 +47,9 @@ pub struct Scrape {
     pub errors: u64,
     /// Output tokens per second between the last two successful scrapes.
     pub tokens_per_second: Option<f64>,
+    /// Prefix-cache queries and output tokens at the last successful scrape, kept across failed
+    /// ones: counters that went back mean the server restarted.
+    pub counters: Option<(f64, f64)>,
 }
 
 impl Scrape {
@@ -127,6 +131,12 @@ pub struct Server {
     slot_freed: Arc<super::wait_queue::WaitQueue>,
     /// Which background probes of this server are running now (one of each kind at a time).
     probes_running: [AtomicBool; 3],
+    /// The prompts' blocks the server is believed to hold in its prefix cache.
+    pub prefix: Mutex<PrefixIndex>,
+    /// Estimated uncached prompt tokens of this router's requests here still in prefill.
+    pending_prefill: AtomicU64,
+    /// A hash of the URL: the server's id in rendezvous hashing, the same on every replica.
+    id: u64,
 }
 
 /// The background probes each server gets.
@@ -181,6 +191,9 @@ impl Server {
             live: Mutex::new(Window::new(LIVE_WINDOW_SECONDS)),
             slot_freed,
             probes_running: Default::default(),
+            prefix: Mutex::new(PrefixIndex::new(0)),
+            pending_prefill: AtomicU64::new(0),
+            id: xxhash_rust::xxh3::xxh3_64(cfg.url.as_bytes()),
             url: cfg.url.clone(),
             target,
             cfg: ArcSwap::from_pointee(cfg),
@@ -269,8 +282,12 @@ impl Server {
             && !(self.is_probing() && self.in_flight() > 0)
     }
 
-    /// Publishes the health state machine's verdict to the atomics the request path reads.
+    /// Publishes the health state machine's verdict to the atomics the request path reads. A
+    /// server that went down may come back with an empty cache: what it held is forgotten.
     fn publish(&self, h: &Health) {
+        if !h.is_healthy() && self.healthy.load(Ordering::Relaxed) {
+            self.prefix.lock().clear();
+        }
         self.healthy.store(h.is_healthy(), Ordering::Relaxed);
         self.probing.store(h.is_probing(), Ordering::Relaxed);
     }
@@ -288,6 +305,7 @@ impl Server {
         InFlight {
             server: self.clone(),
             awaiting_first_byte: true,
+            prefill_tokens: 0,
         }
     }
 
@@ -340,6 +358,9 @@ impl Server {
             })
         };
         Candidate {
+            id: self.id,
+            pending_prefill_tokens: self.pending_prefill.load(Ordering::Relaxed) as f64,
+            cached_tokens: 0.0,
             capacity: f64::from(self.capacity()),
             in_flight: self.in_flight() as f64,
             awaiting_first_byte: self.awaiting_first_byte() as f64,
@@ -381,6 +402,17 @@ impl Server {
         match result {
             Ok(m) => {
                 let now = Instant::now();
+                {
+                    let mut prefix = self.prefix.lock();
+                    // Counters that went back: the server restarted with an empty cache.
+                    if s.counters.is_some_and(|(queries, tokens)| {
+                        m.prefix_cache_queries < queries || m.generation_tokens < tokens
+                    }) {
+                        prefix.clear();
+                    }
+                    s.counters = Some((m.prefix_cache_queries, m.generation_tokens));
+                    prefix.set_kv_tokens(m.kv_cache_tokens as usize);
+                }
                 s.tokens_per_second = match (s.metrics, s.at) {
                     (Some(prev), Some(at)) if m.generation_tokens >= prev.generation_tokens => {
                         let dt = now.duration_since(at).as_secs_f64();
@@ -410,6 +442,8 @@ impl Server {
 pub struct InFlight {
     server: Arc<Server>,
     awaiting_first_byte: bool,
+    /// Uncached prompt tokens counted in the server's pending prefill until the first byte.
+    prefill_tokens: u64,
 }
 
 impl InFlight {
@@ -425,8 +459,23 @@ impl InFlight {
             self.server
                 .awaiting_first_byte
                 .fetch_sub(1, Ordering::Relaxed);
+            let tokens = std::mem::take(&mut self.prefill_tokens);
+            self.server
+                .pending_prefill
+                .fetch_sub(tokens, Ordering::Relaxed);
         }
         first
+    }
+
+    /// Counts this request's uncached prompt tokens as pending prefill on the server until its
+    /// first byte.
+    pub fn set_prefill_tokens(&mut self, tokens: u64) {
+        if self.awaiting_first_byte {
+            self.server
+                .pending_prefill
+                .fetch_add(tokens, Ordering::Relaxed);
+            self.prefill_tokens += tokens;
+        }
     }
 }
 

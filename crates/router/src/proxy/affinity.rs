@@ -32,6 +32,11 @@ impl Affinity {
         }
     }
 
+    /// The server holding a stored response.
+    pub fn server_for_id(&self, id: &str) -> Option<String> {
+        self.inner.lock().0.get(id).cloned()
+    }
+
     /// The server holding the response a path refers to, for `/v1/responses/{id}[/...]`.
     pub fn server_for_path(&self, path: &str) -> Option<String> {
         let id = response_id_in_path(path)?;

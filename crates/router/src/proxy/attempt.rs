@@ -84,15 +84,18 @@ pub enum Outcome {
 }
 
 /// Sends the request to `server`. `may_retry`: another server could take it if this one fails.
+/// `prefill_tokens`: the prompt tokens it is not believed to have cached.
 pub async fn run(
     app: &AppState,
     server: &Arc<Server>,
     request: &Request<'_>,
     attempt: u32,
     may_retry: bool,
+    prefill_tokens: u64,
 ) -> Outcome {
     let settings = app.fleet.settings();
-    let guard = server.begin_request();
+    let mut guard = server.begin_request();
+    guard.set_prefill_tokens(prefill_tokens);
     let req = match upstream_request(server, request) {
         Ok(r) => r,
         Err(e) => return Outcome::Done(Err(e)),

@@ -1,16 +1,39 @@
 //! What routing needs to know about a request, read from its body without changing a byte:
-//! the `model` (JSON field, or multipart form field for audio) and whether it streams.
+//! the `model` (JSON field, or multipart form field for audio), whether it streams, the prompt's
+//! prefix fingerprint (see [`crate::routing::fingerprint`]), and what ties it to a conversation
+//! (`prompt_cache_key`, `user`, `previous_response_id`).
 
 use axum::http::{HeaderMap, header};
 use bytes::Bytes;
 use serde::Deserialize;
+use serde_json::Value;
 
 use super::errors::ProxyError;
+use crate::routing::fingerprint::Fingerprint;
 
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct RequestMeta {
     pub model: Option<String>,
     pub stream: bool,
+    pub fingerprint: Option<Fingerprint>,
+    /// OpenAI's `prompt_cache_key`: the client's own name for what shares a prefix.
+    pub prompt_cache_key: Option<String>,
+    /// OpenAI's `user`.
+    pub user: Option<String>,
+    /// `POST /v1/responses` continuing a stored response: it lives on one server.
+    pub previous_response_id: Option<String>,
+}
+
+impl RequestMeta {
+    /// What pins the request to a conversation, strongest first: `prompt_cache_key`, the
+    /// session header, `user`.
+    pub fn session_key<'a>(&'a self, header: Option<&'a str>) -> Option<&'a str> {
+        self.prompt_cache_key
+            .as_deref()
+            .or(header)
+            .or(self.user.as_deref())
+            .filter(|k| !k.is_empty())
+    }
 }
 
 #[derive(Deserialize)]
@@ -19,6 +42,30 @@ struct JsonFields {
     model: Option<String>,
     #[serde(default)]
     stream: Option<bool>,
+    // Read as they come: their shapes are the server's to check.
+    #[serde(default)]
+    messages: Option<Value>,
+    #[serde(default)]
+    prompt: Option<Value>,
+    #[serde(default)]
+    input: Option<Value>,
+    #[serde(default)]
+    instructions: Option<Value>,
+    #[serde(default)]
+    cache_salt: Option<Value>,
+    #[serde(default)]
+    prompt_cache_key: Option<Value>,
+    #[serde(default)]
+    user: Option<Value>,
+    #[serde(default)]
+    previous_response_id: Option<Value>,
+}
+
+fn text(v: Option<Value>) -> Option<String> {
+    match v {
+        Some(Value::String(s)) => Some(s),
+        _ => None,
+    }
 }
 
 /// Reads the routing fields. An empty body has none, except on a generation route, which
@@ -64,9 +111,21 @@ pub async fn read_meta(
                 _ => ProxyError::BadRequest(format!("request body is not valid JSON: {e}")),
             }
         })?;
+        let fingerprint = super::prompt::fingerprint(&super::prompt::PromptFields {
+            model: fields.model.as_deref(),
+            cache_salt: fields.cache_salt.as_ref().and_then(Value::as_str),
+            messages: fields.messages.as_ref(),
+            prompt: fields.prompt.as_ref(),
+            instructions: fields.instructions.as_ref(),
+            input: fields.input.as_ref(),
+        });
         return Ok(RequestMeta {
             model: fields.model,
             stream: fields.stream.unwrap_or(false),
+            fingerprint,
+            prompt_cache_key: text(fields.prompt_cache_key),
+            user: text(fields.user),
+            previous_response_id: text(fields.previous_response_id),
         });
     }
     if mime == "multipart/form-data" {
@@ -128,7 +187,9 @@ mod tests {
             m,
             RequestMeta {
                 model: Some("m1".into()),
-                stream: true
+                stream: true,
+                fingerprint: m.fingerprint.clone(),
+                ..RequestMeta::default()
             }
         );
         let m = read_meta(&json_headers(), &Bytes::from_static(b"{}"), true)

@@ -14,6 +14,7 @@ pub mod errors;
 pub mod headers;
 pub mod meta;
 pub mod paths;
+pub mod prompt;
 pub mod read_body;
 
 use std::sync::Arc;
@@ -28,6 +29,8 @@ use tokio::time::Instant;
 use crate::app::AppState;
 use crate::fleet::Server;
 use crate::fleet::events::EventKind;
+use crate::routing::RouteInfo;
+use crate::routing::fingerprint::BLOCK_TOKENS;
 use crate::telemetry::{self, DecisionLabels, ReasonLabels, RequestLabels, RouteLabels};
 use errors::ProxyError;
 use meta::RequestMeta;
@@ -149,8 +152,13 @@ async fn send(
             available: fleet.all_models(),
         });
     }
-    // A stored response lives on the server that created it: no choice, no retry elsewhere.
-    let pinned = app.affinity.server_for_path(parts.uri.path());
+    // A stored response lives on the server that created it: no choice, no retry elsewhere
+    // (reading it, cancelling it, or continuing from it with `previous_response_id`).
+    let pinned = app.affinity.server_for_path(parts.uri.path()).or_else(|| {
+        meta.previous_response_id
+            .as_deref()
+            .and_then(|id| app.affinity.server_for_id(id))
+    });
     let could_serve = |s: &Server| {
         pinned.as_deref().is_none_or(|url| s.url() == url)
             && meta.model.as_deref().is_none_or(|m| s.serves(m))
@@ -160,6 +168,22 @@ async fn send(
     }
     let picker = fleet.picker();
     let max_age = fleet.metrics_max_age();
+    let prefixes = meta
+        .fingerprint
+        .as_ref()
+        .filter(|_| picker.kind().uses_prefixes());
+    let session = meta.session_key(
+        parts
+            .headers
+            .get(settings.session_header.as_str())
+            .and_then(|v| v.to_str().ok()),
+    );
+    let info = RouteInfo {
+        prompt_tokens: meta.fingerprint.as_ref().map_or(0.0, |f| f.tokens() as f64),
+        affinity: session
+            .map(|k| xxhash_rust::xxh3::xxh3_64(k.as_bytes()))
+            .or_else(|| meta.fingerprint.as_ref().and_then(|f| f.affinity())),
+    };
     let mut tried: Vec<usize> = Vec::new();
     let mut timeouts = 0;
     let mut last_error = None;
@@ -184,14 +208,26 @@ async fn send(
         }
         let candidates: Vec<_> = choices
             .iter()
-            .map(|&i| servers[i].candidate(max_age))
+            .map(|&i| {
+                let mut c = servers[i].candidate(max_age);
+                if let Some(f) = prefixes {
+                    let held = servers[i].prefix.lock().matched(&f.blocks) * BLOCK_TOKENS;
+                    c.cached_tokens = (held as f64).min(info.prompt_tokens);
+                }
+                c
+            })
             .collect();
-        let Some(choice) = picker.pick(&candidates, &mut rand::rng()) else {
+        let Some(choice) = picker.pick_for(&info, &candidates, &mut rand::rng()) else {
             break;
         };
         let index = choices[choice];
         tried.push(index);
         let server = &servers[index];
+        if let Some(f) = prefixes {
+            server.prefix.lock().record(&f.blocks);
+        }
+        let prefill_tokens =
+            (info.prompt_tokens - candidates[choice].cached_tokens).max(0.0) as u64;
         fleet
             .telemetry
             .decisions
@@ -203,7 +239,7 @@ async fn send(
         // A retry is worth deciding on only if there is another server to retry on.
         let may_retry = attempt < settings.max_retries
             && !eligible(&servers, &tried, &could_serve).0.is_empty();
-        let outcome = attempt::run(app, server, &request, attempt, may_retry).await;
+        let outcome = attempt::run(app, server, &request, attempt, may_retry, prefill_tokens).await;
         let cause = match outcome {
             attempt::Outcome::Done(r) => {
                 if attempt > 0 && r.is_ok() {

@@ -5,6 +5,9 @@
 //! `/metrics`) and an RNG, and is tested without any I/O. Eligibility (healthy, not draining,
 //! serves the model, not tried yet) is decided before a policy runs.
 
+pub mod cache_aware;
+pub mod fingerprint;
+
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use rand::Rng;
@@ -30,14 +33,28 @@ pub enum PolicyKind {
     /// it, so arrivals spread over servers instead of herding onto the one that was idlest.
     #[default]
     Adaptive,
+    /// Where the request gets its first token soonest: `adaptive`'s load plus the prefill the
+    /// server would still have to do (the prompt minus what it is believed to have cached, and
+    /// the uncached prefill already queued there), in request-equivalents relative to capacity.
+    /// Among servers within one request of the best, the same choice on every router replica
+    /// (rendezvous hashing of the prompt's prefix, or of the session key). See
+    /// [`cache_aware`].
+    CacheAware,
+    /// A uniformly random server.
+    Random,
+    /// Power of two choices: two random servers, the one with the lower `adaptive` score.
+    PowerOfTwo,
 }
 
 impl PolicyKind {
-    pub const ALL: [PolicyKind; 4] = [
+    pub const ALL: [PolicyKind; 7] = [
         Self::Adaptive,
+        Self::CacheAware,
         Self::Mvllm,
         Self::RoundRobin,
         Self::LeastLoad,
+        Self::Random,
+        Self::PowerOfTwo,
     ];
 
     pub fn name(self) -> &'static str {
@@ -46,11 +63,22 @@ impl PolicyKind {
             Self::RoundRobin => "round_robin",
             Self::LeastLoad => "least_load",
             Self::Adaptive => "adaptive",
+            Self::CacheAware => "cache_aware",
+            Self::Random => "random",
+            Self::PowerOfTwo => "power_of_two",
         }
     }
 
     pub fn parse(s: &str) -> Option<Self> {
+        if s == "p2c" {
+            return Some(Self::PowerOfTwo);
+        }
         Self::ALL.into_iter().find(|p| p.name() == s)
+    }
+
+    /// Whether the policy looks at where prefixes are cached (the router then keeps an index).
+    pub fn uses_prefixes(self) -> bool {
+        self == Self::CacheAware
     }
 }
 
@@ -66,8 +94,10 @@ pub struct Scraped {
 }
 
 /// What a policy sees of one eligible server.
-#[derive(Debug, Clone, Copy, PartialEq)]
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
 pub struct Candidate {
+    /// The server's stable id (a hash of its URL): the same on every router replica.
+    pub id: u64,
     pub capacity: f64,
     /// Requests this router has in flight to the server now.
     pub in_flight: f64,
@@ -77,6 +107,19 @@ pub struct Candidate {
     pub overloaded: bool,
     /// `None` when the last scrape failed or is too old to trust.
     pub scraped: Option<Scraped>,
+    /// Tokens of this request's prompt the server is believed to hold in its prefix cache.
+    pub cached_tokens: f64,
+    /// Prompt tokens not cached, of this router's requests to the server still in prefill.
+    pub pending_prefill_tokens: f64,
+}
+
+/// What a policy sees of the request.
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
+pub struct RouteInfo {
+    /// The prompt's estimated length in tokens (0 when unknown).
+    pub prompt_tokens: f64,
+    /// The key every replica hashes alike for this request's prefix or session.
+    pub affinity: Option<u64>,
 }
 
 /// A policy with the little state it needs (the round-robin cursor).
@@ -100,6 +143,16 @@ impl Picker {
 
     /// Index into `candidates` of the chosen server, `None` only when there are none.
     pub fn pick<R: Rng + ?Sized>(&self, candidates: &[Candidate], rng: &mut R) -> Option<usize> {
+        self.pick_for(&RouteInfo::default(), candidates, rng)
+    }
+
+    /// [`Picker::pick`] for a request the policy may look at.
+    pub fn pick_for<R: Rng + ?Sized>(
+        &self,
+        request: &RouteInfo,
+        candidates: &[Candidate],
+        rng: &mut R,
+    ) -> Option<usize> {
         match candidates.len() {
             0 => None,
             1 => Some(0),
@@ -112,6 +165,17 @@ impl Picker {
                 }
                 PolicyKind::Adaptive => lowest(candidates, &self.cursor, adaptive_score),
                 PolicyKind::Mvllm => seed_rule(candidates, rng),
+                PolicyKind::CacheAware => cache_aware::pick(request, candidates, &self.cursor),
+                PolicyKind::Random => rng.random_range(0..candidates.len()),
+                PolicyKind::PowerOfTwo => {
+                    let a = rng.random_range(0..candidates.len());
+                    let b = (a + rng.random_range(1..candidates.len())) % candidates.len();
+                    if adaptive_score(&candidates[b]) < adaptive_score(&candidates[a]) {
+                        b
+                    } else {
+                        a
+                    }
+                }
             }),
         }
     }
@@ -159,7 +223,7 @@ fn seed_rule<R: Rng + ?Sized>(candidates: &[Candidate], rng: &mut R) -> usize {
 /// One of the candidates with the lowest score: among ties, the first at or after the rotating
 /// `cursor`, so that equally loaded servers take turns (as round robin would) instead of being
 /// drawn at random, which lets short-term imbalances build up.
-fn lowest(
+pub(crate) fn lowest(
     candidates: &[Candidate],
     cursor: &AtomicUsize,
     score: impl Fn(&Candidate) -> f64,
@@ -184,14 +248,13 @@ mod tests {
         Candidate {
             capacity,
             in_flight,
-            awaiting_first_byte: 0.0,
-            overloaded: false,
             scraped: scraped.map(|(running, waiting, kv_usage)| Scraped {
                 running,
                 waiting,
                 kv_usage,
                 in_flight_then: in_flight,
             }),
+            ..Candidate::default()
         }
     }
 
@@ -209,7 +272,23 @@ mod tests {
         for k in PolicyKind::ALL {
             assert_eq!(PolicyKind::parse(k.name()), Some(k));
         }
+        assert_eq!(PolicyKind::parse("p2c"), Some(PolicyKind::PowerOfTwo));
         assert_eq!(PolicyKind::parse("fastest"), None);
+    }
+
+    #[test]
+    fn random_spreads_and_power_of_two_never_picks_the_busiest() {
+        let c = vec![cand(8.0, 0.0, None); 4];
+        let n = counts(&Picker::new(PolicyKind::Random), &c, 4000);
+        assert!(n.iter().all(|&k| (800..1200).contains(&k)), "{n:?}");
+        let c = [
+            cand(8.0, 7.0, None),
+            cand(8.0, 1.0, None),
+            cand(8.0, 2.0, None),
+        ];
+        let n = counts(&Picker::new(PolicyKind::PowerOfTwo), &c, 3000);
+        assert_eq!(n[0], 0, "the busiest loses every pair it is in: {n:?}");
+        assert!(n[1] > n[2], "{n:?}");
     }
 
     #[test]
@@ -304,20 +383,18 @@ mod tests {
             Candidate {
                 capacity: 8.0,
                 in_flight: 0.0,
-                awaiting_first_byte: 0.0,
-                overloaded: false,
                 scraped: Some(stale),
+                ..Candidate::default()
             },
             Candidate {
                 capacity: 8.0,
                 in_flight: 2.0,
-                awaiting_first_byte: 0.0,
-                overloaded: false,
                 scraped: Some(Scraped {
                     running: 2.0,
                     in_flight_then: 2.0,
                     ..stale
                 }),
+                ..Candidate::default()
             },
         ];
         assert_eq!(counts(&p, &c, 10), vec![10, 0]);

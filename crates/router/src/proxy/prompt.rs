@@ -1,0 +1,191 @@
+//! The prompt as the server will see it, from a request body's JSON fields, turned into a
+//! [`Fingerprint`]: chat `messages` (roles and contents in order, the text of multi-part
+//! contents, image URLs as they are), a completion's `prompt` (text, texts or token ids), a
+//! response's `instructions` and `input`.
+
+use serde_json::Value;
+
+use crate::routing::fingerprint::{Builder, Fingerprint};
+
+/// The fields a prompt can come in; `None` for each that is absent.
+pub struct PromptFields<'a> {
+    pub model: Option<&'a str>,
+    pub cache_salt: Option<&'a str>,
+    pub messages: Option<&'a Value>,
+    pub prompt: Option<&'a Value>,
+    pub instructions: Option<&'a Value>,
+    pub input: Option<&'a Value>,
+}
+
+/// The fingerprint, or `None` when the body carries no prompt.
+pub fn fingerprint(f: &PromptFields<'_>) -> Option<Fingerprint> {
+    if f.messages.is_none() && f.prompt.is_none() && f.input.is_none() && f.instructions.is_none() {
+        return None;
+    }
+    let mut b = Builder::new(f.model, f.cache_salt);
+    if let Some(m) = f.messages {
+        push_messages(&mut b, m);
+    }
+    if let Some(p) = f.prompt {
+        push_prompt(&mut b, p);
+    }
+    if let Some(Value::String(s)) = f.instructions {
+        b.push_str("system\n");
+        b.push_str(s);
+        b.push_str("\n");
+    }
+    match f.input {
+        Some(Value::String(s)) => {
+            b.push_str("user\n");
+            b.push_str(s);
+            b.push_str("\n");
+        }
+        Some(items @ Value::Array(_)) => push_messages(&mut b, items),
+        _ => {}
+    }
+    Some(b.finish())
+}
+
+fn push_messages(b: &mut Builder, messages: &Value) {
+    let Value::Array(list) = messages else {
+        return;
+    };
+    for m in list {
+        if let Some(role) = m.get("role").and_then(Value::as_str) {
+            b.push_str(role);
+            b.push_str("\n");
+        }
+        match m.get("content") {
+            Some(Value::String(s)) => b.push_str(s),
+            Some(Value::Array(parts)) => {
+                for part in parts {
+                    push_part(b, part);
+                }
+            }
+            _ => {}
+        }
+        b.push_str("\n");
+    }
+}
+
+/// One part of a multi-part content: its text, or the URL of an image or audio (the same image
+/// is the same prefix).
+fn push_part(b: &mut Builder, part: &Value) {
+    if let Value::String(s) = part {
+        b.push_str(s);
+        return;
+    }
+    for key in ["text", "input_text", "output_text"] {
+        if let Some(s) = part.get(key).and_then(Value::as_str) {
+            b.push_str(s);
+            return;
+        }
+    }
+    for key in [
+        "image_url",
+        "input_image",
+        "input_audio",
+        "audio_url",
+        "video_url",
+    ] {
+        match part.get(key) {
+            Some(Value::String(url)) => return b.push_str(url),
+            Some(v) => {
+                if let Some(url) = v.get("url").and_then(Value::as_str) {
+                    return b.push_str(url);
+                }
+            }
+            None => {}
+        }
+    }
+}
+
+fn push_prompt(b: &mut Builder, prompt: &Value) {
+    match prompt {
+        Value::String(s) => b.push_str(s),
+        Value::Array(items) => {
+            if items.iter().all(Value::is_u64) {
+                b.push_tokens(items.iter().filter_map(Value::as_u64).map(|t| t as u32));
+            } else {
+                for item in items {
+                    push_prompt(b, item);
+                }
+            }
+        }
+        _ => {}
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn chat(messages: Value) -> Fingerprint {
+        fingerprint(&PromptFields {
+            model: Some("m"),
+            cache_salt: None,
+            messages: Some(&messages),
+            prompt: None,
+            instructions: None,
+            input: None,
+        })
+        .unwrap()
+    }
+
+    #[test]
+    fn a_conversations_turns_extend_its_prefix() {
+        let system = "You are a careful assistant. ".repeat(20);
+        let turn1 = chat(json!([
+            {"role": "system", "content": system},
+            {"role": "user", "content": "What is a KV cache?"},
+        ]));
+        let turn2 = chat(json!([
+            {"role": "system", "content": system},
+            {"role": "user", "content": "What is a KV cache?"},
+            {"role": "assistant", "content": "It keeps attention keys and values."},
+            {"role": "user", "content": "And prefix caching?"},
+        ]));
+        assert!(turn2.blocks.len() > turn1.blocks.len());
+        assert_eq!(turn2.blocks[..turn1.blocks.len()], turn1.blocks[..]);
+        // Multi-part text is the same prompt as plain text.
+        let parts = chat(json!([
+            {"role": "system", "content": [{"type": "text", "text": system}]},
+            {"role": "user", "content": [{"type": "text", "text": "What is a KV cache?"}]},
+        ]));
+        assert_eq!(parts, turn1);
+        // Another role is another prompt.
+        let other = chat(json!([{"role": "user", "content": system}]));
+        assert_ne!(other.blocks[0], turn1.blocks[0]);
+    }
+
+    #[test]
+    fn completions_prompts_of_every_form() {
+        let text = "once upon a time ".repeat(10);
+        let f = |p: Value| {
+            fingerprint(&PromptFields {
+                model: Some("m"),
+                cache_salt: None,
+                messages: None,
+                prompt: Some(&p),
+                instructions: None,
+                input: None,
+            })
+            .unwrap()
+        };
+        assert_eq!(f(json!(text)), f(json!([text])));
+        let ids: Vec<u32> = (0..40).collect();
+        assert_eq!(f(json!(ids)).blocks.len(), 40 * 4 / 64);
+        assert!(
+            fingerprint(&PromptFields {
+                model: None,
+                cache_salt: None,
+                messages: None,
+                prompt: None,
+                instructions: None,
+                input: None
+            })
+            .is_none()
+        );
+    }
+}
