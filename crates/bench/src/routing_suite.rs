@@ -35,7 +35,69 @@ pub struct Options {
     /// Run one of the load generator's workloads (sharegpt-like, chat-sessions, prefix-heavy)
     /// instead of the suite's own streamed completions.
     pub workload: Option<crate::load::Workload>,
+    /// What to compare, by name: a policy (`adaptive`, `cache_aware`, ...), a policy on two
+    /// router replicas behind a client alternating between them (`cache_aware-x2`), the oracle
+    /// of client-side affinity (`oracle`), or a peer router (`vllm-router`, `sglang-router`).
+    pub contenders: Option<Vec<String>>,
+    /// The fleet's speeds instead of the named fleet's (e.g. "1,1,0.5,0.5").
+    pub speeds: Option<String>,
+    /// Each server's KV cache in tokens (a small one makes eviction matter).
+    pub kv_cache_tokens: Option<usize>,
 }
+
+/// One thing `bench routing` compares.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Contender {
+    Policy(PolicyKind),
+    /// Two mvllm replicas with this policy; the client alternates between them.
+    Replicas(PolicyKind),
+    /// No router: each conversation (or document) pinned to a server by the client.
+    Oracle,
+    Peer(crate::peer_routers::Peer),
+}
+
+impl Contender {
+    pub fn parse(s: &str) -> Result<Contender, String> {
+        if s == "oracle" {
+            return Ok(Contender::Oracle);
+        }
+        if let Some(p) = crate::peer_routers::Peer::ALL
+            .iter()
+            .find(|p| p.name() == s)
+        {
+            return Ok(Contender::Peer(*p));
+        }
+        if let Some(p) = s.strip_suffix("-x2").and_then(PolicyKind::parse) {
+            return Ok(Contender::Replicas(p));
+        }
+        PolicyKind::parse(s).map(Contender::Policy).ok_or_else(|| {
+            format!(
+                "unknown contender `{s}`: a policy, POLICY-x2, oracle, vllm-router or sglang-router"
+            )
+        })
+    }
+
+    pub fn name(&self) -> String {
+        match self {
+            Contender::Policy(p) => p.name().into(),
+            Contender::Replicas(p) => format!("{}-x2", p.name()),
+            Contender::Oracle => "oracle".into(),
+            Contender::Peer(p) => p.name().into(),
+        }
+    }
+}
+
+/// What runs by default with a workload: the classic policies, the cache-aware one alone and on
+/// two replicas, the oracle, and the peers' cache-aware routers.
+const WORKLOAD_CONTENDERS: &[&str] = &[
+    "round_robin",
+    "adaptive",
+    "cache_aware",
+    "cache_aware-x2",
+    "oracle",
+    "vllm-router",
+    "sglang-router",
+];
 
 /// Mean turns of a chat session (2..=6), to turn a request rate into a session rate.
 const MEAN_TURNS: f64 = 4.0;
@@ -57,6 +119,9 @@ fn load_options(
         think_time: 0.5,
         seed,
         progress: false,
+        replicas: Vec::new(),
+        pin_to: Vec::new(),
+        servers: Vec::new(),
     }
 }
 
@@ -72,37 +137,109 @@ async fn workload_capacity(
     Ok(r["requests_per_second"].as_f64().unwrap_or(0.0))
 }
 
-/// One policy cell with a load-generator workload through an in-process router.
-async fn run_workload_policy(
+/// One cell with a load-generator workload: through one or two in-process routers, a peer
+/// router, or straight to the servers (the oracle). `Ok(None)`: a peer that is not installed.
+async fn run_workload_contender(
     urls: &[String],
-    policy: PolicyKind,
+    contender: &Contender,
     w: crate::load::Workload,
     request_rate: f64,
     seconds: f64,
     seed: u64,
-) -> Result<Value, String> {
-    let router = start_router(urls, policy, 0).await?;
+) -> Result<Option<Value>, String> {
     let sessions = if w == crate::load::Workload::ChatSessions {
         request_rate / MEAN_TURNS
     } else {
         request_rate
     };
     let arrivals = crate::load::Arrivals::Rate(sessions);
-    let r = crate::load::run(load_options(router.url(), w, arrivals, seconds, seed)).await?;
-    let shares: Vec<u64> = server_shares(&router);
-    router.shutdown(Duration::from_secs(5)).await;
+    let mut routers = Vec::new();
+    let mut peer = None;
+    let mut opts = match contender {
+        Contender::Policy(p) | Contender::Replicas(p) => {
+            let n = if matches!(contender, Contender::Replicas(_)) {
+                2
+            } else {
+                1
+            };
+            for _ in 0..n {
+                routers.push(start_router(urls, *p, 0).await?);
+            }
+            let mut o = load_options(routers[0].url(), w, arrivals, seconds, seed);
+            o.replicas = routers[1..].iter().map(|r| r.url()).collect();
+            o
+        }
+        Contender::Oracle => {
+            let mut o = load_options(urls[0].clone(), w, arrivals, seconds, seed);
+            o.pin_to = urls.to_vec();
+            o
+        }
+        Contender::Peer(kind) => {
+            let Some(p) = crate::peer_routers::start(*kind, urls).await? else {
+                return Ok(None);
+            };
+            let o = load_options(p.url.clone(), w, arrivals, seconds, seed);
+            peer = Some(p);
+            o
+        }
+    };
+    opts.servers = urls.to_vec();
+    // Ask the servers for the model: a router may list its own placeholder (SGLang's: "unknown").
+    opts.model = Some(crate::load::first_model(&http_client(), &urls[0]).await?);
+    let before = server_request_counts(urls).await;
+    let r = crate::load::run(opts).await?;
+    let after = server_request_counts(urls).await;
+    let shares: Vec<u64> = after
+        .iter()
+        .zip(&before)
+        .map(|(a, b)| a.saturating_sub(*b))
+        .collect();
+    let index_bytes: usize = routers
+        .iter()
+        .flat_map(|r| {
+            r.fleet
+                .servers()
+                .iter()
+                .map(|s| s.prefix.lock().bytes())
+                .collect::<Vec<_>>()
+        })
+        .sum();
+    for r in routers {
+        r.shutdown(Duration::from_secs(5)).await;
+    }
+    drop(peer);
     let errors: u64 = r["errors"]
         .as_object()
         .map_or(0, |e| e.values().filter_map(Value::as_u64).sum());
-    Ok(json!({
-        "policy": policy.name(), "workload": w.name(),
+    Ok(Some(json!({
+        "policy": contender.name(), "workload": w.name(),
         "requests": r["requests"], "completed": r["ok"], "errors": errors,
         "ttft_p50": r["ttft_s"]["p50"], "ttft_p90": r["ttft_s"]["p90"], "ttft_p99": r["ttft_s"]["p99"],
         "tpot_mean": r["itl_s"]["mean"], "requests_per_s": r["requests_per_second"],
         "output_tokens_per_s": r["output_tokens_per_second"],
         "prefix_cache_hit_rate": r["prefix_cache"]["hit_rate"],
         "server_shares": shares,
-    }))
+        "prefix_index_bytes": index_bytes,
+    })))
+}
+
+/// Requests each simulated server has finished, from its own `/metrics` (so that routers other
+/// than mvllm, and no router at all, are counted alike).
+async fn server_request_counts(urls: &[String]) -> Vec<u64> {
+    let client = http_client();
+    let mut out = Vec::new();
+    for u in urls {
+        let text = crate::client::get_text(&client, &format!("{u}/metrics"))
+            .await
+            .unwrap_or_default();
+        let n: f64 = text
+            .lines()
+            .filter(|l| l.starts_with("vllm:request_success_total"))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum();
+        out.push(n as u64);
+    }
+    out
 }
 
 /// Requests each server got through the router, in fleet order.
@@ -303,21 +440,45 @@ pub async fn run(opts: Options) -> Result<Value, String> {
         (None, true) => vec![0.8],
         (None, false) => vec![0.5, 0.8, 1.0],
     };
-    let policies: Vec<(PolicyKind, usize)> = match opts.queue {
-        Some(q) => vec![(PolicyKind::Adaptive, 0), (PolicyKind::Adaptive, q)],
-        None => [
+    let contenders: Vec<(Contender, usize)> = match (&opts.contenders, opts.queue) {
+        (_, Some(q)) => vec![
+            (Contender::Policy(PolicyKind::Adaptive), 0),
+            (Contender::Policy(PolicyKind::Adaptive), q),
+        ],
+        (Some(names), None) => names
+            .iter()
+            .map(|n| Contender::parse(n).map(|c| (c, 0)))
+            .collect::<Result<_, _>>()?,
+        (None, None) if opts.workload.is_some() => WORKLOAD_CONTENDERS
+            .iter()
+            .map(|n| Contender::parse(n).map(|c| (c, 0)))
+            .collect::<Result<_, _>>()?,
+        (None, None) => [
             PolicyKind::RoundRobin,
             PolicyKind::Mvllm,
             PolicyKind::LeastLoad,
             PolicyKind::Adaptive,
+            PolicyKind::CacheAware,
         ]
-        .map(|p| (p, 0))
+        .map(|p| (Contender::Policy(p), 0))
         .to_vec(),
     };
+    if opts.workload.is_none()
+        && contenders
+            .iter()
+            .any(|(c, _)| !matches!(c, Contender::Policy(_)))
+    {
+        return Err("replicas, the oracle and peer routers need --workload".into());
+    }
     let mut out = Vec::new();
+    let kv = opts.kv_cache_tokens.map(|k| k.to_string());
     for (name, speeds) in &fleets {
+        let speeds = opts.speeds.as_deref().unwrap_or(speeds);
         let mut args = vec!["--speed", speeds];
         args.extend_from_slice(SIM_ARGS);
+        if let Some(kv) = &kv {
+            args.extend_from_slice(&["--kv-cache-tokens", kv]);
+        }
         let sim = SimProcess::start(4, &args).await?;
         let caps: Vec<f64> = match opts.workload {
             None => {
@@ -340,20 +501,20 @@ pub async fn run(opts: Options) -> Result<Value, String> {
         let capacity: f64 = caps.iter().sum();
         let mut runs = Vec::new();
         for &load in &loads {
-            for &(policy, queue_size) in &policies {
-                let label = if queue_size > 0 {
-                    format!("{}+queue{queue_size}", policy.name())
+            for (contender, queue_size) in &contenders {
+                let label = if *queue_size > 0 {
+                    format!("{}+queue{queue_size}", contender.name())
                 } else {
-                    policy.name().to_string()
+                    contender.name()
                 };
                 let seed = 1000 + (load * 100.0) as u64;
-                let mut row = match opts.workload {
-                    None => {
+                let mut row = match (opts.workload, contender) {
+                    (None, Contender::Policy(policy)) => {
                         let r = run_policy(
                             &client,
                             &sim.urls,
-                            policy,
-                            queue_size,
+                            *policy,
+                            *queue_size,
                             capacity * load,
                             run_secs,
                             seed,
@@ -361,10 +522,22 @@ pub async fn run(opts: Options) -> Result<Value, String> {
                         .await?;
                         summarize(&label, &r)
                     }
-                    Some(w) => {
-                        run_workload_policy(&sim.urls, policy, w, capacity * load, run_secs, seed)
-                            .await?
+                    (Some(w), c) => {
+                        match run_workload_contender(
+                            &sim.urls,
+                            c,
+                            w,
+                            capacity * load,
+                            run_secs,
+                            seed,
+                        )
+                        .await?
+                        {
+                            Some(row) => row,
+                            None => continue,
+                        }
                     }
+                    (None, _) => unreachable!("checked above"),
                 };
                 row["load"] = json!(load);
                 eprintln!(
@@ -380,7 +553,7 @@ pub async fn run(opts: Options) -> Result<Value, String> {
     }
     let workload = opts.workload.map_or("streamed completions", |w| w.name());
     Ok(
-        json!({"sim_args": SIM_ARGS, "max_concurrent_requests": CAPACITY_SETTING, "workload": workload, "fleets": out}),
+        json!({"sim_args": SIM_ARGS, "kv_cache_tokens": opts.kv_cache_tokens, "max_concurrent_requests": CAPACITY_SETTING, "workload": workload, "fleets": out}),
     )
 }
 

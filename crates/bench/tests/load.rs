@@ -42,6 +42,9 @@ async fn chat_sessions_through_the_router_hit_the_prefix_cache_and_every_request
         think_time: 0.01,
         seed: 3,
         progress: false,
+        replicas: Vec::new(),
+        pin_to: Vec::new(),
+        servers: Vec::new(),
     })
     .await
     .unwrap();
@@ -68,4 +71,29 @@ async fn chat_sessions_through_the_router_hit_the_prefix_cache_and_every_request
     assert!(report["itl_s"]["n"].as_u64().unwrap() > 0);
     let text = load::render(&report);
     assert!(text.contains("prefix cache hit rate"), "{text}");
+
+    // The oracle of client-side affinity: straight to the servers, each conversation on one.
+    let urls: Vec<String> = sims.iter().map(|s| s.url()).collect();
+    let pinned = load::run(load::Options {
+        url: urls[0].clone(),
+        workload: Workload::ChatSessions,
+        arrivals: Arrivals::Concurrency(4),
+        duration: 1.0,
+        stream: true,
+        model: None,
+        think_time: 0.01,
+        seed: 3,
+        progress: false,
+        replicas: Vec::new(),
+        pin_to: urls.clone(),
+        servers: urls.clone(),
+    })
+    .await
+    .unwrap();
+    assert_eq!(pinned["ok"], pinned["requests"], "{pinned}");
+    let pinned_hits = pinned["prefix_cache"]["hit_rate"].as_f64().unwrap();
+    assert!(
+        pinned_hits > 0.3,
+        "every server's counters read: {pinned_hits}"
+    );
 }

@@ -98,6 +98,17 @@ enum Suite {
         /// suite's streamed completions.
         #[arg(long)]
         workload: Option<String>,
+        /// What to compare: policies (adaptive, cache_aware, ...), POLICY-x2 (two router
+        /// replicas, the client alternating), oracle (client-side affinity, no router),
+        /// vllm-router, sglang-router (skipped when not installed).
+        #[arg(long, value_delimiter = ',')]
+        compare: Option<Vec<String>>,
+        /// The servers' speeds instead of the fleet's (e.g. 1,1,0.5,0.5).
+        #[arg(long)]
+        speeds: Option<String>,
+        /// Each server's KV cache, in tokens (small: eviction matters).
+        #[arg(long)]
+        kv_cache_tokens: Option<usize>,
         #[command(flatten)]
         output: Output,
     },
@@ -184,6 +195,9 @@ pub fn run(args: BenchArgs) -> ExitCode {
                 think_time,
                 seed,
                 progress: true,
+                replicas: Vec::new(),
+                pin_to: Vec::new(),
+                servers: Vec::new(),
             };
             let r = runtime.block_on(load::run(opts))?;
             Ok((r, load::render as Render, output, Some(plot::load as Draw)))
@@ -227,6 +241,9 @@ pub fn run(args: BenchArgs) -> ExitCode {
             load,
             queue,
             workload,
+            compare,
+            speeds,
+            kv_cache_tokens,
             output,
         } => workload
             .as_deref()
@@ -239,6 +256,9 @@ pub fn run(args: BenchArgs) -> ExitCode {
                     loads: load,
                     queue,
                     workload,
+                    contenders: compare,
+                    speeds,
+                    kv_cache_tokens,
                 }))
             })
             .map(|r| {

@@ -136,17 +136,16 @@ async fn run_on_a_terminal_shows_the_dashboard_and_q_exits_zero() {
 
     // The dashboard, with both servers healthy.
     let row = |url: &str| url.trim_start_matches("http://").to_string();
+    // Waited for as a whole: the screen is read while it may be half redrawn.
     term.wait_for("the dashboard lists both servers, healthy", |text| {
         text.contains("2/2 healthy")
             && text.contains(&row(&sims[0].url()))
             && text.contains(&row(&sims[1].url()))
+            && text.contains("Servers (2)")
+            && text.contains("q quit")
     })
     .await;
     let text = term.text();
-    assert!(
-        text.contains("Servers (2)") && text.contains("q quit"),
-        "{text}"
-    );
     assert!(
         !text.contains(" INFO "),
         "log lines were printed over the dashboard:\n{text}"

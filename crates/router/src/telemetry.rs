@@ -85,6 +85,9 @@ pub struct Telemetry {
     running: Family<ServerLabels, FGauge>,
     waiting: Family<ServerLabels, FGauge>,
     kv_usage: Family<ServerLabels, FGauge>,
+    prefix_index_bytes: Family<ServerLabels, Gauge>,
+    prefix_predicted: Family<ServerLabels, FGauge>,
+    prefix_actual: Family<ServerLabels, FGauge>,
     /// Client requests, errors, retries and time to first token over the last minutes.
     pub live: parking_lot::Mutex<Window>,
     /// Recent health changes, reloads, retries and drains.
@@ -121,6 +124,9 @@ impl Telemetry {
             running: Family::default(),
             waiting: Family::default(),
             kv_usage: Family::default(),
+            prefix_index_bytes: Family::default(),
+            prefix_predicted: Family::default(),
+            prefix_actual: Family::default(),
             live: parking_lot::Mutex::new(Window::new(FLEET_WINDOW_SECONDS)),
             events: EventLog::default(),
             started: std::time::Instant::now(),
@@ -205,6 +211,21 @@ impl Telemetry {
             "The server's KV-cache usage (0..1, mean over engines), from the last fresh scrape",
             t.kv_usage.clone(),
         );
+        r.register(
+            "prefix_index_bytes",
+            "Memory the prefix index takes for a server (cache_aware)",
+            t.prefix_index_bytes.clone(),
+        );
+        r.register(
+            "prefix_predicted_hit_rate",
+            "Share of prompt tokens the prefix index predicted cached on a server, over its last calibration window",
+            t.prefix_predicted.clone(),
+        );
+        r.register(
+            "server_prefix_cache_hit_rate",
+            "Share of prompt tokens the server itself reports as prefix-cache hits, over the same window",
+            t.prefix_actual.clone(),
+        );
         Telemetry { registry, ..t }
     }
 
@@ -241,9 +262,12 @@ impl Telemetry {
             &self.running,
             &self.waiting,
             &self.kv_usage,
+            &self.prefix_predicted,
+            &self.prefix_actual,
         ] {
             f.clear();
         }
+        self.prefix_index_bytes.clear();
         let max_age = fleet.metrics_max_age();
         for s in fleet.servers().iter() {
             let l = ServerLabels {
@@ -265,6 +289,14 @@ impl Telemetry {
                 self.running.get_or_create(&l).set(m.running);
                 self.waiting.get_or_create(&l).set(m.waiting);
                 self.kv_usage.get_or_create(&l).set(m.kv_usage);
+            }
+            self.prefix_index_bytes
+                .get_or_create(&l)
+                .set(s.prefix.lock().bytes() as i64);
+            let c = s.calibration.lock().clone();
+            if let (Some(p), Some(a)) = (c.predicted_rate, c.actual_rate) {
+                self.prefix_predicted.get_or_create(&l).set(p);
+                self.prefix_actual.get_or_create(&l).set(a);
             }
         }
         let mut out = String::with_capacity(16 * 1024);

@@ -33,17 +33,23 @@ impl FleetCounters {
                 .unwrap_or_else(|| vec![target.to_string()]),
             Err(_) => vec![target.to_string()],
         };
+        let mut out = FleetCounters::read_servers(client, &servers).await;
+        if let Ok(text) = get_text(client, &format!("{target}/metrics")).await {
+            out.requests = requests_by_server(&text);
+        }
+        out
+    }
+
+    /// Reads the prefix-cache counters of these servers.
+    pub async fn read_servers(client: &HttpClient, servers: &[String]) -> FleetCounters {
         let mut out = FleetCounters::default();
-        for s in servers {
+        for s in servers.iter().cloned() {
             if let Ok(text) = get_text(client, &format!("{s}/metrics")).await
                 && let Ok(m) = mvllm_router::fleet::prom::parse(&text)
             {
                 out.prefix
                     .insert(s, (m.prefix_cache_hits, m.prefix_cache_queries));
             }
-        }
-        if let Ok(text) = get_text(client, &format!("{target}/metrics")).await {
-            out.requests = requests_by_server(&text);
         }
         out
     }

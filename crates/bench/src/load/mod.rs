@@ -50,6 +50,16 @@ pub struct Options {
     pub seed: u64,
     /// Show a progress bar on a terminal.
     pub progress: bool,
+    /// Other endpoints of the same fleet (router replicas): requests alternate between `url`
+    /// and these, as a load balancer in front of several routers would send them.
+    pub replicas: Vec<String>,
+    /// The oracle of client-side affinity: each conversation (or, for `prefix-heavy`, each
+    /// document) goes straight to one of these servers, chosen by a hash of it, instead of to
+    /// `url`.
+    pub pin_to: Vec<String>,
+    /// The servers whose prefix-cache counters to report (when `url` is not mvllm, which lists
+    /// them itself).
+    pub servers: Vec<String>,
 }
 
 /// One request's outcome.
@@ -67,7 +77,10 @@ struct Sample {
 
 struct Run {
     client: HttpClient,
-    endpoint: String,
+    /// The endpoints requests go to: alternating, or by a session's key when `pinned`.
+    endpoints: Vec<String>,
+    pinned: bool,
+    next_endpoint: std::sync::atomic::AtomicUsize,
     model: String,
     stream: bool,
     think_time: f64,
@@ -99,7 +112,14 @@ impl Run {
                 self.stream,
             );
             let sent = self.started.elapsed().as_secs_f64();
-            let result = post_timed(&self.client, &self.endpoint, body, self.capture).await;
+            let which = if self.pinned {
+                (s.key % self.endpoints.len() as u64) as usize
+            } else {
+                self.next_endpoint
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+                    % self.endpoints.len()
+            };
+            let result = post_timed(&self.client, &self.endpoints[which], body, self.capture).await;
             let sample = match result {
                 Ok(t) => {
                     let error = if t.status != 200 {
@@ -170,7 +190,14 @@ pub async fn run(opts: Options) -> Result<Value, String> {
         Some(m) => m.clone(),
         None => first_model(&client, &url).await?,
     };
-    let before = fleet::FleetCounters::read(&client, &url).await;
+    let read_counters = || async {
+        if opts.servers.is_empty() {
+            fleet::FleetCounters::read(&client, &url).await
+        } else {
+            fleet::FleetCounters::read_servers(&client, &opts.servers).await
+        }
+    };
+    let before = read_counters().await;
     let progress = if opts.progress {
         let bar = indicatif::ProgressBar::new((opts.duration * 1000.0) as u64);
         bar.set_style(
@@ -187,7 +214,19 @@ pub async fn run(opts: Options) -> Result<Value, String> {
     let started = Instant::now();
     let run = Arc::new(Run {
         client: client.clone(),
-        endpoint: format!("{url}/v1/chat/completions"),
+        endpoints: if opts.pin_to.is_empty() {
+            std::iter::once(&url)
+                .chain(&opts.replicas)
+                .map(|u| format!("{}/v1/chat/completions", u.trim_end_matches('/')))
+                .collect()
+        } else {
+            opts.pin_to
+                .iter()
+                .map(|u| format!("{}/v1/chat/completions", u.trim_end_matches('/')))
+                .collect()
+        },
+        pinned: !opts.pin_to.is_empty(),
+        next_endpoint: std::sync::atomic::AtomicUsize::new(0),
         model: model.clone(),
         stream: opts.stream,
         think_time: opts.think_time,
@@ -248,7 +287,7 @@ pub async fn run(opts: Options) -> Result<Value, String> {
     let _ = ticker.await;
     progress.finish_and_clear();
     let wall = started.elapsed().as_secs_f64();
-    let after = fleet::FleetCounters::read(&client, &url).await;
+    let after = read_counters().await;
     let samples = std::mem::take(&mut *run.samples.lock());
     Ok(report(&opts, &model, &samples, wall, &after.since(&before)))
 }

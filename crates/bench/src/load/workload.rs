@@ -54,6 +54,10 @@ impl Workload {
 pub struct Session {
     pub system: Option<String>,
     pub turns: Vec<(String, u32)>,
+    /// What the session shares with others, as a number: the conversation itself for
+    /// `chat-sessions`, the document for `prefix-heavy`, nothing for `sharegpt-like` (a random
+    /// key). Client-side affinity (`pin_to`) sends equal keys to one server.
+    pub key: u64,
 }
 
 /// Draws sessions for a workload, reproducibly from a seed.
@@ -101,12 +105,14 @@ impl Generator {
                 Session {
                     system: None,
                     turns: vec![(words(rng, prompt), output)],
+                    key: rng.random(),
                 }
             }
             Workload::ChatSessions => {
                 let system = self.shared[rng.random_range(0..self.shared.len())].clone();
                 let turns = rng.random_range(2..=6);
                 Session {
+                    key: rng.random(),
                     system: Some(system),
                     turns: (0..turns)
                         .map(|_| {
@@ -117,10 +123,12 @@ impl Generator {
                 }
             }
             Workload::PrefixHeavy => {
-                let doc = &self.shared[rng.random_range(0..self.shared.len())];
+                let d = rng.random_range(0..self.shared.len());
+                let doc = &self.shared[d];
                 let n = rng.random_range(10..40);
                 let question = words(rng, n);
                 Session {
+                    key: d as u64,
                     system: Some("Answer the question about the document.".into()),
                     turns: vec![(
                         format!("{doc}\n\nQuestion:{question}"),

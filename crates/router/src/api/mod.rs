@@ -139,6 +139,12 @@ pub async fn load_stats(State(app): State<Arc<AppState>>) -> Json<Value> {
                 "status": status,
                 "last_updated": iso(scrape.wall_at),
                 "in_flight": in_flight,
+                "prefix_index": {
+                    "blocks": s.prefix.lock().len(),
+                    "bytes": s.prefix.lock().bytes(),
+                    "predicted_hit_rate": s.calibration.lock().predicted_rate,
+                    "actual_hit_rate": s.calibration.lock().actual_rate,
+                },
                 "metrics_fresh": fresh.is_some(),
                 "metrics_error": scrape.last_error,
                 "detailed_metrics": {

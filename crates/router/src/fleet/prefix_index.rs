@@ -51,7 +51,7 @@ impl PrefixIndex {
 
     /// The server's KV cache holds this many tokens.
     pub fn set_kv_tokens(&mut self, tokens: usize) {
-        self.kv_blocks = (tokens > 0).then(|| tokens / BLOCK_TOKENS);
+        self.kv_blocks = (tokens > 0).then_some(tokens / BLOCK_TOKENS);
         self.shrink();
     }
 
@@ -114,12 +114,86 @@ impl PrefixIndex {
     }
 }
 
+/// Prompt tokens a server must have been asked about before its prediction is judged.
+pub const CALIBRATION_WINDOW_TOKENS: f64 = 16_384.0;
+/// How far the predicted hit rate may exceed the server's own before the index is distrusted.
+pub const CALIBRATION_MARGIN: f64 = 0.5;
+
+/// The index's predictions against the server's own prefix-cache counters.
+#[derive(Debug, Default, Clone)]
+pub struct Calibration {
+    /// Since the window began: tokens routed here and how many the index said were cached.
+    pub prompted: f64,
+    pub predicted: f64,
+    /// The server's counters when the window began (`None`: not read yet).
+    base: Option<(f64, f64)>,
+    /// The last full window's rates.
+    pub predicted_rate: Option<f64>,
+    pub actual_rate: Option<f64>,
+}
+
+impl Calibration {
+    /// A request routed here: `prompt` tokens, `predicted` believed cached.
+    pub fn routed(&mut self, prompt: f64, predicted: f64) {
+        self.prompted += prompt;
+        self.predicted += predicted;
+    }
+
+    /// The server's counters now (hits, queries, in tokens). Returns true when a full window
+    /// shows the index promising far more than the server delivers (its cache was reset, or it
+    /// evicts more than the index thinks): the caller then empties the index.
+    pub fn observe(&mut self, hits: f64, queries: f64) -> bool {
+        let Some((h0, q0)) = self.base else {
+            self.base = Some((hits, queries));
+            return false;
+        };
+        let asked = queries - q0;
+        if asked < 0.0 {
+            self.reset(hits, queries);
+            return false;
+        }
+        if asked < CALIBRATION_WINDOW_TOKENS || self.prompted <= 0.0 {
+            return false;
+        }
+        let actual = ((hits - h0) / asked).clamp(0.0, 1.0);
+        let predicted = (self.predicted / self.prompted).clamp(0.0, 1.0);
+        self.actual_rate = Some(actual);
+        self.predicted_rate = Some(predicted);
+        self.reset(hits, queries);
+        predicted - actual > CALIBRATION_MARGIN
+    }
+
+    fn reset(&mut self, hits: f64, queries: f64) {
+        self.base = Some((hits, queries));
+        self.prompted = 0.0;
+        self.predicted = 0.0;
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     fn chain(start: u64, n: u64) -> Vec<u64> {
         (start..start + n).collect()
+    }
+
+    #[test]
+    fn a_prediction_far_above_the_servers_own_hit_rate_is_noticed() {
+        let mut c = Calibration::default();
+        assert!(!c.observe(0.0, 0.0));
+        c.routed(20_000.0, 18_000.0);
+        assert!(
+            !c.observe(17_000.0, 20_000.0),
+            "90% predicted, 85% real: fine"
+        );
+        assert_eq!(c.predicted_rate, Some(0.9));
+        c.routed(20_000.0, 18_000.0);
+        assert!(
+            c.observe(17_500.0, 40_000.0),
+            "90% predicted, 2.5% real: reset"
+        );
+        assert!(c.actual_rate.unwrap() < 0.05);
     }
 
     #[test]

@@ -15,7 +15,7 @@ use serde_json::Value;
 use tokio::time::Instant;
 
 use super::health::{Health, Transition};
-use super::prefix_index::PrefixIndex;
+use super::prefix_index::{Calibration, PrefixIndex};
 use super::prom::ServerMetrics;
 use super::window::Window;
 use crate::config::{ServerConfig, Settings};
@@ -133,6 +133,8 @@ pub struct Server {
     probes_running: [AtomicBool; 3],
     /// The prompts' blocks the server is believed to hold in its prefix cache.
     pub prefix: Mutex<PrefixIndex>,
+    /// The index's predictions against the server's own hit rate.
+    pub calibration: Mutex<Calibration>,
     /// Estimated uncached prompt tokens of this router's requests here still in prefill.
     pending_prefill: AtomicU64,
     /// A hash of the URL: the server's id in rendezvous hashing, the same on every replica.
@@ -192,6 +194,7 @@ impl Server {
             slot_freed,
             probes_running: Default::default(),
             prefix: Mutex::new(PrefixIndex::new(0)),
+            calibration: Mutex::new(Calibration::default()),
             pending_prefill: AtomicU64::new(0),
             id: xxhash_rust::xxh3::xxh3_64(cfg.url.as_bytes()),
             url: cfg.url.clone(),
@@ -412,6 +415,17 @@ impl Server {
                     }
                     s.counters = Some((m.prefix_cache_queries, m.generation_tokens));
                     prefix.set_kv_tokens(m.kv_cache_tokens as usize);
+                    if self
+                        .calibration
+                        .lock()
+                        .observe(m.prefix_cache_hits, m.prefix_cache_queries)
+                    {
+                        tracing::warn!(
+                            server = self.url(),
+                            "the prefix index promised far more cache hits than the server had: forgotten"
+                        );
+                        prefix.clear();
+                    }
                 }
                 s.tokens_per_second = match (s.metrics, s.at) {
                     (Some(prev), Some(at)) if m.generation_tokens >= prev.generation_tokens => {
@@ -484,5 +498,39 @@ impl Drop for InFlight {
         self.first_byte();
         self.server.in_flight.fetch_sub(1, Ordering::Relaxed);
         self.server.slot_freed.wake_one();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_restarted_servers_stale_index_entries_are_dropped() {
+        let s = Server::new(
+            ServerConfig {
+                url: "http://127.0.0.1:9".into(),
+                max_concurrent_requests: 4,
+                api_key: None,
+                models: None,
+            },
+            true,
+            Arc::default(),
+        );
+        s.prefix.lock().set_budget(1000);
+        let scrape = |queries: f64, tokens: f64| ServerMetrics {
+            prefix_cache_queries: queries,
+            generation_tokens: tokens,
+            engines: 1,
+            ..ServerMetrics::default()
+        };
+        s.record_scrape(Ok(scrape(5000.0, 800.0)));
+        s.prefix.lock().record(&[1, 2, 3]);
+        s.record_scrape(Ok(scrape(6000.0, 900.0)));
+        assert_eq!(s.prefix.lock().len(), 3, "counters grew: kept");
+        // Down for a moment (a failed scrape), then back with its counters from zero.
+        s.record_scrape(Err("connection refused".into()));
+        s.record_scrape(Ok(scrape(100.0, 10.0)));
+        assert!(s.prefix.lock().is_empty(), "restarted: forgotten");
     }
 }

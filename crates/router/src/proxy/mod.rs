@@ -225,6 +225,10 @@ async fn send(
         let server = &servers[index];
         if let Some(f) = prefixes {
             server.prefix.lock().record(&f.blocks);
+            server
+                .calibration
+                .lock()
+                .routed(info.prompt_tokens, candidates[choice].cached_tokens);
         }
         let prefill_tokens =
             (info.prompt_tokens - candidates[choice].cached_tokens).max(0.0) as u64;

@@ -37,7 +37,7 @@ pub fn fingerprint(f: &PromptFields<'_>) -> Option<Fingerprint> {
     match f.input {
         Some(Value::String(s)) => {
             b.push_str("user\n");
-            b.push_str(s);
+            b.push_anchor_message(s);
             b.push_str("\n");
         }
         Some(items @ Value::Array(_)) => push_messages(&mut b, items),
@@ -55,8 +55,17 @@ fn push_messages(b: &mut Builder, messages: &Value) {
             b.push_str(role);
             b.push_str("\n");
         }
+        let first_user = !b.has_anchor() && m.get("role").and_then(Value::as_str) == Some("user");
         match m.get("content") {
+            Some(Value::String(s)) if first_user => b.push_anchor_message(s),
             Some(Value::String(s)) => b.push_str(s),
+            Some(Value::Array(parts)) if first_user => {
+                let mut text = Builder::new(None, None);
+                for part in parts {
+                    push_part(&mut text, part);
+                }
+                b.push_anchor_message(&String::from_utf8_lossy(text.text()));
+            }
             Some(Value::Array(parts)) => {
                 for part in parts {
                     push_part(b, part);

@@ -15,9 +15,9 @@
 //! more than the prefill; nothing can pull all traffic onto one server, because load always
 //! counts (the "death spiral" of threshold-based cache routing).
 //!
-//! Replicas: among servers within [`TOLERANCE`] requests of the best cost, the choice is by
-//! rendezvous hashing of the request's affinity key (its session key, or a block of its prompt's
-//! prefix) with each server's id. A prefix nothing is known about yet therefore goes to the same
+//! Replicas: among servers within [`TOLERANCE`] requests of the best cost, the choice is the one
+//! holding the most of the prompt, then by rendezvous hashing of the request's affinity key (its
+//! session key, or a block of its first user message) with each server's id. A prefix nothing is known about yet therefore goes to the same
 //! server from every router replica, without any shared state, as long as the loads they see are
 //! within the tolerance; and a conversation stays where it was unless that server is busier than
 //! the others by more than the tolerance.
@@ -28,12 +28,14 @@ use xxhash_rust::xxh3::xxh3_64_with_seed;
 
 use super::{Candidate, RouteInfo, adaptive_score, lowest};
 
-/// Prefill tokens that cost as much as one more request queued on a server.
-pub const PREFILL_TOKENS_PER_REQUEST: f64 = 1024.0;
+/// Prefill tokens that cost as much as one more request queued on a server. Measured, not
+/// derived: `mvllm bench routing --workload chat-sessions` over 64..1024 (with TOLERANCE 1..6)
+/// gave the best hit rate and p99 time to first token at 128 (README, "Routing quality").
+pub const PREFILL_TOKENS_PER_REQUEST: f64 = 128.0;
 
 /// How close to the best cost (in requests, relative to capacity) a server must be to be chosen
-/// by affinity rather than by cost alone.
-pub const TOLERANCE: f64 = 1.0;
+/// for its cache and affinity rather than by cost alone (measured with the constant above).
+pub const TOLERANCE: f64 = 3.0;
 
 /// The estimated cost of sending `request` to `c` (see the module doc).
 pub fn cost(request: &RouteInfo, c: &Candidate) -> f64 {
@@ -59,9 +61,15 @@ pub fn pick(request: &RouteInfo, candidates: &[Candidate], cursor: &AtomicUsize)
         .map(|(i, &c)| (c, i))
         .fold((f64::INFINITY, 0), |a, b| if b.0 < a.0 { b } else { a });
     let slack = TOLERANCE / candidates[best_i].capacity;
+    // Among those, the one holding the most of the prompt, then the key's rendezvous server.
     (0..candidates.len())
         .filter(|&i| costs[i] <= best + slack + 1e-12)
-        .max_by_key(|&i| weight(key, candidates[i].id))
+        .max_by_key(|&i| {
+            (
+                candidates[i].cached_tokens as u64,
+                weight(key, candidates[i].id),
+            )
+        })
         .unwrap_or(best_i)
 }
 
@@ -101,14 +109,15 @@ mod tests {
 
     #[test]
     fn a_hot_prefix_on_a_busy_server_spreads_to_another() {
-        let mut c = [server(1, 7.0), server(2, 1.0)];
+        // 2,900 cached tokens are worth ~23 queued requests (PREFILL_TOKENS_PER_REQUEST): the
+        // prefix stays while its server is busier by less, and spreads beyond.
+        let mut c = [server(1, 12.0), server(2, 1.0)];
         c[0].cached_tokens = 2900.0;
-        c[0].awaiting_first_byte = 3.0;
-        assert_eq!(
-            pick_one(&DOC, &c),
-            1,
-            "six more requests outweigh the prefill"
-        );
+        c[0].awaiting_first_byte = 6.0;
+        assert_eq!(pick_one(&DOC, &c), 0, "worth its queue");
+        c[0].in_flight = 20.0;
+        c[0].awaiting_first_byte = 10.0;
+        assert_eq!(pick_one(&DOC, &c), 1, "beyond it, the other server");
     }
 
     #[test]
@@ -158,11 +167,11 @@ mod tests {
         let mut warm = c;
         warm[cold].cached_tokens = 3000.0;
         assert_eq!(pick_one(&DOC, &warm), cold, "A stays where the cache is");
-        // Within one request of load the affinity holds; beyond it the load decides.
+        // Within the tolerance the affinity holds; beyond it the load decides.
         let mut busier = c;
         busier[cold].in_flight += 0.5;
         assert_eq!(pick_one(&DOC, &busier), cold);
-        busier[cold].in_flight += 2.0;
+        busier[cold].in_flight += 4.0;
         assert_ne!(pick_one(&DOC, &busier), cold);
     }
 
@@ -170,8 +179,8 @@ mod tests {
     fn other_clients_load_counts_as_in_adaptive() {
         let mut c = [server(1, 0.0), server(2, 0.0)];
         c[0].scraped = Some(Scraped {
-            running: 8.0,
-            waiting: 4.0,
+            running: 24.0,
+            waiting: 16.0,
             kv_usage: 0.5,
             in_flight_then: 0.0,
         });

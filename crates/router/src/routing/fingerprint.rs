@@ -18,8 +18,8 @@ pub const BLOCK_BYTES: usize = 64;
 pub const BLOCK_TOKENS: usize = 16;
 /// Longest prefix fingerprinted: 1,024 blocks, ~16k tokens.
 pub const MAX_BLOCKS: usize = 1024;
-/// The block whose hash keys a cold request's choice (see [`Fingerprint::affinity`]): deep
-/// enough to be past short shared preambles, shallow enough to lie inside a shared document.
+/// How far into the first user message the affinity key reaches, in blocks (see
+/// [`Fingerprint::affinity`]): far enough to tell documents apart, near enough to lie inside one.
 pub const AFFINITY_BLOCK: usize = 32;
 
 /// The fingerprint of one request's prompt.
@@ -29,6 +29,8 @@ pub struct Fingerprint {
     pub blocks: Vec<u64>,
     /// Length of the prompt text in bytes (all of it, past the cap too).
     pub bytes: usize,
+    /// The block whose hash is the affinity key.
+    pub anchor: Option<usize>,
 }
 
 impl Fingerprint {
@@ -37,13 +39,16 @@ impl Fingerprint {
         self.bytes.div_ceil(BLOCK_BYTES / BLOCK_TOKENS)
     }
 
-    /// A key every router replica computes alike for the same prefix, for choosing a server when
-    /// nothing is known about where the prefix is cached: the hash of block
-    /// [`AFFINITY_BLOCK`] (or the last full one, for shorter prompts).
+    /// A key every router replica computes alike for the same conversation or document, for
+    /// choosing a server when nothing is known about where the prefix is cached: the hash of the
+    /// last block that ends within the first user message, or [`AFFINITY_BLOCK`] blocks into
+    /// it, whichever comes first. A conversation's later turns resend that message unchanged, so
+    /// they share the key (while a system prompt shared by everyone does not decide it); questions
+    /// about one long document share it too. Without a user message: [`AFFINITY_BLOCK`] blocks
+    /// into the prompt (or its last full block).
     pub fn affinity(&self) -> Option<u64> {
-        self.blocks
-            .get(AFFINITY_BLOCK.min(self.blocks.len()).wrapping_sub(1))
-            .copied()
+        let default = AFFINITY_BLOCK.min(self.blocks.len()).checked_sub(1);
+        self.blocks.get(self.anchor.or(default)?).copied()
     }
 }
 
@@ -52,6 +57,7 @@ pub struct Builder {
     text: Vec<u8>,
     bytes: usize,
     seed: u64,
+    anchor: Option<usize>,
 }
 
 impl Builder {
@@ -65,7 +71,30 @@ impl Builder {
             text: Vec::with_capacity(4096),
             bytes: 0,
             seed: xxh3_64(&seed_text),
+            anchor: None,
         }
+    }
+
+    /// Appends the first user message, marking where the affinity key lies (see
+    /// [`Fingerprint::affinity`]).
+    pub fn push_anchor_message(&mut self, piece: &str) {
+        let start = self.bytes;
+        self.push_str(piece);
+        if self.anchor.is_none() {
+            let end_blocks = self.bytes / BLOCK_BYTES;
+            let limit = start / BLOCK_BYTES + AFFINITY_BLOCK;
+            self.anchor = end_blocks.min(limit).min(MAX_BLOCKS).checked_sub(1);
+        }
+    }
+
+    /// The text pushed so far (up to the cap).
+    pub fn text(&self) -> &[u8] {
+        &self.text
+    }
+
+    /// Whether the first user message was seen.
+    pub fn has_anchor(&self) -> bool {
+        self.anchor.is_some()
     }
 
     /// Appends a piece of the prompt.
@@ -99,6 +128,7 @@ impl Builder {
         Fingerprint {
             blocks,
             bytes: self.bytes,
+            anchor: self.anchor,
         }
     }
 }
@@ -145,6 +175,42 @@ mod tests {
         assert_eq!(f.blocks.len(), MAX_BLOCKS);
         assert_eq!(f.bytes, text.len());
         assert_eq!(f.tokens(), text.len() / 4);
+    }
+
+    #[test]
+    fn the_affinity_key_follows_the_first_user_message() {
+        let system = "s".repeat(BLOCK_BYTES * 60);
+        let turn = |history: &str| {
+            let mut b = Builder::new(Some("m"), None);
+            b.push_str(&system);
+            b.push_anchor_message(&"u".repeat(300));
+            b.push_str(history);
+            b.finish()
+        };
+        let first = turn("\n");
+        let later = turn("\nthe answer\nanother question\n");
+        assert_eq!(
+            first.affinity(),
+            later.affinity(),
+            "one conversation, one key"
+        );
+        let mut other = Builder::new(Some("m"), None);
+        other.push_str(&system);
+        other.push_anchor_message(&"v".repeat(300));
+        assert_ne!(
+            other.finish().affinity(),
+            first.affinity(),
+            "not the system prompt's"
+        );
+        // A long document in the first message: the key lies inside it.
+        let doc = "d".repeat(BLOCK_BYTES * 100);
+        let ask = |q: &str| {
+            let mut b = Builder::new(Some("m"), None);
+            b.push_str("answer about the document\n");
+            b.push_anchor_message(&format!("{doc}{q}"));
+            b.finish()
+        };
+        assert_eq!(ask("one?").affinity(), ask("two?").affinity());
     }
 
     #[test]
