@@ -472,12 +472,14 @@ pub async fn run(opts: Options) -> Result<Value, String> {
     }
     let mut out = Vec::new();
     let kv = opts.kv_cache_tokens.map(|k| k.to_string());
+    // A sequence must fit the cache: a small cache comes with a shorter context.
+    let max_len = opts.kv_cache_tokens.map(|k| (k / 2).min(32_768).to_string());
     for (name, speeds) in &fleets {
         let speeds = opts.speeds.as_deref().unwrap_or(speeds);
         let mut args = vec!["--speed", speeds];
         args.extend_from_slice(SIM_ARGS);
-        if let Some(kv) = &kv {
-            args.extend_from_slice(&["--kv-cache-tokens", kv]);
+        if let (Some(kv), Some(len)) = (&kv, &max_len) {
+            args.extend_from_slice(&["--kv-cache-tokens", kv, "--max-model-len", len]);
         }
         let sim = SimProcess::start(4, &args).await?;
         let caps: Vec<f64> = match opts.workload {

@@ -183,6 +183,10 @@ async fn send(
         affinity: session
             .map(|k| xxhash_rust::xxh3::xxh3_64(k.as_bytes()))
             .or_else(|| meta.fingerprint.as_ref().and_then(|f| f.affinity())),
+        anchor_tokens: meta
+            .fingerprint
+            .as_ref()
+            .map_or(0.0, |f| f.anchor_tokens() as f64),
     };
     let mut tried: Vec<usize> = Vec::new();
     let mut timeouts = 0;

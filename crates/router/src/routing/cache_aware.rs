@@ -15,9 +15,10 @@
 //! more than the prefill; nothing can pull all traffic onto one server, because load always
 //! counts (the "death spiral" of threshold-based cache routing).
 //!
-//! Replicas: among servers within [`TOLERANCE`] requests of the best cost, the choice is the one
-//! holding the most of the prompt, then by rendezvous hashing of the request's affinity key (its
-//! session key, or a block of its first user message) with each server's id. A prefix nothing is known about yet therefore goes to the same
+//! Replicas: among servers within [`TOLERANCE`] requests of the best cost, the choice is one
+//! holding the conversation (the prompt up to its affinity block), then by rendezvous hashing of
+//! the request's affinity key (its session key, or a block of its first user message) with each
+//! server's id. A prefix nothing is known about yet therefore goes to the same
 //! server from every router replica, without any shared state, as long as the loads they see are
 //! within the tolerance; and a conversation stays where it was unless that server is busier than
 //! the others by more than the tolerance.
@@ -98,6 +99,7 @@ mod tests {
     const DOC: RouteInfo = RouteInfo {
         prompt_tokens: 3000.0,
         affinity: Some(42),
+        anchor_tokens: 512.0,
     };
 
     #[test]
@@ -145,6 +147,7 @@ mod tests {
             let r = RouteInfo {
                 prompt_tokens: 500.0,
                 affinity: Some(key),
+                anchor_tokens: 0.0,
             };
             // Another replica sees the servers in another order and with its own cursor.
             let mut reversed = c;

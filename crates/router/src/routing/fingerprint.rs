@@ -47,8 +47,19 @@ impl Fingerprint {
     /// about one long document share it too. Without a user message: [`AFFINITY_BLOCK`] blocks
     /// into the prompt (or its last full block).
     pub fn affinity(&self) -> Option<u64> {
+        self.blocks.get(self.anchor_block()?).copied()
+    }
+
+    /// Tokens up to the end of the affinity key's block (0 without one).
+    pub fn anchor_tokens(&self) -> usize {
+        self.anchor_block()
+            .filter(|&b| b < self.blocks.len())
+            .map_or(0, |b| (b + 1) * BLOCK_TOKENS)
+    }
+
+    fn anchor_block(&self) -> Option<usize> {
         let default = AFFINITY_BLOCK.min(self.blocks.len()).checked_sub(1);
-        self.blocks.get(self.anchor.or(default)?).copied()
+        self.anchor.or(default)
     }
 }
 

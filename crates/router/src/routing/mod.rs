@@ -120,6 +120,9 @@ pub struct RouteInfo {
     pub prompt_tokens: f64,
     /// The key every replica hashes alike for this request's prefix or session.
     pub affinity: Option<u64>,
+    /// Tokens up to the block the affinity key comes from: a server holding that much of the
+    /// prompt holds this conversation (or document), not only a preamble shared by everyone.
+    pub anchor_tokens: f64,
 }
 
 /// A policy with the little state it needs (the round-robin cursor).
