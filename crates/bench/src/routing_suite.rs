@@ -473,7 +473,9 @@ pub async fn run(opts: Options) -> Result<Value, String> {
     let mut out = Vec::new();
     let kv = opts.kv_cache_tokens.map(|k| k.to_string());
     // A sequence must fit the cache: a small cache comes with a shorter context.
-    let max_len = opts.kv_cache_tokens.map(|k| (k / 2).min(32_768).to_string());
+    let max_len = opts
+        .kv_cache_tokens
+        .map(|k| (k / 2).min(32_768).to_string());
     for (name, speeds) in &fleets {
         let speeds = opts.speeds.as_deref().unwrap_or(speeds);
         let mut args = vec!["--speed", speeds];
