@@ -32,22 +32,7 @@ async fn chat_sessions_through_the_router_hit_the_prefix_cache_and_every_request
     )
     .await
     .unwrap();
-    let report = load::run(load::Options {
-        url: router.url(),
-        workload: Workload::ChatSessions,
-        arrivals: Arrivals::Concurrency(4),
-        duration: 1.0,
-        stream: true,
-        model: None,
-        think_time: 0.01,
-        seed: 3,
-        progress: false,
-        replicas: Vec::new(),
-        pin_to: Vec::new(),
-        servers: Vec::new(),
-    })
-    .await
-    .unwrap();
+    let report = load::run(chat_sessions(router.url())).await.unwrap();
     let requests = report["requests"].as_u64().unwrap();
     assert!(requests >= 8, "{report}");
     assert_eq!(
@@ -75,18 +60,9 @@ async fn chat_sessions_through_the_router_hit_the_prefix_cache_and_every_request
     // The oracle of client-side affinity: straight to the servers, each conversation on one.
     let urls: Vec<String> = sims.iter().map(|s| s.url()).collect();
     let pinned = load::run(load::Options {
-        url: urls[0].clone(),
-        workload: Workload::ChatSessions,
-        arrivals: Arrivals::Concurrency(4),
-        duration: 1.0,
-        stream: true,
-        model: None,
-        think_time: 0.01,
-        seed: 3,
-        progress: false,
-        replicas: Vec::new(),
         pin_to: urls.clone(),
         servers: urls.clone(),
+        ..chat_sessions(urls[0].clone())
     })
     .await
     .unwrap();
@@ -96,4 +72,22 @@ async fn chat_sessions_through_the_router_hit_the_prefix_cache_and_every_request
         pinned_hits > 0.3,
         "every server's counters read: {pinned_hits}"
     );
+}
+
+/// A second of chat sessions from four users against `url`.
+fn chat_sessions(url: String) -> load::Options {
+    load::Options {
+        url,
+        workload: Workload::ChatSessions,
+        arrivals: Arrivals::Concurrency(4),
+        duration: 1.0,
+        stream: true,
+        model: None,
+        think_time: 0.01,
+        seed: 3,
+        progress: false,
+        replicas: Vec::new(),
+        pin_to: Vec::new(),
+        servers: Vec::new(),
+    }
 }

@@ -66,14 +66,7 @@ async fn the_routers_own_errors_share_vllms_shape_and_count_the_model() {
     let v: Value = resp.json().await.unwrap();
     assert_eq!(v["error"]["type"], "ServiceUnavailableError");
     assert_eq!(v["error"]["code"], 503);
-    let metrics = client()
-        .get(format!("{}/metrics", r.url()))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = get_text(&format!("{}/metrics", r.url())).await;
     let refused = metrics
         .lines()
         .find(|l| l.starts_with("mvllm_requests_total") && l.contains("status=\"503\""))

@@ -228,13 +228,6 @@ async fn the_index_holds_to_its_memory_budget_under_unique_prompts() {
         "each within its share: {held:?}"
     );
     assert!(held.iter().sum::<usize>() > 32 * 1024, "and used: {held:?}");
-    let metrics = client()
-        .get(format!("{}/metrics", r.url()))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = get_text(&format!("{}/metrics", r.url())).await;
     assert!(metrics.contains("mvllm_prefix_index_bytes{"), "reported");
 }

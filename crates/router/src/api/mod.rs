@@ -74,22 +74,17 @@ pub async fn health(State(app): State<Arc<AppState>>, headers: axum::http::Heade
     } else {
         StatusCode::SERVICE_UNAVAILABLE
     };
-    if !app.fleet.access.load().knows(&headers) {
-        let body = json!({
-            "status": status,
-            "health_score": score,
-            "total_servers": total,
-            "healthy_servers": healthy,
-            "unhealthy_servers": total - healthy,
-        });
-        return (code, Json(body)).into_response();
-    }
-    let body = json!({
+    let mut body = json!({
         "status": status,
         "health_score": score,
         "total_servers": total,
         "healthy_servers": healthy,
         "unhealthy_servers": total - healthy,
+    });
+    if !app.fleet.access.load().knows(&headers) {
+        return (code, Json(body)).into_response();
+    }
+    let detail = json!({
         "servers": servers.iter().map(|s| server_health(s)).collect::<Vec<_>>(),
         "config": {
             "health_check_enabled": settings.enable_active_health_check,
@@ -99,6 +94,9 @@ pub async fn health(State(app): State<Arc<AppState>>, headers: axum::http::Heade
             "routing_policy": settings.routing_policy.name(),
         },
     });
+    if let (Some(b), Value::Object(d)) = (body.as_object_mut(), detail) {
+        b.extend(d);
+    }
     (code, Json(body)).into_response()
 }
 

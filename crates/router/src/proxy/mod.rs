@@ -118,7 +118,9 @@ fn admit(
         paths::PathClass::Admin => Err(ProxyError::Forbidden(
             "the admin API is not served at this path".into(),
         )),
-        paths::PathClass::Management if !settings.allow_management_routes.contains(&norm) => {
+        paths::PathClass::Management
+            if !settings.allow_management_routes.iter().any(|r| *r == norm) =>
+        {
             Err(ProxyError::Forbidden(format!(
                 "`{norm}` is a server management route: clients cannot call it through the router (operators: POST /admin/upstream{norm} with the admin token)"
             )))
@@ -246,7 +248,7 @@ async fn send(
             .inc();
         // A retry is worth deciding on only if there is another server to retry on.
         let may_retry = attempt < settings.max_retries
-            && !eligible(&servers, &tried, &could_serve).0.is_empty();
+            && (choices.len() > 1 || !eligible(&servers, &tried, &could_serve).0.is_empty());
         let outcome = attempt::run(app, server, &request, attempt, may_retry, prefill_tokens).await;
         let cause = match outcome {
             attempt::Outcome::Done(r) => {

@@ -67,13 +67,25 @@ pub enum PathClass {
     Other,
 }
 
-pub fn classify(path: &str) -> (PathClass, String) {
-    let norm = normalize(path);
+pub fn classify(path: &str) -> (PathClass, Cow<'_, str>) {
+    // Most paths are already in normal form: compare them as they are, without allocating.
+    let plain = path.len() > 1
+        && !path.ends_with('/')
+        && !path.contains("//")
+        && !path.contains("/.")
+        && !path
+            .bytes()
+            .any(|b| matches!(b, b'%' | b'\\' | b'A'..=b'Z'));
+    let norm: Cow<'_, str> = if plain {
+        Cow::Borrowed(path)
+    } else {
+        Cow::Owned(normalize(path))
+    };
     let class = if norm == "/admin" || norm.starts_with("/admin/") {
         PathClass::Admin
-    } else if MANAGEMENT_ROUTES.contains(&norm.as_str()) {
+    } else if MANAGEMENT_ROUTES.contains(&norm.as_ref()) {
         PathClass::Management
-    } else if GENERATION_ROUTES.contains(&norm.as_str()) {
+    } else if GENERATION_ROUTES.contains(&norm.as_ref()) {
         PathClass::Generation
     } else {
         PathClass::Other

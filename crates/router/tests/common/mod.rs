@@ -87,6 +87,17 @@ pub async fn post(url: &str, body: &Value) -> reqwest::Response {
         .expect("request sent")
 }
 
+pub async fn get_text(url: &str) -> String {
+    client()
+        .get(url)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap()
+}
+
 pub async fn get_json(url: &str) -> Value {
     client()
         .get(url)
