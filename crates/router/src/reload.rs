@@ -181,12 +181,15 @@ impl Reloader {
                 None
             }
         };
+        // Registered before this returns, not in the task: a SIGHUP that arrives once the
+        // router answers must reload it, never kill it (the default action) because the task
+        // had not run yet.
+        #[cfg(unix)]
+        let mut hangup =
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok();
         let me = self.clone();
         tokio::spawn(async move {
             let _keep_watching = watcher;
-            #[cfg(unix)]
-            let mut hangup =
-                tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok();
             loop {
                 let poll = me.fleet.settings().config_reload_interval;
                 #[cfg(unix)]
