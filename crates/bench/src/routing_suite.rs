@@ -186,6 +186,7 @@ async fn run_workload_contender(
     opts.servers = urls.to_vec();
     // Ask the servers for the model: a router may list its own placeholder (SGLang's: "unknown").
     opts.model = Some(crate::load::first_model(&http_client(), &urls[0]).await?);
+    reset_prefix_caches(urls).await?;
     let before = server_request_counts(urls).await;
     let r = crate::load::run(opts).await?;
     let after = server_request_counts(urls).await;
@@ -197,10 +198,11 @@ async fn run_workload_contender(
     let index_bytes: usize = routers
         .iter()
         .flat_map(|r| {
+            let policy = r.fleet.policy();
             r.fleet
                 .servers()
                 .iter()
-                .map(|s| s.prefix.lock().bytes())
+                .map(|s| policy.report(s.id()).map_or(0, |p| p.bytes))
                 .collect::<Vec<_>>()
         })
         .sum();
@@ -225,6 +227,27 @@ async fn run_workload_contender(
 
 /// Requests each simulated server has finished, from its own `/metrics` (so that routers other
 /// than mvllm, and no router at all, are counted alike).
+/// Empties every server's prefix cache (vLLM's `POST /reset_prefix_cache`), so that each
+/// contender starts cold: the workload is the same seeded one for all, and a contender must not
+/// find the previous one's conversations cached.
+async fn reset_prefix_caches(urls: &[String]) -> Result<(), String> {
+    let client = http_client();
+    for u in urls {
+        let req = hyper::Request::post(format!("{u}/reset_prefix_cache"))
+            .body(http_body_util::Full::new(bytes::Bytes::new()))
+            .map_err(|e| e.to_string())?;
+        let status = client
+            .request(req)
+            .await
+            .map_err(|e| format!("{u}/reset_prefix_cache: {e}"))?
+            .status();
+        if !status.is_success() {
+            return Err(format!("{u}/reset_prefix_cache answered {status}"));
+        }
+    }
+    Ok(())
+}
+
 async fn server_request_counts(urls: &[String]) -> Vec<u64> {
     let client = http_client();
     let mut out = Vec::new();

@@ -57,7 +57,7 @@ fn now_epoch() -> f64 {
 /// runtime. Returns how it ended (`Ok` when the operator quit), a sender that stops it early
 /// (on a signal) and the thread, to join once stopped so the terminal is restored.
 pub fn spawn_local(
-    fleet: std::sync::Arc<mvllm_router::fleet::Fleet>,
+    router: std::sync::Arc<mvllm_router::state::AppState>,
     options: Options,
 ) -> (
     tokio::sync::oneshot::Receiver<std::io::Result<()>>,
@@ -73,7 +73,7 @@ pub fn spawn_local(
                 .enable_all()
                 .build()
                 .and_then(|rt| {
-                    rt.block_on(run(Source::Local(fleet), options, async {
+                    rt.block_on(run(Source::Local(router), options, async {
                         let _ = stop_rx.await;
                     }))
                 });

@@ -156,7 +156,7 @@ fn draw_summary(frame: &mut Frame, area: Rect, status: &FleetStatus, t: Theme) {
     } else {
         t.bold()
     };
-    let line = Line::from(vec![
+    let mut figures_line = vec![
         label("req/s "),
         value(format::rate(s.requests_per_second)),
         label("  tok/s "),
@@ -171,8 +171,12 @@ fn draw_summary(frame: &mut Frame, area: Rect, status: &FleetStatus, t: Theme) {
         Span::styled(format!("{:.1}%", s.error_rate * 100.0), errors),
         label("  retry "),
         value(format!("{}/m", s.retries_last_minute)),
-    ]);
-    frame.render_widget(Paragraph::new(line), figures);
+    ];
+    if s.prefix_index_bytes > 0 {
+        figures_line.push(label("  prefix index "));
+        figures_line.push(value(format::bytes(s.prefix_index_bytes)));
+    }
+    frame.render_widget(Paragraph::new(Line::from(figures_line)), figures);
     let [left, right] =
         Layout::horizontal([Constraint::Fill(1), Constraint::Fill(1)]).areas(charts);
     let rps: Vec<f64> = status
@@ -361,6 +365,22 @@ fn columns(show_models: bool) -> Vec<Column> {
             cell: |s, _| Cell::new(s.output_tokens_per_second.map_or("-".into(), format::rate)),
         },
         Column {
+            title: "HIT P/A",
+            width: 9,
+            priority: 10,
+            cell: |s, t| {
+                // The prefix index's predicted hit rate next to the one the server reported: far
+                // apart means the index is wrong about this server.
+                let off = matches!((s.predicted_hit_rate, s.actual_hit_rate), (Some(p), Some(a)) if p - a > 0.2);
+                Cell::new(format!(
+                    "{}/{}",
+                    format::percent(s.predicted_hit_rate),
+                    format::percent(s.actual_hit_rate)
+                ))
+                .style(if off { t.warn() } else { Style::new() })
+            },
+        },
+        Column {
             title: "AGE",
             width: 5,
             priority: 9,
@@ -377,7 +397,7 @@ fn columns(show_models: bool) -> Vec<Column> {
         cols.push(Column {
             title: "MODELS",
             width: 14,
-            priority: 10,
+            priority: 11,
             cell: |s, _| Cell::new(s.models.join(", ")),
         });
     }
@@ -523,6 +543,14 @@ fn draw_detail(frame: &mut Frame, area: Rect, server: Option<&ServerStatus>, t: 
         (None, Some(a)) => format!("metrics {} ago", format::age(a)),
         (None, None) => "metrics not read yet".into(),
     });
+    if s.prefix_index_bytes > 0 || s.predicted_hit_rate.is_some() {
+        facts.push(format!(
+            "prefix index {}, hit rate {} predicted, {} reported",
+            format::bytes(s.prefix_index_bytes),
+            format::percent(s.predicted_hit_rate),
+            format::percent(s.actual_hit_rate)
+        ));
+    }
     for f in facts {
         spans.push(Span::styled(" · ", t.dim()));
         spans.push(Span::raw(f));

@@ -4,11 +4,11 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use mvllm_router::fleet::Fleet;
+use mvllm_router::state::AppState;
 use mvllm_router::status::{self, FleetStatus};
 
 pub enum Source {
-    Local(Arc<Fleet>),
+    Local(Arc<AppState>),
     Remote {
         base: String,
         token: Option<String>,
@@ -44,7 +44,7 @@ impl Source {
 
     pub async fn status(&self) -> Result<FleetStatus, String> {
         match self {
-            Source::Local(fleet) => Ok(status::snapshot(fleet)),
+            Source::Local(app) => Ok(status::snapshot(&app.fleet, &app.telemetry)),
             Source::Remote {
                 base,
                 token,
@@ -73,7 +73,8 @@ impl Source {
     pub async fn set_draining(&self, url: &str, drain: bool) -> Result<String, String> {
         let verb = if drain { "draining" } else { "undrained" };
         match self {
-            Source::Local(fleet) => fleet
+            Source::Local(app) => app
+                .fleet
                 .set_draining(url, drain)
                 .map(|n| format!("{verb} {url} ({n} in flight)")),
             Source::Remote {

@@ -33,6 +33,9 @@ fn server(url: &str, state: ServerState) -> ServerStatus {
         errors_total: 0,
         scrape_age_seconds: Some(0.4),
         scrape_error: None,
+        prefix_index_bytes: 0,
+        predicted_hit_rate: None,
+        actual_hit_rate: None,
     }
 }
 
@@ -46,6 +49,9 @@ fn fleet() -> FleetStatus {
     busy.ttft_p50 = Some(0.142);
     busy.ttft_p95 = Some(0.61);
     busy.output_tokens_per_second = Some(2480.0);
+    busy.prefix_index_bytes = 2 << 20;
+    busy.predicted_hit_rate = Some(0.93);
+    busy.actual_hit_rate = Some(0.91);
     let mut idle = server("http://gpu-b.internal:8000", ServerState::Healthy);
     idle.running = Some(9.0);
     idle.in_flight = 9;
@@ -54,6 +60,9 @@ fn fleet() -> FleetStatus {
     idle.ttft_p50 = Some(0.051);
     idle.ttft_p95 = Some(0.094);
     idle.output_tokens_per_second = Some(610.0);
+    idle.prefix_index_bytes = 1 << 20;
+    idle.predicted_hit_rate = Some(0.88);
+    idle.actual_hit_rate = Some(0.52);
     let mut down = server("http://gpu-c.internal:8000", ServerState::Unhealthy);
     down.reason = Some("connection refused".into());
     down.running = None;
@@ -106,7 +115,7 @@ fn fleet() -> FleetStatus {
     ];
     FleetStatus {
         version: "0.2.0".into(),
-        policy: "adaptive".into(),
+        policy: "cache_aware".into(),
         uptime_seconds: 3725.0,
         summary: FleetSummary {
             total_servers: 4,
@@ -118,6 +127,7 @@ fn fleet() -> FleetStatus {
             ttft_p99: Some(0.93),
             error_rate: 0.004,
             retries_last_minute: 7,
+            prefix_index_bytes: 3 << 20,
         },
         history,
         servers: vec![busy, idle, down, draining],

@@ -212,7 +212,7 @@ async fn serve(
             color: mvllm_dashboard::color_wanted(),
             show_models: display.show_models,
         };
-        let (done, stop, thread) = mvllm_dashboard::spawn_local(router.fleet.clone(), options);
+        let (done, stop, thread) = mvllm_dashboard::spawn_local(router.state.clone(), options);
         let ended = tokio::select! {
             r = done => match r {
                 Ok(Ok(())) => "quit from the dashboard",

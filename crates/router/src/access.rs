@@ -18,17 +18,13 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use axum::body::Body;
-use axum::extract::{Request, State};
 use axum::http::{HeaderMap, StatusCode, header};
-use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use governor::clock::{Clock, DefaultClock};
 use governor::{Quota, RateLimiter};
-use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
-use crate::app::AppState;
+use crate::config::auth::digest;
 use crate::config::{ApiKey, AuthSettings};
 use crate::error::ApiError;
 
@@ -57,10 +53,6 @@ pub struct Access {
     protect_metrics: bool,
 }
 
-pub fn digest(key: &str) -> [u8; 32] {
-    Sha256::digest(key.as_bytes()).into()
-}
-
 fn limiter(rate: f64, burst: u32) -> Option<Limiter> {
     if rate <= 0.0 {
         return None;
@@ -80,7 +72,7 @@ pub enum Refusal {
 }
 
 impl Refusal {
-    fn into_response(self) -> Response {
+    pub fn into_response(self) -> Response {
         let e = match &self {
             Refusal::MissingKey => ApiError::new(
                 StatusCode::UNAUTHORIZED,
@@ -230,97 +222,5 @@ impl Access {
             });
         }
         Ok(Some((guard, key.name.as_str())))
-    }
-}
-
-/// A response body that keeps a key counted in flight until the body ends or is dropped.
-struct GuardedBody {
-    inner: Body,
-    _guard: KeyGuard,
-}
-
-impl http_body::Body for GuardedBody {
-    type Data = bytes::Bytes;
-    type Error = axum::Error;
-
-    fn poll_frame(
-        mut self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<Option<Result<http_body::Frame<Self::Data>, Self::Error>>> {
-        std::pin::Pin::new(&mut self.inner).poll_frame(cx)
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
-    }
-
-    fn size_hint(&self) -> http_body::SizeHint {
-        self.inner.size_hint()
-    }
-}
-
-/// Middleware for every route that needs a key: checks it, drops it from the request (servers
-/// never see clients' keys), and keeps the key counted until the response ends.
-pub async fn require_key(
-    State(app): State<Arc<AppState>>,
-    mut req: Request,
-    next: Next,
-) -> Response {
-    let access = app.fleet.access.load();
-    let admitted = match access.admit(req.headers()) {
-        Ok(a) => a,
-        Err(refusal) => {
-            tracing::info!(target: "mvllm::access", path = %req.uri().path(), refusal = ?redacted(&refusal), "request refused");
-            app.fleet
-                .telemetry
-                .refusals
-                .get_or_create(&crate::telemetry::ReasonLabels {
-                    reason: match refusal {
-                        Refusal::MissingKey => "missing_key",
-                        Refusal::WrongKey => "wrong_key",
-                        Refusal::RateLimited { .. } => "rate_limited",
-                        Refusal::TooManyInFlight { .. } => "too_many_in_flight",
-                    },
-                })
-                .inc();
-            return refusal.into_response();
-        }
-    };
-    let Some((guard, _name)) = admitted else {
-        return next.run(req).await;
-    };
-    req.headers_mut().remove(header::AUTHORIZATION);
-    req.headers_mut().remove("x-api-key");
-    let response = next.run(req).await;
-    let (parts, body) = response.into_parts();
-    Response::from_parts(
-        parts,
-        Body::new(GuardedBody {
-            inner: body,
-            _guard: guard,
-        }),
-    )
-}
-
-/// `/metrics`: open unless `protect_metrics` is set (and keys exist).
-pub async fn require_key_for_metrics(
-    state: State<Arc<AppState>>,
-    req: Request,
-    next: Next,
-) -> Response {
-    if state.fleet.access.load().protects_metrics() {
-        require_key(state, req, next).await
-    } else {
-        next.run(req).await
-    }
-}
-
-/// A refusal as logged: key names are fine, key values never appear in one.
-fn redacted(r: &Refusal) -> String {
-    match r {
-        Refusal::MissingKey => "missing key".into(),
-        Refusal::WrongKey => "unknown key".into(),
-        Refusal::RateLimited { name, .. } => format!("key {name}: rate limited"),
-        Refusal::TooManyInFlight { name, .. } => format!("key {name}: too many in flight"),
     }
 }

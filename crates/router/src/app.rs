@@ -2,7 +2,7 @@
 //! either on the same listener or, with `admin_listen`, on their own.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::Ordering;
 
 use axum::Router;
 use axum::extract::State;
@@ -11,23 +11,8 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use serde_json::json;
 
-use crate::fleet::Fleet;
-use crate::proxy::affinity::Affinity;
-use crate::reload::Reloader;
+use crate::state::AppState;
 use crate::{api, proxy};
-
-pub struct AppState {
-    pub fleet: Arc<Fleet>,
-    pub affinity: Arc<Affinity>,
-    pub reloader: Arc<Reloader>,
-    /// False once shutdown began: `/readyz` tells load balancers in front to stop sending.
-    pub accepting: AtomicBool,
-    /// This router's token in the `Via` header of what it forwards: a request carrying it came
-    /// back through a config that lists the router itself (508).
-    pub instance: String,
-    /// The memory request bodies may take together (`max_buffered_body_bytes`).
-    pub body_budget: crate::proxy::read_body::BodyBudget,
-}
 
 /// The main listener's routes. With `with_admin`, the admin API is mounted here too.
 pub fn app(state: Arc<AppState>, with_admin: bool) -> Router {
@@ -41,7 +26,7 @@ pub fn app(state: Arc<AppState>, with_admin: bool) -> Router {
         .fallback(proxy::forward)
         .layer(from_fn_with_state(
             state.clone(),
-            crate::access::require_key,
+            crate::api::guard::require_key,
         ));
     let mut router = Router::new()
         .route("/health", get(api::health))
@@ -51,7 +36,7 @@ pub fn app(state: Arc<AppState>, with_admin: bool) -> Router {
             "/metrics",
             get(metrics).route_layer(from_fn_with_state(
                 state.clone(),
-                crate::access::require_key_for_metrics,
+                crate::api::guard::require_key_for_metrics,
             )),
         )
         .merge(protected);
@@ -102,7 +87,7 @@ async fn not_here() -> Response {
 }
 
 async fn metrics(State(app): State<Arc<AppState>>) -> Response {
-    let body = app.fleet.telemetry.render(&app.fleet);
+    let body = app.telemetry.render(&app.fleet);
     (
         [(
             axum::http::header::CONTENT_TYPE,

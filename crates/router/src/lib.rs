@@ -3,15 +3,19 @@
 //! [`RouterHandle::shutdown`] drains it.
 
 pub mod access;
+pub mod affinity;
 pub mod api;
 pub mod app;
+pub mod body_budget;
 pub mod config;
 pub mod error;
 pub mod fleet;
+pub mod paths;
 pub mod proxy;
 pub mod reload;
 pub mod routing;
 pub mod server;
+pub mod state;
 pub mod status;
 pub mod telemetry;
 pub mod tls;
@@ -50,7 +54,8 @@ pub struct RouterHandle {
     pub admin_addr: Option<SocketAddr>,
     pub fleet: Arc<Fleet>,
     pub reloader: Arc<Reloader>,
-    state: Arc<app::AppState>,
+    /// What serves requests: the fleet, metrics, access, the HTTP client.
+    pub state: Arc<state::AppState>,
     stop_accepting: CancellationToken,
     background: CancellationToken,
     tasks: Vec<ServeTask>,
@@ -120,21 +125,42 @@ pub async fn start_with(opts: Options) -> std::io::Result<RouterHandle> {
         return Err(std::io::Error::new(std::io::ErrorKind::InvalidInput, why));
     }
     warn_about_servers(&opts.config, addr);
-    let fleet = Fleet::new(&opts.config);
+    let settings = &opts.config.settings;
+    let client = upstream::client(settings.connect_timeout, settings.tls_ca_file.as_deref());
+    let telemetry = Arc::new(telemetry::Telemetry::new());
+    let wait_queue: Arc<fleet::wait_queue::WaitQueue> = Arc::default();
+    let access = Arc::new(arc_swap::ArcSwap::from_pointee(access::Access::new(
+        &settings.auth,
+        None,
+    )));
+    let fleet = Fleet::new(
+        &opts.config,
+        client.clone(),
+        telemetry.clone(),
+        wait_queue.clone(),
+    );
     fleet.probe_all().await;
     let background = CancellationToken::new();
     fleet.spawn_loops(background.clone());
-    let reloader = Reloader::new(opts.config_path, fleet.clone());
+    let reloader = Reloader::new(
+        opts.config_path,
+        fleet.clone(),
+        telemetry.clone(),
+        access.clone(),
+    );
     reloader.spawn_watch(background.clone());
-    let state = Arc::new(app::AppState {
+    let state = Arc::new(state::AppState {
         fleet: fleet.clone(),
+        client,
+        telemetry,
+        access,
+        wait_queue,
+        retry_budget: Default::default(),
         affinity: Default::default(),
         reloader: reloader.clone(),
         accepting: AtomicBool::new(true),
         instance: format!("mvllm-{:016x}", rand::random::<u64>()),
-        body_budget: proxy::read_body::BodyBudget::new(
-            opts.config.settings.max_buffered_body_bytes,
-        ),
+        body_budget: body_budget::BodyBudget::new(opts.config.settings.max_buffered_body_bytes),
     });
     let stop_accepting = CancellationToken::new();
     let mut tasks = Vec::new();

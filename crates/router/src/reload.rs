@@ -16,10 +16,13 @@ use parking_lot::Mutex;
 use tokio_util::sync::CancellationToken;
 use xxhash_rust::xxh3::xxh3_64;
 
+use arc_swap::ArcSwap;
+
+use crate::access::Access;
 use crate::config::{Config, ConfigError};
 use crate::fleet::events::EventKind;
 use crate::fleet::{Fleet, ReloadSummary};
-use crate::telemetry::ResultLabels;
+use crate::telemetry::{ResultLabels, Telemetry};
 
 /// File events closer together than this are one change.
 const DEBOUNCE: Duration = Duration::from_millis(150);
@@ -27,6 +30,9 @@ const DEBOUNCE: Duration = Duration::from_millis(150);
 pub struct Reloader {
     path: Option<PathBuf>,
     fleet: Arc<Fleet>,
+    telemetry: Arc<Telemetry>,
+    /// Rebuilt when `[auth]` changes, keeping the live state of keys that stay.
+    access: Arc<ArcSwap<Access>>,
     /// Hash of the file as last applied (or last refused), to skip no-op events.
     last_hash: Mutex<Option<u64>>,
     /// Serialises reloads.
@@ -37,7 +43,12 @@ pub struct Reloader {
 }
 
 impl Reloader {
-    pub fn new(path: Option<PathBuf>, fleet: Arc<Fleet>) -> Arc<Self> {
+    pub fn new(
+        path: Option<PathBuf>,
+        fleet: Arc<Fleet>,
+        telemetry: Arc<Telemetry>,
+        access: Arc<ArcSwap<Access>>,
+    ) -> Arc<Self> {
         let hash = path
             .as_deref()
             .and_then(|p| std::fs::read(p).ok())
@@ -45,6 +56,8 @@ impl Reloader {
         Arc::new(Reloader {
             path,
             fleet,
+            telemetry,
+            access,
             last_hash: Mutex::new(hash),
             lock: tokio::sync::Mutex::new(()),
             succeeded: AtomicU64::new(0),
@@ -82,15 +95,22 @@ impl Reloader {
         });
         match result {
             Ok(config) => {
+                let auth_changed = self.fleet.settings().auth != config.settings.auth;
                 let summary = self.fleet.apply(&config);
+                if auth_changed {
+                    let previous = self.access.load_full();
+                    self.access.store(Arc::new(Access::new(
+                        &config.settings.auth,
+                        Some(&previous),
+                    )));
+                }
                 self.succeeded.fetch_add(1, Ordering::Relaxed);
-                self.fleet
-                    .telemetry
+                self.telemetry
                     .reloads
                     .get_or_create(&ResultLabels { result: "success" })
                     .inc();
                 *self.last_error.lock() = None;
-                self.fleet.telemetry.events.push(
+                self.fleet.events.push(
                     EventKind::Reload,
                     None,
                     format!(
@@ -113,13 +133,12 @@ impl Reloader {
             }
             Err(e) => {
                 self.failed.fetch_add(1, Ordering::Relaxed);
-                self.fleet
-                    .telemetry
+                self.telemetry
                     .reloads
                     .get_or_create(&ResultLabels { result: "failure" })
                     .inc();
                 *self.last_error.lock() = Some(e.to_string());
-                self.fleet.telemetry.events.push(
+                self.fleet.events.push(
                     EventKind::ReloadFailed,
                     None,
                     format!("reload refused: {e}"),

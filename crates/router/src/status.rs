@@ -12,6 +12,8 @@ use serde::{Deserialize, Serialize};
 use crate::fleet::events::Event;
 use crate::fleet::server::LIVE_WINDOW_SECONDS;
 use crate::fleet::{Fleet, Server};
+use crate::routing::Policy;
+use crate::telemetry::Telemetry;
 
 /// Rates are taken over the last this many seconds.
 const RATE_SECONDS: usize = 10;
@@ -49,6 +51,9 @@ pub struct FleetSummary {
     pub error_rate: f64,
     /// Attempts retried on another server over the last minute.
     pub retries_last_minute: u64,
+    /// Memory the prefix index takes, all servers together.
+    #[serde(default)]
+    pub prefix_index_bytes: u64,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
@@ -93,6 +98,15 @@ pub struct ServerStatus {
     pub scrape_age_seconds: Option<f64>,
     /// Why the last scrape failed, if it did.
     pub scrape_error: Option<String>,
+    /// The prefix index (`cache_aware`): the memory it takes for this server, and over its last
+    /// calibration window the share of prompt tokens it predicted cached and the share the
+    /// server reported cached.
+    #[serde(default)]
+    pub prefix_index_bytes: u64,
+    #[serde(default)]
+    pub predicted_hit_rate: Option<f64>,
+    #[serde(default)]
+    pub actual_hit_rate: Option<f64>,
 }
 
 impl ServerStatus {
@@ -104,14 +118,13 @@ impl ServerStatus {
     }
 }
 
-pub fn snapshot(fleet: &Fleet) -> FleetStatus {
+pub fn snapshot(fleet: &Fleet, t: &Telemetry) -> FleetStatus {
     let max_age = fleet.metrics_max_age();
     let servers: Vec<ServerStatus> = fleet
         .servers()
         .iter()
-        .map(|s| server_status(s, max_age))
+        .map(|s| server_status(s, max_age, &**fleet.policy()))
         .collect();
-    let t = &fleet.telemetry;
     let (recent, minute, history) = {
         let mut live = t.live.lock();
         (
@@ -137,10 +150,11 @@ pub fn snapshot(fleet: &Fleet) -> FleetStatus {
         ttft_p99: minute.ttft_p99,
         error_rate: minute.error_rate(),
         retries_last_minute: minute.retries,
+        prefix_index_bytes: servers.iter().map(|s| s.prefix_index_bytes).sum(),
     };
     FleetStatus {
         version: env!("CARGO_PKG_VERSION").to_string(),
-        policy: fleet.picker().kind().name().to_string(),
+        policy: fleet.policy().kind().name().to_string(),
         uptime_seconds: t.started.elapsed().as_secs_f64(),
         summary,
         history: history
@@ -151,11 +165,11 @@ pub fn snapshot(fleet: &Fleet) -> FleetStatus {
             })
             .collect(),
         servers,
-        events: t.events.recent(EVENTS),
+        events: fleet.events.recent(EVENTS),
     }
 }
 
-fn server_status(s: &Server, max_age: Duration) -> ServerStatus {
+fn server_status(s: &Server, max_age: Duration, policy: &dyn Policy) -> ServerStatus {
     let scrape = s.scrape.lock().clone();
     let fresh = scrape.fresh(max_age);
     let (recent, minute) = {
@@ -165,6 +179,7 @@ fn server_status(s: &Server, max_age: Duration) -> ServerStatus {
             live.summary(LIVE_WINDOW_SECONDS),
         )
     };
+    let prefix = policy.report(s.id()).unwrap_or_default();
     let state = if !s.is_healthy() {
         ServerState::Unhealthy
     } else if s.draining.load(Ordering::Relaxed) {
@@ -193,5 +208,8 @@ fn server_status(s: &Server, max_age: Duration) -> ServerStatus {
         errors_total: s.stats.failures.load(Ordering::Relaxed),
         scrape_age_seconds: scrape.at.map(|at| at.elapsed().as_secs_f64()),
         scrape_error: scrape.last_error,
+        prefix_index_bytes: prefix.bytes as u64,
+        predicted_hit_rate: prefix.predicted_hit_rate,
+        actual_hit_rate: prefix.actual_hit_rate,
     }
 }

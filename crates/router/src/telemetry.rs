@@ -15,8 +15,8 @@ use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
 use crate::fleet::Fleet;
-use crate::fleet::events::{EventKind, EventLog};
 use crate::fleet::health::Transition;
+use crate::fleet::observer::FleetObserver;
 use crate::fleet::server::Server;
 use crate::fleet::window::Window;
 
@@ -90,8 +90,6 @@ pub struct Telemetry {
     prefix_actual: Family<ServerLabels, FGauge>,
     /// Client requests, errors, retries and time to first token over the last minutes.
     pub live: parking_lot::Mutex<Window>,
-    /// Recent health changes, reloads, retries and drains.
-    pub events: EventLog,
     pub started: std::time::Instant,
 }
 
@@ -128,7 +126,6 @@ impl Telemetry {
             prefix_predicted: Family::default(),
             prefix_actual: Family::default(),
             live: parking_lot::Mutex::new(Window::new(FLEET_WINDOW_SECONDS)),
-            events: EventLog::default(),
             started: std::time::Instant::now(),
             registry: Registry::default(),
         };
@@ -229,29 +226,6 @@ impl Telemetry {
         Telemetry { registry, ..t }
     }
 
-    /// A server changed health: count it, log it, and note it among the recent events.
-    pub fn server_transition(&self, server: &Server, t: Transition) {
-        let (to, kind) = match t {
-            Transition::None => return,
-            Transition::BecameHealthy => ("healthy", EventKind::Healthy),
-            Transition::BecameUnhealthy => ("unhealthy", EventKind::Unhealthy),
-        };
-        self.transitions
-            .get_or_create(&TransitionLabels {
-                server: server.url().to_string(),
-                to,
-            })
-            .inc();
-        if t == Transition::BecameUnhealthy {
-            let why = server.health.lock().last_error.clone().unwrap_or_default();
-            tracing::warn!(server = server.url(), reason = %why, "server unhealthy");
-            self.events.push(kind, Some(server.url()), why);
-        } else {
-            tracing::info!(server = server.url(), "server healthy");
-            self.events.push(kind, Some(server.url()), "in rotation");
-        }
-    }
-
     /// The exposition text, with per-server gauges refreshed from `fleet`.
     pub fn render(&self, fleet: &Fleet) -> String {
         for f in [&self.in_flight, &self.healthy, &self.draining] {
@@ -269,6 +243,7 @@ impl Telemetry {
         }
         self.prefix_index_bytes.clear();
         let max_age = fleet.metrics_max_age();
+        let policy = fleet.policy();
         for s in fleet.servers().iter() {
             let l = ServerLabels {
                 server: s.url().to_string(),
@@ -290,11 +265,13 @@ impl Telemetry {
                 self.waiting.get_or_create(&l).set(m.waiting);
                 self.kv_usage.get_or_create(&l).set(m.kv_usage);
             }
+            let Some(prefix) = policy.report(s.id()) else {
+                continue;
+            };
             self.prefix_index_bytes
                 .get_or_create(&l)
-                .set(s.prefix.lock().bytes() as i64);
-            let c = s.calibration.lock().clone();
-            if let (Some(p), Some(a)) = (c.predicted_rate, c.actual_rate) {
+                .set(prefix.bytes as i64);
+            if let (Some(p), Some(a)) = (prefix.predicted_hit_rate, prefix.actual_hit_rate) {
                 self.prefix_predicted.get_or_create(&l).set(p);
                 self.prefix_actual.get_or_create(&l).set(a);
             }
@@ -304,6 +281,37 @@ impl Telemetry {
             out.clear();
         }
         out
+    }
+}
+
+impl FleetObserver for Telemetry {
+    /// A server changed health: count it and log it.
+    fn server_transition(&self, server: &Server, t: Transition) {
+        let to = match t {
+            Transition::None => return,
+            Transition::BecameHealthy => "healthy",
+            Transition::BecameUnhealthy => "unhealthy",
+        };
+        self.transitions
+            .get_or_create(&TransitionLabels {
+                server: server.url().to_string(),
+                to,
+            })
+            .inc();
+        if t == Transition::BecameUnhealthy {
+            let why = server.health.lock().last_error.clone().unwrap_or_default();
+            tracing::warn!(server = server.url(), reason = %why, "server unhealthy");
+        } else {
+            tracing::info!(server = server.url(), "server healthy");
+        }
+    }
+
+    fn scrape_failed(&self, server: &Server) {
+        self.scrape_errors
+            .get_or_create(&ServerLabels {
+                server: server.url().to_string(),
+            })
+            .inc();
     }
 }
 

@@ -123,7 +123,7 @@ async fn keys_let_clients_in_and_keep_others_out_and_servers_never_see_them() {
             .status();
         assert_eq!(code, 200, "{path} with x-api-key");
     }
-    let refused = r.fleet.telemetry.render(&r.fleet);
+    let refused = r.state.telemetry.render(&r.fleet);
     assert!(
         refused.contains("mvllm_client_refusals_total{reason=\"missing_key\"}"),
         "{refused}"

@@ -29,6 +29,11 @@ fn shares(r: &mvllm_router::RouterHandle) -> Vec<u64> {
         .collect()
 }
 
+/// Blocks the policy believes the server holds.
+fn index_blocks(r: &mvllm_router::RouterHandle, s: &mvllm_router::fleet::Server) -> usize {
+    r.fleet.policy().report(s.id()).map_or(0, |p| p.blocks)
+}
+
 fn words(seed: usize, n: usize) -> String {
     (0..n)
         .map(|i| format!("w{}", (seed * 7919 + i * 104_729) % 100_000))
@@ -82,12 +87,7 @@ async fn questions_about_one_document_go_where_it_is_cached() {
     let n = shares(&r);
     assert!(n.contains(&8), "one server holds the document: {n:?}");
     // The servers' own counters agree: only the first prompt missed the cache.
-    let index_blocks: usize = r
-        .fleet
-        .servers()
-        .iter()
-        .map(|s| s.prefix.lock().len())
-        .sum();
+    let index_blocks: usize = r.fleet.servers().iter().map(|s| index_blocks(&r, s)).sum();
     assert!(
         index_blocks > 100,
         "the index learned the document: {index_blocks}"
@@ -149,7 +149,7 @@ async fn session_keys_pin_conversations_and_move_few_when_servers_leave_and_retu
     })
     .await;
     assert_eq!(
-        r.fleet.servers()[gone].prefix.lock().len(),
+        index_blocks(&r, &r.fleet.servers()[gone]),
         0,
         "its index is forgotten"
     );
@@ -217,11 +217,12 @@ async fn the_index_holds_to_its_memory_budget_under_unique_prompts() {
         let messages = [json!({"role": "user", "content": words(1000 + i, 400)})];
         ask(&r.url(), &messages, json!({})).await;
     }
+    let policy = r.fleet.policy();
     let held: Vec<usize> = r
         .fleet
         .servers()
         .iter()
-        .map(|s| s.prefix.lock().bytes())
+        .map(|s| policy.report(s.id()).unwrap().bytes)
         .collect();
     assert!(
         held.iter().all(|&b| b <= 32 * 1024),
@@ -230,4 +231,80 @@ async fn the_index_holds_to_its_memory_budget_under_unique_prompts() {
     assert!(held.iter().sum::<usize>() > 32 * 1024, "and used: {held:?}");
     let metrics = get_text(&format!("{}/metrics", r.url())).await;
     assert!(metrics.contains("mvllm_prefix_index_bytes{"), "reported");
+}
+
+/// The hit rate the index predicted and the one the server reported, from `/load-stats`.
+async fn hit_rates(url: &str) -> Vec<(Option<f64>, Option<f64>, u64)> {
+    let stats: Value = serde_json::from_str(&get_text(&format!("{url}/load-stats")).await).unwrap();
+    stats["servers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| {
+            let p = &s["prefix_index"];
+            (
+                p["predicted_hit_rate"].as_f64(),
+                p["actual_hit_rate"].as_f64(),
+                p["resets"].as_u64().unwrap(),
+            )
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn responses_cached_tokens_are_set_beside_the_prediction() {
+    let s = sims(1, SimConfig::instant()).await;
+    let r = router(vec![server_of(&s[0])], cache_aware()).await;
+    // One document, asked about 12 times (~2,000 tokens each): cached after the first.
+    let doc = words(5, 1500);
+    for i in 0..12 {
+        let messages = [json!({"role": "user", "content": format!("{doc}\nQuestion {i}?")})];
+        let v = ask(&r.url(), &messages, json!({})).await;
+        if i > 0 {
+            assert!(
+                v["usage"]["prompt_tokens_details"]["cached_tokens"].as_u64() > Some(1000),
+                "{v}"
+            );
+        }
+    }
+    let (predicted, actual, resets) = hit_rates(&r.url()).await[0];
+    let (predicted, actual) = (predicted.unwrap(), actual.unwrap());
+    assert!(predicted > 0.8 && actual > 0.8, "{predicted} vs {actual}");
+    assert!((predicted - actual).abs() < 0.1, "{predicted} vs {actual}");
+    assert_eq!(resets, 0);
+    // A stream reports usage only when the client asks for it; then it is read too.
+    let body = json!({"model": MODEL, "stream": true, "stream_options": {"include_usage": true},
+        "messages": [{"role": "user", "content": format!("{doc}\nOne more?")}], "max_tokens": 4});
+    let text = post(&format!("{}/v1/chat/completions", r.url()), &body)
+        .await
+        .text()
+        .await
+        .unwrap();
+    assert!(text.contains("\"cached_tokens\""), "{text}");
+    assert!(text.ends_with("data: [DONE]\n\n"), "passed through whole");
+}
+
+#[tokio::test]
+async fn a_server_that_caches_nothing_has_its_index_forgotten() {
+    // The server's prefix cache is off (or was reset behind the router's back): every answer
+    // says nothing was cached, while the index believes the document is there.
+    let config = SimConfig {
+        prefix_caching: false,
+        ..SimConfig::instant()
+    };
+    let s = sims(1, config).await;
+    let r = router(vec![server_of(&s[0])], cache_aware()).await;
+    let doc = words(6, 1500);
+    for i in 0..12 {
+        let messages = [json!({"role": "user", "content": format!("{doc}\nQuestion {i}?")})];
+        let v = ask(&r.url(), &messages, json!({})).await;
+        assert_eq!(
+            v["usage"]["prompt_tokens_details"]["cached_tokens"],
+            json!(0)
+        );
+    }
+    let (predicted, actual, resets) = hit_rates(&r.url()).await[0];
+    assert!(predicted.unwrap() > 0.5, "{predicted:?}");
+    assert_eq!(actual, Some(0.0));
+    assert!(resets >= 1, "noticed and forgotten");
 }

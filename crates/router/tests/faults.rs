@@ -120,7 +120,7 @@ async fn a_whole_fleet_failing_is_not_hit_by_a_retry_storm() {
     // Without a budget: 4 attempts each (200). With it: 50 + 20% of 50.
     assert!(made <= n + n / 5 + 1, "{made} attempts for {n} requests");
     assert!(made >= n, "every request was tried once");
-    let text = r.fleet.telemetry.render(&r.fleet);
+    let text = r.state.telemetry.render(&r.fleet);
     assert!(text.contains("reason=\"budget_exhausted\""), "{text}");
 }
 
@@ -243,6 +243,6 @@ async fn with_every_server_ejected_requests_still_go_to_those_that_pass_health_c
         }
     }
     assert!(ok > 0, "half the requests can succeed");
-    let text = r.fleet.telemetry.render(&r.fleet);
+    let text = r.state.telemetry.render(&r.fleet);
     assert!(!text.contains("mvllm_panic_routed_total 0\n"), "{text}");
 }

@@ -238,7 +238,7 @@ async fn a_reload_keeps_health_and_models_so_requests_naming_a_model_keep_workin
     assert!(Arc::ptr_eq(&before, &after));
     assert!(after.is_healthy());
     assert_eq!(after.capacity(), 16);
-    assert_eq!(r.fleet.picker().kind().name(), "least_load");
+    assert_eq!(r.fleet.policy().kind().name(), "least_load");
     let mut body = chat("select", 2, false);
     body["model"] = json!("sql-lora");
     assert_eq!(

@@ -20,9 +20,9 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 use subtle::ConstantTimeEq;
 
-use crate::app::AppState;
 use crate::config::ServerConfig;
 use crate::error::ApiError;
+use crate::state::AppState;
 
 fn error(status: StatusCode, message: impl Into<String>) -> Response {
     ApiError::new(status, message).into_response()
@@ -38,7 +38,7 @@ pub async fn require_token(State(app): State<Arc<AppState>>, req: Request, next:
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.strip_prefix("Bearer "));
         let ok = given.is_some_and(|g| {
-            bool::from(crate::access::digest(g).ct_eq(&crate::access::digest(token)))
+            bool::from(crate::config::auth::digest(g).ct_eq(&crate::config::auth::digest(token)))
         });
         if !ok {
             return error(
@@ -52,7 +52,7 @@ pub async fn require_token(State(app): State<Arc<AppState>>, req: Request, next:
 
 /// The fleet at a glance, for `mvllm top` and scripts: see [`crate::status`].
 pub async fn status(State(app): State<Arc<AppState>>) -> Json<crate::status::FleetStatus> {
-    Json(crate::status::snapshot(&app.fleet))
+    Json(crate::status::snapshot(&app.fleet, &app.telemetry))
 }
 
 pub async fn reload(State(app): State<Arc<AppState>>) -> Response {
@@ -194,7 +194,7 @@ pub async fn upstream(
     axum::extract::Path(route): axum::extract::Path<String>,
     req: Request,
 ) -> Result<Response, AdminError> {
-    use crate::proxy::paths;
+    use crate::paths;
     let path = paths::normalize(&format!("/{route}"));
     if !paths::MANAGEMENT_ROUTES.contains(&path.as_str()) {
         return Err(AdminError(
@@ -305,7 +305,6 @@ async fn call_upstream(
     }
     let call = async {
         let resp = app
-            .fleet
             .client
             .request(req)
             .await

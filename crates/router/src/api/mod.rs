@@ -3,6 +3,7 @@
 //! healthy servers' model cards. The admin API is in [`admin`].
 
 pub mod admin;
+pub mod guard;
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -14,8 +15,8 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use serde_json::{Value, json};
 
-use crate::app::AppState;
 use crate::fleet::Server;
+use crate::state::AppState;
 
 fn iso(t: Option<SystemTime>) -> Value {
     t.and_then(|t| t.duration_since(SystemTime::UNIX_EPOCH).ok())
@@ -81,7 +82,7 @@ pub async fn health(State(app): State<Arc<AppState>>, headers: axum::http::Heade
         "healthy_servers": healthy,
         "unhealthy_servers": total - healthy,
     });
-    if !app.fleet.access.load().knows(&headers) {
+    if !app.access.load().knows(&headers) {
         return (code, Json(body)).into_response();
     }
     let detail = json!({
@@ -108,9 +109,11 @@ pub async fn load_stats(State(app): State<Arc<AppState>>) -> Json<Value> {
     let mut total_load = 0.0;
     let mut total_capacity = 0.0;
     let mut healthy = 0;
+    let policy = app.fleet.policy();
     let rows: Vec<Value> = servers
         .iter()
         .map(|s| {
+            let prefix = policy.report(s.id()).unwrap_or_default();
             let fresh = s.fresh_metrics(max_age);
             let scrape = s.scrape.lock().clone();
             let in_flight = s.in_flight() as f64;
@@ -138,10 +141,11 @@ pub async fn load_stats(State(app): State<Arc<AppState>>) -> Json<Value> {
                 "last_updated": iso(scrape.wall_at),
                 "in_flight": in_flight,
                 "prefix_index": {
-                    "blocks": s.prefix.lock().len(),
-                    "bytes": s.prefix.lock().bytes(),
-                    "predicted_hit_rate": s.calibration.lock().predicted_rate,
-                    "actual_hit_rate": s.calibration.lock().actual_rate,
+                    "blocks": prefix.blocks,
+                    "bytes": prefix.bytes,
+                    "predicted_hit_rate": prefix.predicted_hit_rate,
+                    "actual_hit_rate": prefix.actual_hit_rate,
+                    "resets": prefix.resets,
                 },
                 "metrics_fresh": fresh.is_some(),
                 "metrics_error": scrape.last_error,

@@ -597,8 +597,8 @@ fn settings(
             Some(list) => {
                 let mut out = Vec::new();
                 for p in list.get_ref() {
-                    let known = crate::proxy::paths::MANAGEMENT_ROUTES;
-                    let norm = crate::proxy::paths::normalize(p);
+                    let known = crate::paths::MANAGEMENT_ROUTES;
+                    let norm = crate::paths::normalize(p);
                     if !known.contains(&norm.as_str()) {
                         return Err(at(
                             list.span(),

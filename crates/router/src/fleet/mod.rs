@@ -6,7 +6,7 @@
 pub mod check;
 pub mod events;
 pub mod health;
-pub mod prefix_index;
+pub mod observer;
 pub mod probe;
 pub mod prom;
 pub mod retry_budget;
@@ -22,23 +22,28 @@ use futures_util::future::join_all;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{Config, ServerConfig, Settings};
-use crate::routing::Picker;
-use crate::upstream::{self, Client};
+use crate::routing::{self, Policy, ServerChange};
+use crate::upstream::Client;
 use health::Transition;
+use observer::FleetObserver;
 pub use server::{InFlight, Models, Server};
 
+/// The fleet's state: its servers (health, models, load figures, prefix indexes), the settings
+/// and policy in force, and what happened to it lately. What serves requests (the HTTP client
+/// for proxying, access control, the retry budget, metrics) lives in the app's state.
 pub struct Fleet {
     servers: ArcSwap<Vec<Arc<Server>>>,
     settings: ArcSwap<Settings>,
-    picker: ArcSwap<Picker>,
-    pub client: Client,
-    pub telemetry: Arc<crate::telemetry::Telemetry>,
-    /// Requests waiting for a free slot when every eligible server is full (`queue_size`).
-    pub wait_queue: Arc<wait_queue::WaitQueue>,
-    /// Retries may add only a share of the recent requests.
-    pub retry_budget: retry_budget::RetryBudget,
-    /// Client API keys and limits in force (rebuilt on reload, keeping live state).
-    pub access: ArcSwap<crate::access::Access>,
+    /// The routing policy in force, with its state about each server.
+    policy: ArcSwap<Box<dyn Policy>>,
+    /// For health checks, model discovery and scrapes.
+    prober: Client,
+    /// Told about health changes and failed scrapes (the router's metrics).
+    observer: Arc<dyn FleetObserver>,
+    /// Servers notify it when a slot frees up (the app's wait queue).
+    wait_queue: Arc<wait_queue::WaitQueue>,
+    /// Recent health changes, reloads, retries and drains.
+    pub events: events::EventLog,
     /// Wakes the background loops after a reload, so new intervals apply at once.
     wake: tokio::sync::Notify,
     /// Serialises changes to the server list (reloads, admin add and remove), so that two
@@ -58,28 +63,31 @@ pub struct ReloadSummary {
 }
 
 impl Fleet {
-    pub fn new(config: &Config) -> Arc<Fleet> {
+    /// `prober`: the HTTP client for probes; `observer`: told about health changes and failed
+    /// scrapes; `wait_queue`: notified by servers when a slot frees up.
+    pub fn new(
+        config: &Config,
+        prober: Client,
+        observer: Arc<dyn FleetObserver>,
+        wait_queue: Arc<wait_queue::WaitQueue>,
+    ) -> Arc<Fleet> {
         let active = config.settings.enable_active_health_check;
-        let wait_queue: Arc<wait_queue::WaitQueue> = Arc::default();
         let servers: Vec<Arc<Server>> = config
             .servers
             .iter()
             .map(|c| Arc::new(Server::new(c.clone(), active, wait_queue.clone())))
             .collect();
-        share_prefix_budget(&servers, &config.settings);
+        let policy = routing::build(config.settings.routing_policy);
+        policy.fleet_changed(&ids(&servers), config.settings.prefix_index_bytes);
         Arc::new(Fleet {
             servers: ArcSwap::from_pointee(servers),
-            picker: ArcSwap::from_pointee(Picker::new(config.settings.routing_policy)),
-            client: upstream::client(
-                config.settings.connect_timeout,
-                config.settings.tls_ca_file.as_deref(),
-            ),
+            policy: ArcSwap::from_pointee(policy),
+            prober,
+            observer,
             settings: ArcSwap::from_pointee(config.settings.clone()),
             wake: tokio::sync::Notify::new(),
-            telemetry: Arc::new(crate::telemetry::Telemetry::new()),
-            retry_budget: retry_budget::RetryBudget::default(),
             wait_queue,
-            access: ArcSwap::from_pointee(crate::access::Access::new(&config.settings.auth, None)),
+            events: events::EventLog::default(),
             changes: parking_lot::Mutex::new(()),
         })
     }
@@ -123,15 +131,14 @@ impl Fleet {
             .filter(|s| !config.servers.iter().any(|c| c.url == s.url()))
             .map(|s| s.url().to_string())
             .collect();
-        share_prefix_budget(&next, &config.settings);
+        let kept_ids = ids(&next);
         self.servers.store(Arc::new(next));
         for url in &summary.added {
-            self.telemetry
-                .events
+            self.events
                 .push(events::EventKind::Added, Some(url), "added to the fleet");
         }
         for url in &summary.removed {
-            self.telemetry.events.push(
+            self.events.push(
                 events::EventKind::Removed,
                 Some(url),
                 "removed; its in-flight requests finish",
@@ -144,18 +151,13 @@ impl Fleet {
                 tracing::warn!("connect_timeout changes apply after a restart");
             }
             self.settings.store(Arc::new(config.settings.clone()));
-            if old_settings.auth != config.settings.auth {
-                let previous = self.access.load_full();
-                self.access.store(Arc::new(crate::access::Access::new(
-                    &config.settings.auth,
-                    Some(&previous),
-                )));
-            }
-            if self.picker().kind() != config.settings.routing_policy {
-                self.picker
-                    .store(Arc::new(Picker::new(config.settings.routing_policy)));
+            if self.policy().kind() != config.settings.routing_policy {
+                self.policy
+                    .store(Arc::new(routing::build(config.settings.routing_policy)));
             }
         }
+        self.policy()
+            .fleet_changed(&kept_ids, config.settings.prefix_index_bytes);
         for s in added {
             let fleet = self.clone();
             tokio::spawn(async move {
@@ -211,7 +213,7 @@ impl Fleet {
             (events::EventKind::Undrain, "undrained")
         };
         tracing::info!(server = %url, "server {what}");
-        self.telemetry.events.push(
+        self.events.push(
             kind,
             Some(url),
             format!("{what} with {} in flight", s.in_flight()),
@@ -239,8 +241,8 @@ impl Fleet {
         self.settings.load_full()
     }
 
-    pub fn picker(&self) -> Arc<Picker> {
-        self.picker.load_full()
+    pub fn policy(&self) -> Arc<Box<dyn Policy>> {
+        self.policy.load_full()
     }
 
     /// How old a scrape may be and still steer routing.
@@ -275,7 +277,7 @@ impl Fleet {
     async fn check(&self, server: &Arc<Server>) {
         let s = self.settings();
         let t = if s.enable_active_health_check {
-            let r = probe::check_health(&self.client, server, s.health_check_timeout).await;
+            let r = probe::check_health(&self.prober, server, s.health_check_timeout).await;
             server.record_check(r, &s)
         } else {
             server.auto_recover(s.auto_recovery_threshold)
@@ -283,12 +285,36 @@ impl Fleet {
         self.on_transition(server, t).await;
     }
 
-    /// Logs a health change; a server that came back has its models rediscovered at once.
+    /// Notes a health change among the events and tells the observer; a server that came back
+    /// has its models rediscovered at once.
     pub async fn on_transition(&self, server: &Arc<Server>, t: Transition) {
-        self.telemetry.server_transition(server, t);
+        self.note_transition(server, t);
         if t == Transition::BecameHealthy {
             self.discover(server).await;
         }
+    }
+
+    /// [`Fleet::on_transition`] without the rediscovery (for synchronous callers).
+    pub fn note_transition(&self, server: &Server, t: Transition) {
+        let message = match t {
+            Transition::None => return,
+            Transition::BecameHealthy => "in rotation".to_string(),
+            Transition::BecameUnhealthy => {
+                server.health.lock().last_error.clone().unwrap_or_default()
+            }
+        };
+        let kind = if t == Transition::BecameHealthy {
+            events::EventKind::Healthy
+        } else {
+            events::EventKind::Unhealthy
+        };
+        self.events.push(kind, Some(server.url()), message);
+        if t == Transition::BecameUnhealthy {
+            // It may come back with an empty cache: what it held is not worth believing.
+            self.policy()
+                .server_changed(server.id(), ServerChange::Down);
+        }
+        self.observer.server_transition(server, t);
     }
 
     /// Fetches the server's model list now (after a LoRA adapter was loaded or unloaded, say).
@@ -300,7 +326,7 @@ impl Fleet {
     /// feed `/v1/models`, routing uses the list.
     async fn discover(&self, server: &Arc<Server>) {
         let timeout = self.settings().health_check_timeout;
-        let result = probe::discover_models(&self.client, server, timeout).await;
+        let result = probe::discover_models(&self.prober, server, timeout).await;
         let mut models = (**server.models.load()).clone();
         match result {
             Ok((mut ids, mut cards)) => {
@@ -337,16 +363,14 @@ impl Fleet {
 
     async fn scrape(&self, server: &Arc<Server>) {
         let timeout = self.settings().metrics_timeout;
-        let result = probe::scrape(&self.client, server, timeout).await;
+        let result = probe::scrape(&self.prober, server, timeout).await;
         if result.is_err() {
-            self.telemetry
-                .scrape_errors
-                .get_or_create(&crate::telemetry::ServerLabels {
-                    server: server.url().to_string(),
-                })
-                .inc();
+            self.observer.scrape_failed(server);
         }
-        server.record_scrape(result);
+        let policy = self.policy();
+        for change in server.record_scrape(result) {
+            policy.server_changed(server.id(), change);
+        }
     }
 
     /// Starts the health, metrics and model loops; they stop when `shutdown` is cancelled.
@@ -417,11 +441,6 @@ impl Fleet {
 
 pub use server::ProbeKind;
 
-/// Each server's prefix index gets an equal share of `prefix_index_bytes`.
-fn share_prefix_budget(servers: &[Arc<Server>], settings: &Settings) {
-    let blocks = settings.prefix_index_bytes / prefix_index::BYTES_PER_BLOCK;
-    let share = blocks / servers.len().max(1);
-    for s in servers {
-        s.prefix.lock().set_budget(share);
-    }
+fn ids(servers: &[Arc<Server>]) -> Vec<routing::ServerId> {
+    servers.iter().map(|s| s.id()).collect()
 }

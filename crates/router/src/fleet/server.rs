@@ -15,10 +15,10 @@ use serde_json::Value;
 use tokio::time::Instant;
 
 use super::health::{Health, Transition};
-use super::prefix_index::{Calibration, PrefixIndex};
 use super::prom::ServerMetrics;
 use super::window::Window;
 use crate::config::{ServerConfig, Settings};
+use crate::routing::ServerChange;
 use crate::routing::{Candidate, Scraped};
 
 /// The models a server serves, as discovered from its `/v1/models`.
@@ -131,10 +131,6 @@ pub struct Server {
     slot_freed: Arc<super::wait_queue::WaitQueue>,
     /// Which background probes of this server are running now (one of each kind at a time).
     probes_running: [AtomicBool; 3],
-    /// The prompts' blocks the server is believed to hold in its prefix cache.
-    pub prefix: Mutex<PrefixIndex>,
-    /// The index's predictions against the server's own hit rate.
-    pub calibration: Mutex<Calibration>,
     /// Estimated uncached prompt tokens of this router's requests here still in prefill.
     pending_prefill: AtomicU64,
     /// A hash of the URL: the server's id in rendezvous hashing, the same on every replica.
@@ -193,8 +189,6 @@ impl Server {
             live: Mutex::new(Window::new(LIVE_WINDOW_SECONDS)),
             slot_freed,
             probes_running: Default::default(),
-            prefix: Mutex::new(PrefixIndex::new(0)),
-            calibration: Mutex::new(Calibration::default()),
             pending_prefill: AtomicU64::new(0),
             id: xxhash_rust::xxh3::xxh3_64(cfg.url.as_bytes()),
             url: cfg.url.clone(),
@@ -285,12 +279,8 @@ impl Server {
             && !(self.is_probing() && self.in_flight() > 0)
     }
 
-    /// Publishes the health state machine's verdict to the atomics the request path reads. A
-    /// server that went down may come back with an empty cache: what it held is forgotten.
+    /// Publishes the health state machine's verdict to the atomics the request path reads.
     fn publish(&self, h: &Health) {
-        if !h.is_healthy() && self.healthy.load(Ordering::Relaxed) {
-            self.prefix.lock().clear();
-        }
         self.healthy.store(h.is_healthy(), Ordering::Relaxed);
         self.probing.store(h.is_probing(), Ordering::Relaxed);
     }
@@ -350,6 +340,11 @@ impl Server {
         self.scrape.lock().fresh(max_age)
     }
 
+    /// Its stable id (the hash of its URL), the same on every router replica.
+    pub fn id(&self) -> u64 {
+        self.id
+    }
+
     pub fn candidate(&self, max_age: Duration) -> Candidate {
         let scraped = {
             let s = self.scrape.lock();
@@ -400,33 +395,26 @@ impl Server {
         t
     }
 
-    pub fn record_scrape(&self, result: Result<ServerMetrics, String>) {
+    /// Keeps a scrape's figures (or its failure). Returns what a routing policy should hear of
+    /// it: the server restarted (its counters went back, so its cache is empty), and its cache's
+    /// size and prefix-cache counters.
+    pub fn record_scrape(&self, result: Result<ServerMetrics, String>) -> Vec<ServerChange> {
         let mut s = self.scrape.lock();
+        let mut changes = Vec::new();
         match result {
             Ok(m) => {
                 let now = Instant::now();
-                {
-                    let mut prefix = self.prefix.lock();
-                    // Counters that went back: the server restarted with an empty cache.
-                    if s.counters.is_some_and(|(queries, tokens)| {
-                        m.prefix_cache_queries < queries || m.generation_tokens < tokens
-                    }) {
-                        prefix.clear();
-                    }
-                    s.counters = Some((m.prefix_cache_queries, m.generation_tokens));
-                    prefix.set_kv_tokens(m.kv_cache_tokens as usize);
-                    if self
-                        .calibration
-                        .lock()
-                        .observe(m.prefix_cache_hits, m.prefix_cache_queries)
-                    {
-                        tracing::warn!(
-                            server = self.url(),
-                            "the prefix index promised far more cache hits than the server had: forgotten"
-                        );
-                        prefix.clear();
-                    }
+                if s.counters.is_some_and(|(queries, tokens)| {
+                    m.prefix_cache_queries < queries || m.generation_tokens < tokens
+                }) {
+                    changes.push(ServerChange::Restarted);
                 }
+                s.counters = Some((m.prefix_cache_queries, m.generation_tokens));
+                changes.push(ServerChange::Scraped {
+                    kv_cache_tokens: m.kv_cache_tokens as usize,
+                    prefix_hits: m.prefix_cache_hits,
+                    prefix_queries: m.prefix_cache_queries,
+                });
                 s.tokens_per_second = match (s.metrics, s.at) {
                     (Some(prev), Some(at)) if m.generation_tokens >= prev.generation_tokens => {
                         let dt = now.duration_since(at).as_secs_f64();
@@ -448,6 +436,7 @@ impl Server {
                 s.errors += 1;
             }
         }
+        changes
     }
 }
 
@@ -506,7 +495,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_restarted_servers_stale_index_entries_are_dropped() {
+    fn a_scrape_with_counters_gone_back_says_the_server_restarted() {
         let s = Server::new(
             ServerConfig {
                 url: "http://127.0.0.1:9".into(),
@@ -517,20 +506,20 @@ mod tests {
             true,
             Arc::default(),
         );
-        s.prefix.lock().set_budget(1000);
         let scrape = |queries: f64, tokens: f64| ServerMetrics {
             prefix_cache_queries: queries,
             generation_tokens: tokens,
             engines: 1,
             ..ServerMetrics::default()
         };
-        s.record_scrape(Ok(scrape(5000.0, 800.0)));
-        s.prefix.lock().record(&[1, 2, 3]);
-        s.record_scrape(Ok(scrape(6000.0, 900.0)));
-        assert_eq!(s.prefix.lock().len(), 3, "counters grew: kept");
+        let restarted = |changes: Vec<ServerChange>| changes.contains(&ServerChange::Restarted);
+        assert!(!restarted(s.record_scrape(Ok(scrape(5000.0, 800.0)))));
+        assert!(
+            !restarted(s.record_scrape(Ok(scrape(6000.0, 900.0)))),
+            "counters grew"
+        );
         // Down for a moment (a failed scrape), then back with its counters from zero.
-        s.record_scrape(Err("connection refused".into()));
-        s.record_scrape(Ok(scrape(100.0, 10.0)));
-        assert!(s.prefix.lock().is_empty(), "restarted: forgotten");
+        assert!(s.record_scrape(Err("connection refused".into())).is_empty());
+        assert!(restarted(s.record_scrape(Ok(scrape(100.0, 10.0)))));
     }
 }

@@ -24,9 +24,10 @@ use super::body::{ProxyBody, RequestLog};
 use super::errors::ProxyError;
 use super::meta::RequestMeta;
 use super::{headers, is_failure, retry_allowed};
-use crate::app::AppState;
 use crate::fleet::Server;
 use crate::fleet::probe;
+use crate::routing::prefix_index::Prediction;
+use crate::state::AppState;
 use crate::telemetry::{self, RequestLabels, RouteLabels};
 
 /// The client's request, as every attempt sends it.
@@ -84,18 +85,22 @@ pub enum Outcome {
 }
 
 /// Sends the request to `server`. `may_retry`: another server could take it if this one fails.
-/// `prefill_tokens`: the prompt tokens it is not believed to have cached.
+/// `prediction`: how much of the prompt the prefix index believes the server holds (when the
+/// policy routes by prefixes); the rest is prefill queued there, and the answer's reported
+/// cached tokens are checked against it.
 pub async fn run(
     app: &AppState,
     server: &Arc<Server>,
     request: &Request<'_>,
     attempt: u32,
     may_retry: bool,
-    prefill_tokens: u64,
+    prediction: Option<Prediction>,
 ) -> Outcome {
     let settings = app.fleet.settings();
     let mut guard = server.begin_request();
-    guard.set_prefill_tokens(prefill_tokens);
+    if let Some(p) = prediction {
+        guard.set_prefill_tokens((p.prompt_tokens - p.cached_tokens).max(0.0) as u64);
+    }
     let req = match upstream_request(server, request) {
         Ok(r) => r,
         Err(e) => return Outcome::Done(Err(e)),
@@ -167,7 +172,9 @@ pub async fn run(
         );
         return Outcome::Retry(RetryCause::Status(status.as_u16()));
     }
-    Outcome::Done(Ok(respond(app, server, request, attempt, resp, guard)))
+    Outcome::Done(Ok(respond(
+        app, server, request, attempt, resp, guard, prediction,
+    )))
 }
 
 /// The server's answer, streamed back through [`ProxyBody`].
@@ -178,6 +185,7 @@ fn respond(
     attempt: u32,
     resp: hyper::Response<hyper::body::Incoming>,
     guard: crate::fleet::InFlight,
+    prediction: Option<Prediction>,
 ) -> Response {
     let settings = app.fleet.settings();
     let status = resp.status();
@@ -188,7 +196,7 @@ fn respond(
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
         .is_some_and(|v| v.starts_with("text/event-stream"));
-    let telemetry = app.fleet.telemetry.clone();
+    let telemetry = app.telemetry.clone();
     let route = telemetry::route_label(request.parts.uri.path());
     let model = match &request.meta.model {
         Some(m) if server.serves(m) => m.clone(),
@@ -211,6 +219,7 @@ fn respond(
     let log = RequestLog {
         route,
         telemetry,
+        fleet: app.fleet.clone(),
         id: request.id.to_string(),
         model: request.meta.model.clone(),
         server: server.url().to_string(),
@@ -225,6 +234,9 @@ fn respond(
         && status.is_success()
     {
         body = body.remember_response_id(app.affinity.clone());
+    }
+    if let Some(p) = prediction.filter(|_| status.is_success()) {
+        body = body.measure_cache_hits(p, app.fleet.policy());
     }
     let mut response = Response::from_parts(rparts, Body::new(body));
     // The fleet is busy and nothing else can take it: the client gets the server's own answer,
@@ -252,7 +264,7 @@ async fn await_headers(
 ) -> Headers {
     let settings = app.fleet.settings();
     let limit = Instant::now() + settings.generation_timeout;
-    let call = app.fleet.client.request(req);
+    let call = app.client.request(req);
     tokio::pin!(call);
     loop {
         let check_at = (Instant::now() + settings.request_timeout).min(limit);
@@ -262,7 +274,7 @@ async fn await_headers(
             Err(_) if Instant::now() >= limit => return Headers::TooLong,
             Err(_) => {}
         }
-        let check = probe::check_health(&app.fleet.client, server, settings.health_check_timeout);
+        let check = probe::check_health(&app.client, server, settings.health_check_timeout);
         tokio::select! {
             answer = &mut call => return match answer {
                 Ok(resp) => Headers::Answer(resp),

@@ -17,15 +17,20 @@ use bytes::Bytes;
 use hyper::body::{Body, Frame, Incoming, SizeHint};
 use tokio::time::{Instant, Sleep};
 
-use super::affinity::{Affinity, SCAN_LIMIT, find_response_id};
 use super::errors::ProxyError;
+use super::usage::Tail;
+use crate::affinity::{Affinity, SCAN_LIMIT, find_response_id};
 use crate::config::Settings;
 use crate::fleet::InFlight;
+use crate::routing::prefix_index::Prediction;
+use crate::routing::{Ended, Policy};
 
 /// Everything logged once per request when its response ends.
 pub struct RequestLog {
     pub route: &'static str,
     pub telemetry: Arc<crate::telemetry::Telemetry>,
+    /// Told when the server fails mid-response and so becomes unhealthy.
+    pub fleet: Arc<crate::fleet::Fleet>,
     pub id: String,
     pub model: Option<String>,
     pub server: String,
@@ -34,6 +39,10 @@ pub struct RequestLog {
     pub ttfb: Duration,
     pub retries: u32,
 }
+
+/// What the policy predicted for a request, the response's end (where the server reports what
+/// it had cached), and the policy to tell.
+type CacheHitTap = (Prediction, Box<Tail>, Arc<Box<dyn Policy>>);
 
 pub struct ProxyBody {
     inner: Incoming,
@@ -49,6 +58,9 @@ pub struct ProxyBody {
     tap: Option<(Vec<u8>, Arc<Affinity>)>,
     /// The last two bytes sent, to end a half-sent SSE event before an error event.
     tail: [u8; 2],
+    /// With a prefix index: what it predicted, and the body's end, where the server reports
+    /// the cached tokens it really had.
+    cache_hits: Option<CacheHitTap>,
 }
 
 impl ProxyBody {
@@ -72,7 +84,18 @@ impl ProxyBody {
             outcome: "aborted by client",
             tap: None,
             tail: *b"\n\n",
+            cache_hits: None,
         }
+    }
+
+    /// Tells `policy` the cached tokens the response reports, beside what it predicted.
+    pub fn measure_cache_hits(
+        mut self,
+        prediction: Prediction,
+        policy: Arc<Box<dyn Policy>>,
+    ) -> Self {
+        self.cache_hits = Some((prediction, Box::default(), policy));
+        self
     }
 
     /// Records the response id found at the start of this body in `affinity`.
@@ -97,6 +120,19 @@ impl ProxyBody {
     fn finish(&mut self) {
         self.ended = true;
         self.outcome = "completed";
+        if let Some((prediction, tail, policy)) = self.cache_hits.take()
+            && let Some(usage) = tail.usage()
+            && let Some(guard) = &self.guard
+        {
+            policy.ended(
+                guard.server().id(),
+                &Ended {
+                    prediction,
+                    prompt_tokens: usage.prompt_tokens as f64,
+                    cached_tokens: usage.cached_tokens as f64,
+                },
+            );
+        }
         self.guard = None;
     }
 
@@ -108,7 +144,7 @@ impl ProxyBody {
             let server = guard.server().clone();
             server.live.lock().record_error();
             let t = server.record_failure(why.clone(), &self.settings);
-            self.log.telemetry.server_transition(&server, t);
+            self.log.fleet.note_transition(&server, t);
         }
         tracing::warn!(id = %self.log.id, server = %self.log.server, reason = %why, "upstream failed mid-response");
         self.ended = true;
@@ -158,6 +194,9 @@ impl Body for ProxyBody {
                     }
                     this.scan(data);
                     this.remember_tail(data);
+                    if let Some((_, tail, _)) = &mut this.cache_hits {
+                        tail.push(data);
+                    }
                 }
                 if this.inner.is_end_stream() {
                     // Hyper stops polling once a Content-Length is satisfied: the end is now.

@@ -7,15 +7,14 @@
 //! while nothing has been sent to the client. A 4xx is the client's: it is passed through and
 //! never counts against the server. The answer streams back through [`body::ProxyBody`].
 
-pub mod affinity;
 mod attempt;
 pub mod body;
 pub mod errors;
 pub mod headers;
 pub mod meta;
-pub mod paths;
 pub mod prompt;
 pub mod read_body;
+pub mod usage;
 
 use std::sync::Arc;
 
@@ -26,11 +25,12 @@ use bytes::Bytes;
 use rand::Rng;
 use tokio::time::Instant;
 
-use crate::app::AppState;
 use crate::fleet::Server;
 use crate::fleet::events::EventKind;
-use crate::routing::RouteInfo;
-use crate::routing::fingerprint::BLOCK_TOKENS;
+use crate::paths;
+use crate::routing::RouteRequest;
+use crate::routing::prefix_index::Prediction;
+use crate::state::AppState;
 use crate::telemetry::{self, DecisionLabels, ReasonLabels, RequestLabels, RouteLabels};
 use errors::ProxyError;
 use meta::RequestMeta;
@@ -67,7 +67,7 @@ pub async fn forward(State(app): State<Arc<AppState>>, req: Request) -> Response
     .await;
     let mut response = result.unwrap_or_else(|e| {
         tracing::info!(target: "mvllm::access", id = %request_id, status = e.status().as_u16(), error = ?e, "request refused");
-        let t = &app.fleet.telemetry;
+        let t = &app.telemetry;
         let route = RouteLabels { route };
         let model = model_label(&app.fleet.servers(), named_model.as_deref());
         t.requests.get_or_create(&RequestLabels { route: route.route, model, server: "none".into(), status: e.status().as_u16() }).inc();
@@ -78,8 +78,7 @@ pub async fn forward(State(app): State<Arc<AppState>>, req: Request) -> Response
     if let Ok(v) = HeaderValue::from_str(&request_id) {
         response.headers_mut().insert(REQUEST_ID, v);
     }
-    app.fleet
-        .telemetry
+    app.telemetry
         .live
         .lock()
         .record_request(is_failure(response.status()));
@@ -168,19 +167,16 @@ async fn send(
     if let Some(ticket) = wait_for_slot(app, &servers, &could_serve).await? {
         ticket.used();
     }
-    let picker = fleet.picker();
+    let policy = fleet.policy();
     let max_age = fleet.metrics_max_age();
-    let prefixes = meta
-        .fingerprint
-        .as_ref()
-        .filter(|_| picker.kind().uses_prefixes());
     let session = meta.session_key(
         parts
             .headers
             .get(settings.session_header.as_str())
             .and_then(|v| v.to_str().ok()),
     );
-    let info = RouteInfo {
+    let route = RouteRequest {
+        prompt: meta.fingerprint.as_ref().filter(|_| policy.uses_prompt()),
         prompt_tokens: meta.fingerprint.as_ref().map_or(0.0, |f| f.tokens() as f64),
         affinity: session
             .map(|k| xxhash_rust::xxh3::xxh3_64(k.as_bytes()))
@@ -193,7 +189,7 @@ async fn send(
     let mut tried: Vec<usize> = Vec::new();
     let mut timeouts = 0;
     let mut last_error = None;
-    fleet.retry_budget.record_request();
+    app.retry_budget.record_request();
     let request = attempt::Request {
         parts: &parts,
         body: &body,
@@ -205,69 +201,57 @@ async fn send(
     for attempt in 0..=settings.max_retries {
         let (choices, panic) = eligible(&servers, &tried, &could_serve);
         if panic {
-            fleet.telemetry.panic_routed.inc();
-            fleet.telemetry.events.push(
+            app.telemetry.panic_routed.inc();
+            fleet.events.push(
                 EventKind::Unhealthy,
                 None,
                 "every server is out: trying ejected servers that still pass health checks",
             );
         }
-        let candidates: Vec<_> = choices
+        let mut candidates: Vec<_> = choices
             .iter()
-            .map(|&i| {
-                let mut c = servers[i].candidate(max_age);
-                if let Some(f) = prefixes {
-                    let held = servers[i].prefix.lock().matched(&f.blocks) * BLOCK_TOKENS;
-                    c.cached_tokens = (held as f64).min(info.prompt_tokens);
-                }
-                c
-            })
+            .map(|&i| servers[i].candidate(max_age))
             .collect();
-        let Some(choice) = picker.pick_for(&info, &candidates, &mut rand::rng()) else {
+        policy.assess(&route, &mut candidates);
+        let Some(choice) = policy.pick(&route, &candidates, &mut rand::rng()) else {
             break;
         };
         let index = choices[choice];
         tried.push(index);
         let server = &servers[index];
-        if let Some(f) = prefixes {
-            server.prefix.lock().record(&f.blocks);
-            server
-                .calibration
-                .lock()
-                .routed(info.prompt_tokens, candidates[choice].cached_tokens);
-        }
-        let prefill_tokens =
-            (info.prompt_tokens - candidates[choice].cached_tokens).max(0.0) as u64;
-        fleet
-            .telemetry
+        policy.routed(&route, &candidates[choice]);
+        let prediction = route.prompt.map(|_| Prediction {
+            prompt_tokens: route.prompt_tokens,
+            cached_tokens: candidates[choice].cached_tokens,
+        });
+        app.telemetry
             .decisions
             .get_or_create(&DecisionLabels {
-                policy: picker.kind().name(),
+                policy: policy.kind().name(),
                 server: server.url().to_string(),
             })
             .inc();
         // A retry is worth deciding on only if there is another server to retry on.
         let may_retry = attempt < settings.max_retries
             && (choices.len() > 1 || !eligible(&servers, &tried, &could_serve).0.is_empty());
-        let outcome = attempt::run(app, server, &request, attempt, may_retry, prefill_tokens).await;
+        let outcome = attempt::run(app, server, &request, attempt, may_retry, prediction).await;
         let cause = match outcome {
             attempt::Outcome::Done(r) => {
                 if attempt > 0 && r.is_ok() {
-                    fleet.telemetry.failovers.inc();
+                    app.telemetry.failovers.inc();
                 }
                 return r;
             }
             attempt::Outcome::Retry(cause) => cause,
         };
-        fleet
-            .telemetry
+        app.telemetry
             .retries
             .get_or_create(&ReasonLabels {
                 reason: cause.label(),
             })
             .inc();
-        fleet.telemetry.live.lock().record_retry();
-        fleet.telemetry.events.push(
+        app.telemetry.live.lock().record_retry();
+        fleet.events.push(
             EventKind::Retry,
             Some(server.url()),
             format!("retried elsewhere: {}", cause.describe()),
@@ -337,7 +321,7 @@ async fn wait_for_slot<'a>(
     could_serve: &(dyn Fn(&Server) -> bool + Sync),
 ) -> Result<Option<crate::fleet::wait_queue::Ticket<'a>>, ProxyError> {
     let settings = app.fleet.settings();
-    let queue = &app.fleet.wait_queue;
+    let queue = &app.wait_queue;
     let free = || servers.iter().any(|s| could_serve(s) && s.has_free_slot());
     if settings.queue_size == 0 || (queue.is_empty() && free()) {
         return Ok(None);
@@ -377,12 +361,11 @@ async fn wait_for_slot<'a>(
 pub(crate) fn retry_allowed(app: &AppState) -> bool {
     let fleet = &app.fleet;
     let s = fleet.settings();
-    let ok = fleet
+    let ok = app
         .retry_budget
         .try_retry(s.retry_budget_ratio, s.retry_budget_min_per_second);
     if !ok {
-        fleet
-            .telemetry
+        app.telemetry
             .retries
             .get_or_create(&ReasonLabels {
                 reason: "budget_exhausted",

@@ -10,45 +10,27 @@
 //! - all bodies held at once share `max_buffered_body_bytes`: a body that would go past it gets
 //!   503 with Retry-After. The memory is held until the request has been handed to a server.
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use axum::body::Body;
 use axum::http::{HeaderMap, header};
 use bytes::{Bytes, BytesMut};
 use http_body_util::BodyExt;
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::sync::OwnedSemaphorePermit;
 use tokio::time::Instant;
 
 use super::errors::ProxyError;
+use crate::body_budget::BodyBudget;
 use crate::config::Settings;
 
 /// How long a body may take before the minimum rate applies.
 const RATE_GRACE: Duration = Duration::from_secs(1);
 
-/// The memory all buffered request bodies share.
-pub struct BodyBudget {
-    bytes: Arc<Semaphore>,
-}
-
-impl BodyBudget {
-    pub fn new(limit: usize) -> Self {
-        BodyBudget {
-            bytes: Arc::new(Semaphore::new(limit.min(Semaphore::MAX_PERMITS))),
-        }
-    }
-
-    /// Bytes free now.
-    pub fn available(&self) -> usize {
-        self.bytes.available_permits()
-    }
-
-    fn reserve(&self, n: usize) -> Result<OwnedSemaphorePermit, ProxyError> {
-        let n = u32::try_from(n).map_err(|_| ProxyError::TooLarge(n))?;
-        self.bytes.clone().try_acquire_many_owned(n).map_err(|_| {
-            ProxyError::Overloaded("request bodies held in memory are at max_buffered_body_bytes")
-        })
-    }
+/// `n` more bytes of the shared budget, or 503 when they are not free.
+fn reserve(budget: &BodyBudget, n: usize) -> Result<OwnedSemaphorePermit, ProxyError> {
+    budget.reserve(n).ok_or(ProxyError::Overloaded(
+        "request bodies held in memory are at max_buffered_body_bytes",
+    ))
 }
 
 /// A body read whole, and the share of the memory budget it holds (released when dropped).
@@ -71,7 +53,7 @@ pub async fn read(
     if declared.is_some_and(|n| n > max as u64) {
         return Err(ProxyError::TooLarge(max));
     }
-    let mut held = budget.reserve(declared.unwrap_or(0) as usize)?;
+    let mut held = reserve(budget, declared.unwrap_or(0) as usize)?;
     let mut reserved = declared.unwrap_or(0) as usize;
     let started = Instant::now();
     let deadline = started + settings.body_read_timeout;
@@ -91,7 +73,7 @@ pub async fn read(
                     }
                     if buf.len() + data.len() > reserved {
                         let more = buf.len() + data.len() - reserved;
-                        held.merge(budget.reserve(more)?);
+                        held.merge(reserve(budget, more)?);
                         reserved += more;
                     }
                     buf.extend_from_slice(&data);

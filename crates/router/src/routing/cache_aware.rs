@@ -23,11 +23,18 @@
 //! within the tolerance; and a conversation stays where it was unless that server is busier than
 //! the others by more than the tolerance.
 
-use std::sync::atomic::AtomicUsize;
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
+use parking_lot::{Mutex, RwLock};
+use rand::RngCore;
 use xxhash_rust::xxh3::xxh3_64_with_seed;
 
-use super::{Candidate, RouteInfo, adaptive_score, lowest};
+use super::fingerprint::BLOCK_TOKENS;
+use super::policy::{Ended, Policy, PrefixReport, RouteRequest, ServerChange, ServerId};
+use super::prefix_index::{BYTES_PER_BLOCK, Calibration, Prediction, PrefixIndex};
+use super::{Candidate, PolicyKind, adaptive_score, lowest};
 
 /// Prefill tokens that cost as much as one more request queued on a server. Measured, not
 /// derived: `mvllm bench routing --workload chat-sessions` over 64..1024 (with TOLERANCE 1..6)
@@ -39,7 +46,7 @@ pub const PREFILL_TOKENS_PER_REQUEST: f64 = 128.0;
 pub const TOLERANCE: f64 = 3.0;
 
 /// The estimated cost of sending `request` to `c` (see the module doc).
-pub fn cost(request: &RouteInfo, c: &Candidate) -> f64 {
+pub fn cost(request: &RouteRequest<'_>, c: &Candidate) -> f64 {
     let uncached = (request.prompt_tokens - c.cached_tokens).max(0.0);
     adaptive_score(c)
         + (uncached + c.pending_prefill_tokens) / (PREFILL_TOKENS_PER_REQUEST * c.capacity)
@@ -51,7 +58,8 @@ pub fn weight(key: u64, server: u64) -> u64 {
     xxh3_64_with_seed(&key.to_le_bytes(), server)
 }
 
-pub fn pick(request: &RouteInfo, candidates: &[Candidate], cursor: &AtomicUsize) -> usize {
+/// The choice among `candidates` (not empty) for `request`, as assessed (see the module doc).
+pub fn choose(request: &RouteRequest<'_>, candidates: &[Candidate], cursor: &AtomicUsize) -> usize {
     let costs: Vec<f64> = candidates.iter().map(|c| cost(request, c)).collect();
     let Some(key) = request.affinity else {
         return lowest(candidates, cursor, |c| cost(request, c));
@@ -74,10 +82,176 @@ pub fn pick(request: &RouteInfo, candidates: &[Candidate], cursor: &AtomicUsize)
         .unwrap_or(best_i)
 }
 
+/// What the policy keeps about one server: the prompts believed cached there, and how its
+/// predictions compared with what the server reported.
+#[derive(Debug)]
+struct ServerCache {
+    index: PrefixIndex,
+    calibration: Calibration,
+    resets: u64,
+}
+
+impl ServerCache {
+    fn new(budget_blocks: usize) -> Self {
+        ServerCache {
+            index: PrefixIndex::new(budget_blocks),
+            calibration: Calibration::default(),
+            resets: 0,
+        }
+    }
+
+    /// The index promised far more cache hits than the server had (its cache was reset, or it
+    /// evicts sooner than the index believes): start learning it again.
+    fn forget_far_off(&mut self, server: ServerId) {
+        tracing::warn!(
+            server_id = format_args!("{server:016x}"),
+            "the prefix index promised far more cache hits than the server had: forgotten"
+        );
+        self.index.clear();
+        self.resets += 1;
+    }
+}
+
+/// The `cache_aware` policy, with a prefix index per server.
+#[derive(Debug, Default)]
+pub struct CacheAware {
+    cursor: AtomicUsize,
+    servers: RwLock<HashMap<ServerId, Arc<Mutex<ServerCache>>>>,
+    /// Blocks each server's index may hold: its share of `prefix_index_bytes`.
+    share_blocks: AtomicUsize,
+}
+
+impl CacheAware {
+    fn server(&self, id: ServerId) -> Option<Arc<Mutex<ServerCache>>> {
+        self.servers.read().get(&id).cloned()
+    }
+
+    /// The server's state, created on first use (a server added since the last
+    /// [`Policy::fleet_changed`]).
+    fn server_or_new(&self, id: ServerId) -> Arc<Mutex<ServerCache>> {
+        if let Some(s) = self.server(id) {
+            return s;
+        }
+        let share = self.share_blocks.load(Ordering::Relaxed);
+        self.servers
+            .write()
+            .entry(id)
+            .or_insert_with(|| Arc::new(Mutex::new(ServerCache::new(share))))
+            .clone()
+    }
+}
+
+impl Policy for CacheAware {
+    fn kind(&self) -> PolicyKind {
+        PolicyKind::CacheAware
+    }
+
+    fn uses_prompt(&self) -> bool {
+        true
+    }
+
+    fn assess(&self, request: &RouteRequest<'_>, candidates: &mut [Candidate]) {
+        let Some(prompt) = request.prompt else {
+            return;
+        };
+        let servers = self.servers.read();
+        for c in candidates {
+            let held = servers
+                .get(&c.id)
+                .map_or(0, |s| s.lock().index.matched(&prompt.blocks));
+            c.cached_tokens = ((held * BLOCK_TOKENS) as f64).min(request.prompt_tokens);
+        }
+    }
+
+    fn pick(
+        &self,
+        request: &RouteRequest<'_>,
+        candidates: &[Candidate],
+        _rng: &mut dyn RngCore,
+    ) -> Option<usize> {
+        match candidates.len() {
+            0 => None,
+            1 => Some(0),
+            _ => Some(choose(request, candidates, &self.cursor)),
+        }
+    }
+
+    fn routed(&self, request: &RouteRequest<'_>, to: &Candidate) {
+        let Some(prompt) = request.prompt else {
+            return;
+        };
+        let server = self.server_or_new(to.id);
+        let mut s = server.lock();
+        s.index.record(&prompt.blocks);
+        s.calibration.routed(Prediction {
+            prompt_tokens: request.prompt_tokens,
+            cached_tokens: to.cached_tokens,
+        });
+    }
+
+    fn ended(&self, server: ServerId, e: &Ended) {
+        let Some(state) = self.server(server) else {
+            return;
+        };
+        let mut s = state.lock();
+        if s.calibration
+            .answered(e.prediction, e.prompt_tokens, e.cached_tokens)
+        {
+            s.forget_far_off(server);
+        }
+    }
+
+    fn server_changed(&self, server: ServerId, change: ServerChange) {
+        let Some(state) = self.server(server) else {
+            return;
+        };
+        let mut s = state.lock();
+        match change {
+            ServerChange::Restarted | ServerChange::Down => s.index.clear(),
+            ServerChange::Scraped {
+                kv_cache_tokens,
+                prefix_hits,
+                prefix_queries,
+            } => {
+                s.index.set_kv_tokens(kv_cache_tokens);
+                if s.calibration.observe(prefix_hits, prefix_queries) {
+                    s.forget_far_off(server);
+                }
+            }
+        }
+    }
+
+    fn fleet_changed(&self, servers: &[ServerId], prefix_index_bytes: usize) {
+        let share = prefix_index_bytes / BYTES_PER_BLOCK / servers.len().max(1);
+        self.share_blocks.store(share, Ordering::Relaxed);
+        let mut map = self.servers.write();
+        map.retain(|id, _| servers.contains(id));
+        for &id in servers {
+            let s = map
+                .entry(id)
+                .or_insert_with(|| Arc::new(Mutex::new(ServerCache::new(share))));
+            s.lock().index.set_budget(share);
+        }
+    }
+
+    fn report(&self, server: ServerId) -> Option<PrefixReport> {
+        let state = self.server(server)?;
+        let s = state.lock();
+        Some(PrefixReport {
+            blocks: s.index.len(),
+            bytes: s.index.bytes(),
+            predicted_hit_rate: s.calibration.predicted_rate,
+            actual_hit_rate: s.calibration.actual_rate,
+            resets: s.resets,
+        })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::routing::{Picker, PolicyKind, Scraped};
+    use crate::routing::Scraped;
+    use crate::routing::fingerprint::Fingerprint;
     use rand::SeedableRng;
     use rand::rngs::StdRng;
 
@@ -90,13 +264,14 @@ mod tests {
         }
     }
 
-    fn pick_one(request: &RouteInfo, c: &[Candidate]) -> usize {
-        Picker::new(PolicyKind::CacheAware)
-            .pick_for(request, c, &mut StdRng::seed_from_u64(0))
+    fn pick_one(request: &RouteRequest<'_>, c: &[Candidate]) -> usize {
+        CacheAware::default()
+            .pick(request, c, &mut StdRng::seed_from_u64(0))
             .unwrap()
     }
 
-    const DOC: RouteInfo = RouteInfo {
+    const DOC: RouteRequest<'static> = RouteRequest {
+        prompt: None,
         prompt_tokens: 3000.0,
         affinity: Some(42),
         anchor_tokens: 512.0,
@@ -144,7 +319,8 @@ mod tests {
         ];
         let mut chosen = [0usize; 4];
         for key in 0..400u64 {
-            let r = RouteInfo {
+            let r = RouteRequest {
+                prompt: None,
                 prompt_tokens: 500.0,
                 affinity: Some(key),
                 anchor_tokens: 0.0,
@@ -189,5 +365,100 @@ mod tests {
         });
         c[0].cached_tokens = 3000.0;
         assert_eq!(pick_one(&DOC, &c), 1);
+    }
+
+    fn prompt(blocks: std::ops::Range<u64>) -> Fingerprint {
+        Fingerprint {
+            blocks: blocks.collect(),
+            bytes: 64 * 100,
+            anchor: Some(10),
+        }
+    }
+
+    fn request(f: &Fingerprint) -> RouteRequest<'_> {
+        RouteRequest {
+            prompt: Some(f),
+            prompt_tokens: f.tokens() as f64,
+            affinity: f.affinity(),
+            anchor_tokens: f.anchor_tokens() as f64,
+        }
+    }
+
+    /// Assesses, picks and records, as the dispatch path does.
+    fn route(p: &CacheAware, r: &RouteRequest<'_>, c: &mut [Candidate]) -> usize {
+        p.assess(r, c);
+        let i = p.pick(r, c, &mut StdRng::seed_from_u64(0)).unwrap();
+        p.routed(r, &c[i]);
+        i
+    }
+
+    #[test]
+    fn the_policy_learns_where_it_sent_a_prompt_and_forgets_what_a_server_lost() {
+        let p = CacheAware::default();
+        p.fleet_changed(&[1, 2, 3], 1 << 20);
+        let doc = prompt(0..100);
+        let mut c = [server(1, 0.0), server(2, 0.0), server(3, 0.0)];
+        let first = route(&p, &request(&doc), &mut c);
+        p.assess(&request(&doc), &mut c);
+        assert_eq!(
+            c[first].cached_tokens, 1600.0,
+            "all 100 blocks believed held"
+        );
+        assert!(
+            c.iter()
+                .enumerate()
+                .all(|(i, s)| i == first || s.cached_tokens == 0.0)
+        );
+        // Busier by one request: it still goes where it is cached.
+        c[first].in_flight = 1.0;
+        assert_eq!(route(&p, &request(&doc), &mut c), first);
+        // The server restarted (or went down): nothing is believed cached there any more.
+        p.server_changed(c[first].id, ServerChange::Restarted);
+        p.assess(&request(&doc), &mut c);
+        assert_eq!(c[first].cached_tokens, 0.0);
+        assert_eq!(p.report(c[first].id).unwrap().blocks, 0);
+    }
+
+    #[test]
+    fn a_reload_keeps_what_is_known_of_servers_that_stay_and_drops_the_others() {
+        let p = CacheAware::default();
+        p.fleet_changed(&[1, 2], 1 << 20);
+        let doc = prompt(0..50);
+        let mut c = [server(1, 0.0), server(2, 0.0)];
+        let holder = c[route(&p, &request(&doc), &mut c)].id;
+        let other = if holder == 1 { 2 } else { 1 };
+        p.fleet_changed(&[holder, 7], 1 << 20);
+        assert_eq!(p.report(holder).unwrap().blocks, 50, "kept");
+        assert!(p.report(other).is_none(), "dropped");
+        assert_eq!(p.report(7).unwrap().blocks, 0, "a new server starts empty");
+        // Each server's share of the budget: 1 MiB / 64 bytes a block / 2 servers.
+        let big = prompt(1000..20_000);
+        p.routed(&request(&big), &server(holder, 0.0));
+        assert!(p.report(holder).unwrap().bytes <= (1 << 20) / 2);
+    }
+
+    #[test]
+    fn responses_reporting_no_hits_make_the_index_start_over() {
+        let p = CacheAware::default();
+        p.fleet_changed(&[1], 1 << 20);
+        let doc = prompt(0..100);
+        let mut c = [server(1, 0.0)];
+        for _ in 0..20 {
+            route(&p, &request(&doc), &mut c);
+            p.ended(
+                1,
+                &Ended {
+                    prediction: Prediction {
+                        prompt_tokens: 1600.0,
+                        cached_tokens: c[0].cached_tokens,
+                    },
+                    prompt_tokens: 1600.0,
+                    cached_tokens: 0.0,
+                },
+            );
+        }
+        let r = p.report(1).unwrap();
+        assert!(r.resets >= 1, "{r:?}");
+        assert_eq!(r.actual_hit_rate, Some(0.0));
     }
 }

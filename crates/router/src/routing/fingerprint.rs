@@ -128,7 +128,7 @@ impl Builder {
 
     pub fn finish(self) -> Fingerprint {
         let mut prev = self.seed;
-        let blocks = self
+        let blocks: Vec<u64> = self
             .text
             .chunks_exact(BLOCK_BYTES)
             .map(|block| {

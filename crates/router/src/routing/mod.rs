@@ -1,16 +1,23 @@
-//! Routing policies: pure functions from a snapshot of the eligible servers to a choice.
+//! Routing policies: from the request and a snapshot of the eligible servers to a choice.
 //!
-//! Why pure: a policy is the part of the router people tune and argue about, so it sees only
-//! numbers (capacity, the router's exact in-flight count, the last fresh scrape of the server's
-//! `/metrics`) and an RNG, and is tested without any I/O. Eligibility (healthy, not draining,
-//! serves the model, not tried yet) is decided before a policy runs.
+//! Why free of I/O: a policy is the part of the router people tune and argue about, so it sees
+//! only the request ([`RouteRequest`]: its prompt's fingerprint, its affinity key) and numbers
+//! per server (a stable id, capacity, the router's exact in-flight count, the last fresh scrape
+//! of the server's `/metrics`), keeps what it learns in state of its own ([`Policy`]'s hooks),
+//! and is tested without any I/O. Eligibility (healthy, not draining, serves the model, not
+//! tried yet) is decided before a policy runs.
 
 pub mod cache_aware;
+pub mod classic;
 pub mod fingerprint;
+pub mod policy;
+pub mod prefix_index;
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use rand::Rng;
+
+pub use policy::{Ended, Policy, PrefixReport, RouteRequest, ServerChange, ServerId};
 
 /// The policies a config can name.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -113,74 +120,11 @@ pub struct Candidate {
     pub pending_prefill_tokens: f64,
 }
 
-/// What a policy sees of the request.
-#[derive(Debug, Clone, Copy, PartialEq, Default)]
-pub struct RouteInfo {
-    /// The prompt's estimated length in tokens (0 when unknown).
-    pub prompt_tokens: f64,
-    /// The key every replica hashes alike for this request's prefix or session.
-    pub affinity: Option<u64>,
-    /// Tokens up to the block the affinity key comes from: a server holding that much of the
-    /// prompt holds this conversation (or document), not only a preamble shared by everyone.
-    pub anchor_tokens: f64,
-}
-
-/// A policy with the little state it needs (the round-robin cursor).
-#[derive(Debug, Default)]
-pub struct Picker {
-    kind: PolicyKind,
-    cursor: AtomicUsize,
-}
-
-impl Picker {
-    pub fn new(kind: PolicyKind) -> Self {
-        Picker {
-            kind,
-            cursor: AtomicUsize::new(0),
-        }
-    }
-
-    pub fn kind(&self) -> PolicyKind {
-        self.kind
-    }
-
-    /// Index into `candidates` of the chosen server, `None` only when there are none.
-    pub fn pick<R: Rng + ?Sized>(&self, candidates: &[Candidate], rng: &mut R) -> Option<usize> {
-        self.pick_for(&RouteInfo::default(), candidates, rng)
-    }
-
-    /// [`Picker::pick`] for a request the policy may look at.
-    pub fn pick_for<R: Rng + ?Sized>(
-        &self,
-        request: &RouteInfo,
-        candidates: &[Candidate],
-        rng: &mut R,
-    ) -> Option<usize> {
-        match candidates.len() {
-            0 => None,
-            1 => Some(0),
-            _ => Some(match self.kind {
-                PolicyKind::RoundRobin => {
-                    self.cursor.fetch_add(1, Ordering::Relaxed) % candidates.len()
-                }
-                PolicyKind::LeastLoad => {
-                    lowest(candidates, &self.cursor, |c| c.in_flight / c.capacity)
-                }
-                PolicyKind::Adaptive => lowest(candidates, &self.cursor, adaptive_score),
-                PolicyKind::Mvllm => seed_rule(candidates, rng),
-                PolicyKind::CacheAware => cache_aware::pick(request, candidates, &self.cursor),
-                PolicyKind::Random => rng.random_range(0..candidates.len()),
-                PolicyKind::PowerOfTwo => {
-                    let a = rng.random_range(0..candidates.len());
-                    let b = (a + rng.random_range(1..candidates.len())) % candidates.len();
-                    if adaptive_score(&candidates[b]) < adaptive_score(&candidates[a]) {
-                        b
-                    } else {
-                        a
-                    }
-                }
-            }),
-        }
+/// The policy a config names, with fresh state.
+pub fn build(kind: PolicyKind) -> Box<dyn Policy> {
+    match kind {
+        PolicyKind::CacheAware => Box::new(cache_aware::CacheAware::default()),
+        other => Box::new(classic::Classic::new(other)),
     }
 }
 
@@ -261,11 +205,16 @@ mod tests {
         }
     }
 
-    fn counts(p: &Picker, c: &[Candidate], n: usize) -> Vec<usize> {
+    /// A choice for a request the policy learns nothing from.
+    fn pick<R: rand::RngCore>(p: &dyn Policy, c: &[Candidate], rng: &mut R) -> Option<usize> {
+        p.pick(&RouteRequest::default(), c, rng)
+    }
+
+    fn counts(p: &dyn Policy, c: &[Candidate], n: usize) -> Vec<usize> {
         let mut rng = StdRng::seed_from_u64(1);
         let mut out = vec![0; c.len()];
         for _ in 0..n {
-            out[p.pick(c, &mut rng).unwrap()] += 1;
+            out[pick(p, c, &mut rng).unwrap()] += 1;
         }
         out
     }
@@ -282,14 +231,14 @@ mod tests {
     #[test]
     fn random_spreads_and_power_of_two_never_picks_the_busiest() {
         let c = vec![cand(8.0, 0.0, None); 4];
-        let n = counts(&Picker::new(PolicyKind::Random), &c, 4000);
+        let n = counts(build(PolicyKind::Random).as_ref(), &c, 4000);
         assert!(n.iter().all(|&k| (800..1200).contains(&k)), "{n:?}");
         let c = [
             cand(8.0, 7.0, None),
             cand(8.0, 1.0, None),
             cand(8.0, 2.0, None),
         ];
-        let n = counts(&Picker::new(PolicyKind::PowerOfTwo), &c, 3000);
+        let n = counts(build(PolicyKind::PowerOfTwo).as_ref(), &c, 3000);
         assert_eq!(n[0], 0, "the busiest loses every pair it is in: {n:?}");
         assert!(n[1] > n[2], "{n:?}");
     }
@@ -298,7 +247,7 @@ mod tests {
     fn round_robin_cycles() {
         let c = vec![cand(1.0, 0.0, None); 3];
         assert_eq!(
-            counts(&Picker::new(PolicyKind::RoundRobin), &c, 9),
+            counts(build(PolicyKind::RoundRobin).as_ref(), &c, 9),
             vec![3, 3, 3]
         );
     }
@@ -311,13 +260,15 @@ mod tests {
             cand(4.0, 1.0, None),
         ];
         assert_eq!(
-            counts(&Picker::new(PolicyKind::LeastLoad), &c, 10),
+            counts(build(PolicyKind::LeastLoad).as_ref(), &c, 10),
             vec![0, 10, 0]
         );
         let tie = [cand(1.0, 0.0, None), cand(1.0, 0.0, None)];
-        let p = Picker::new(PolicyKind::LeastLoad);
+        let p = build(PolicyKind::LeastLoad);
         let mut rng = StdRng::seed_from_u64(0);
-        let picks: Vec<usize> = (0..6).map(|_| p.pick(&tie, &mut rng).unwrap()).collect();
+        let picks: Vec<usize> = (0..6)
+            .map(|_| pick(p.as_ref(), &tie, &mut rng).unwrap())
+            .collect();
         assert_eq!(
             picks,
             vec![0, 1, 0, 1, 0, 1],
@@ -327,14 +278,14 @@ mod tests {
 
     #[test]
     fn seed_rule_prefers_servers_below_half_then_the_lowest() {
-        let p = Picker::new(PolicyKind::Mvllm);
+        let p = build(PolicyKind::Mvllm);
         // Scores: 4/4 = 1.0, (1 + 0.5)/4 = 0.375, 0/4 = 0.
         let c = [
             cand(4.0, 0.0, Some((4.0, 0.0, 0.0))),
             cand(4.0, 0.0, Some((1.0, 1.0, 0.0))),
             cand(4.0, 0.0, Some((0.0, 0.0, 0.0))),
         ];
-        let n = counts(&p, &c, 1000);
+        let n = counts(p.as_ref(), &c, 1000);
         assert_eq!(n[0], 0);
         assert!(
             n[1] > 400 && n[2] > 400,
@@ -345,7 +296,7 @@ mod tests {
             cand(4.0, 0.0, Some((4.0, 4.0, 0.0))),
         ];
         assert_eq!(
-            counts(&p, &busy, 10),
+            counts(p.as_ref(), &busy, 10),
             vec![0, 10],
             "2.25 vs 1.5: the lowest"
         );
@@ -353,29 +304,29 @@ mod tests {
 
     #[test]
     fn adaptive_counts_other_clients_load_and_full_caches() {
-        let p = Picker::new(PolicyKind::Adaptive);
+        let p = build(PolicyKind::Adaptive);
         // Same in-flight, but server 0 also runs 9 requests from elsewhere.
         let c = [
             cand(8.0, 1.0, Some((10.0, 0.0, 0.3))),
             cand(8.0, 1.0, Some((1.0, 0.0, 0.3))),
         ];
-        assert_eq!(counts(&p, &c, 10), vec![0, 10]);
+        assert_eq!(counts(p.as_ref(), &c, 10), vec![0, 10]);
         // A nearly full KV cache is avoided.
         let c = [
             cand(8.0, 0.0, Some((1.0, 0.0, 0.99))),
             cand(8.0, 0.0, Some((5.0, 0.0, 0.5))),
         ];
-        assert_eq!(counts(&p, &c, 10), vec![0, 10]);
+        assert_eq!(counts(p.as_ref(), &c, 10), vec![0, 10]);
         // Without fresh metrics the in-flight count and capacity decide.
         let c = [cand(3.0, 1.0, None), cand(5.0, 1.0, None)];
-        assert_eq!(counts(&p, &c, 10), vec![0, 10]);
+        assert_eq!(counts(p.as_ref(), &c, 10), vec![0, 10]);
     }
 
     #[test]
     fn adaptive_does_not_trust_a_stale_scrape_over_its_own_counts() {
         // At the scrape, server 0 was running 6 requests, all from this router; they have since
         // finished (in-flight 0). Server 1 has 2 in flight now. Server 0 is the idle one.
-        let p = Picker::new(PolicyKind::Adaptive);
+        let p = build(PolicyKind::Adaptive);
         let stale = Scraped {
             running: 6.0,
             waiting: 0.0,
@@ -400,28 +351,28 @@ mod tests {
                 ..Candidate::default()
             },
         ];
-        assert_eq!(counts(&p, &c, 10), vec![10, 0]);
+        assert_eq!(counts(p.as_ref(), &c, 10), vec![10, 0]);
     }
 
     #[test]
     fn adaptive_avoids_a_server_with_a_prefill_pending() {
         // Equal in-flight counts, but server 0's request has not produced its first byte yet:
         // a new request would queue behind that prefill.
-        let p = Picker::new(PolicyKind::Adaptive);
+        let p = build(PolicyKind::Adaptive);
         let mut c = [cand(8.0, 1.0, None), cand(8.0, 1.0, None)];
         c[0].awaiting_first_byte = 1.0;
-        assert_eq!(counts(&p, &c, 10), vec![0, 10]);
+        assert_eq!(counts(p.as_ref(), &c, 10), vec![0, 10]);
     }
 
     #[test]
     fn adaptive_lowers_the_share_of_a_server_that_just_said_busy() {
-        let p = Picker::new(PolicyKind::Adaptive);
+        let p = build(PolicyKind::Adaptive);
         let mut c = [cand(8.0, 0.0, None), cand(8.0, 3.0, None)];
         c[0].overloaded = true;
-        assert_eq!(counts(&p, &c, 10), vec![0, 10], "1/8 + 1 > 4/8");
+        assert_eq!(counts(p.as_ref(), &c, 10), vec![0, 10], "1/8 + 1 > 4/8");
         c[1].in_flight = 9.0;
         assert_eq!(
-            counts(&p, &c, 10),
+            counts(p.as_ref(), &c, 10),
             vec![10, 0],
             "still used when the others are fuller"
         );
@@ -431,14 +382,14 @@ mod tests {
     fn adaptive_spreads_between_scrapes_as_in_flight_grows() {
         // Two idle servers with capacities 2 and 4, and a stale scrape saying both are idle:
         // as requests are added the choice follows capacity, never piling onto one server.
-        let p = Picker::new(PolicyKind::Adaptive);
+        let p = build(PolicyKind::Adaptive);
         let mut rng = StdRng::seed_from_u64(3);
         let mut c = [
             cand(2.0, 0.0, Some((0.0, 0.0, 0.0))),
             cand(4.0, 0.0, Some((0.0, 0.0, 0.0))),
         ];
         for _ in 0..6 {
-            let i = p.pick(&c, &mut rng).unwrap();
+            let i = pick(p.as_ref(), &c, &mut rng).unwrap();
             c[i].in_flight += 1.0;
         }
         assert_eq!((c[0].in_flight, c[1].in_flight), (2.0, 4.0));

@@ -119,54 +119,110 @@ pub const CALIBRATION_WINDOW_TOKENS: f64 = 16_384.0;
 /// How far the predicted hit rate may exceed the server's own before the index is distrusted.
 pub const CALIBRATION_MARGIN: f64 = 0.5;
 
-/// The index's predictions against the server's own prefix-cache counters.
+/// What the index predicted for one routed request, in the router's token estimate.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct Prediction {
+    pub prompt_tokens: f64,
+    pub cached_tokens: f64,
+}
+
+/// One window's tally: prompt tokens and the tokens among them counted as cached.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+struct Tally {
+    prompt: f64,
+    cached: f64,
+}
+
+impl Tally {
+    fn add(&mut self, prompt: f64, cached: f64) {
+        self.prompt += prompt;
+        self.cached += cached;
+    }
+
+    fn rate(&self) -> f64 {
+        (self.cached / self.prompt).clamp(0.0, 1.0)
+    }
+}
+
+/// The index's predictions against what the server says it had cached.
+///
+/// Two sources, the better first: each response's `cached_tokens` (exact, per request, paired
+/// with that request's prediction; vLLM reports it with `--enable-prompt-tokens-details`, and in
+/// a stream only with `include_usage`), else the server's prefix-cache counters from `/metrics`
+/// (every client's requests, not only this router's, against the predictions for all that were
+/// routed there over the same time).
 #[derive(Debug, Default, Clone)]
 pub struct Calibration {
-    /// Since the window began: tokens routed here and how many the index said were cached.
-    pub prompted: f64,
-    pub predicted: f64,
-    /// The server's counters when the window began (`None`: not read yet).
+    /// Since the counters' window began: predictions for every request routed here.
+    routed: Tally,
+    /// The server's counters when that window began (`None`: not read yet).
     base: Option<(f64, f64)>,
+    /// Requests whose response reported cached tokens: the predictions and the answers.
+    answered_predicted: Tally,
+    answered_actual: Tally,
+    /// Responses have reported cached tokens: they, not the counters, judge the index.
+    from_responses: bool,
     /// The last full window's rates.
     pub predicted_rate: Option<f64>,
     pub actual_rate: Option<f64>,
 }
 
 impl Calibration {
-    /// A request routed here: `prompt` tokens, `predicted` believed cached.
-    pub fn routed(&mut self, prompt: f64, predicted: f64) {
-        self.prompted += prompt;
-        self.predicted += predicted;
+    /// A request routed here, with what the index predicted for it.
+    pub fn routed(&mut self, p: Prediction) {
+        self.routed.add(p.prompt_tokens, p.cached_tokens);
     }
 
-    /// The server's counters now (hits, queries, in tokens). Returns true when a full window
-    /// shows the index promising far more than the server delivers (its cache was reset, or it
-    /// evicts more than the index thinks): the caller then empties the index.
+    /// A response reported `cached` of its `prompt` tokens (the server's count) for a request
+    /// routed with prediction `p`. Returns true when a full window shows the index promising
+    /// far more than the server delivers (its cache was reset, or it evicts more than the index
+    /// thinks): the caller then empties the index.
+    pub fn answered(&mut self, p: Prediction, prompt: f64, cached: f64) -> bool {
+        self.from_responses = true;
+        self.answered_predicted
+            .add(p.prompt_tokens, p.cached_tokens);
+        self.answered_actual.add(prompt, cached);
+        if self.answered_actual.prompt < CALIBRATION_WINDOW_TOKENS
+            || self.answered_predicted.prompt <= 0.0
+        {
+            return false;
+        }
+        let far_off = self.judge(self.answered_predicted.rate(), self.answered_actual.rate());
+        self.answered_predicted = Tally::default();
+        self.answered_actual = Tally::default();
+        far_off
+    }
+
+    /// The server's counters now (hits, queries, in tokens). Judges the index as
+    /// [`Calibration::answered`] does, when no response has reported cached tokens.
     pub fn observe(&mut self, hits: f64, queries: f64) -> bool {
         let Some((h0, q0)) = self.base else {
-            self.base = Some((hits, queries));
+            self.reset(hits, queries);
             return false;
         };
         let asked = queries - q0;
-        if asked < 0.0 {
+        if asked < 0.0 || self.from_responses {
             self.reset(hits, queries);
             return false;
         }
-        if asked < CALIBRATION_WINDOW_TOKENS || self.prompted <= 0.0 {
+        if asked < CALIBRATION_WINDOW_TOKENS || self.routed.prompt <= 0.0 {
             return false;
         }
         let actual = ((hits - h0) / asked).clamp(0.0, 1.0);
-        let predicted = (self.predicted / self.prompted).clamp(0.0, 1.0);
-        self.actual_rate = Some(actual);
-        self.predicted_rate = Some(predicted);
+        let far_off = self.judge(self.routed.rate(), actual);
         self.reset(hits, queries);
+        far_off
+    }
+
+    fn judge(&mut self, predicted: f64, actual: f64) -> bool {
+        self.predicted_rate = Some(predicted);
+        self.actual_rate = Some(actual);
         predicted - actual > CALIBRATION_MARGIN
     }
 
     fn reset(&mut self, hits: f64, queries: f64) {
         self.base = Some((hits, queries));
-        self.prompted = 0.0;
-        self.predicted = 0.0;
+        self.routed = Tally::default();
     }
 }
 
@@ -178,22 +234,53 @@ mod tests {
         (start..start + n).collect()
     }
 
+    const NINETY_PERCENT: Prediction = Prediction {
+        prompt_tokens: 20_000.0,
+        cached_tokens: 18_000.0,
+    };
+
     #[test]
     fn a_prediction_far_above_the_servers_own_hit_rate_is_noticed() {
         let mut c = Calibration::default();
         assert!(!c.observe(0.0, 0.0));
-        c.routed(20_000.0, 18_000.0);
+        c.routed(NINETY_PERCENT);
         assert!(
             !c.observe(17_000.0, 20_000.0),
             "90% predicted, 85% real: fine"
         );
         assert_eq!(c.predicted_rate, Some(0.9));
-        c.routed(20_000.0, 18_000.0);
+        c.routed(NINETY_PERCENT);
         assert!(
             c.observe(17_500.0, 40_000.0),
             "90% predicted, 2.5% real: reset"
         );
         assert!(c.actual_rate.unwrap() < 0.05);
+    }
+
+    #[test]
+    fn responses_reporting_cached_tokens_judge_the_index_before_the_counters() {
+        let mut c = Calibration::default();
+        c.observe(0.0, 0.0);
+        let small = Prediction {
+            prompt_tokens: 1000.0,
+            cached_tokens: 900.0,
+        };
+        for _ in 0..16 {
+            assert!(!c.answered(small, 1010.0, 912.0));
+        }
+        assert!(
+            !c.answered(small, 1010.0, 912.0),
+            "a full window, 90% vs 90%"
+        );
+        assert_eq!(c.predicted_rate, Some(0.9));
+        assert!((c.actual_rate.unwrap() - 912.0 / 1010.0).abs() < 1e-9);
+        // The counters (other clients' traffic too) no longer judge it.
+        c.routed(NINETY_PERCENT);
+        assert!(!c.observe(0.0, 40_000.0));
+        // Responses saying nothing was cached do.
+        let far_off = (0..17).any(|_| c.answered(small, 1000.0, 0.0));
+        assert!(far_off, "90% predicted, 0% reported: reset");
+        assert_eq!(c.actual_rate, Some(0.0));
     }
 
     #[test]

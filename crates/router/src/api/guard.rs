@@ -1,0 +1,104 @@
+//! The access middleware: every route a client uses passes its key through
+//! [`crate::access::Access`] first; refusals are counted and logged without the key's value.
+
+use std::sync::Arc;
+
+use axum::body::Body;
+use axum::extract::{Request, State};
+use axum::http::header;
+use axum::middleware::Next;
+use axum::response::Response;
+
+use crate::access::{KeyGuard, Refusal};
+use crate::state::AppState;
+
+/// A response body that keeps a key counted in flight until the body ends or is dropped.
+struct GuardedBody {
+    inner: Body,
+    _guard: KeyGuard,
+}
+
+impl http_body::Body for GuardedBody {
+    type Data = bytes::Bytes;
+    type Error = axum::Error;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<Self::Data>, Self::Error>>> {
+        std::pin::Pin::new(&mut self.inner).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+/// Middleware for every route that needs a key: checks it, drops it from the request (servers
+/// never see clients' keys), and keeps the key counted until the response ends.
+pub async fn require_key(
+    State(app): State<Arc<AppState>>,
+    mut req: Request,
+    next: Next,
+) -> Response {
+    let access = app.access.load();
+    let admitted = match access.admit(req.headers()) {
+        Ok(a) => a,
+        Err(refusal) => {
+            tracing::info!(target: "mvllm::access", path = %req.uri().path(), refusal = ?redacted(&refusal), "request refused");
+            app.telemetry
+                .refusals
+                .get_or_create(&crate::telemetry::ReasonLabels {
+                    reason: match refusal {
+                        Refusal::MissingKey => "missing_key",
+                        Refusal::WrongKey => "wrong_key",
+                        Refusal::RateLimited { .. } => "rate_limited",
+                        Refusal::TooManyInFlight { .. } => "too_many_in_flight",
+                    },
+                })
+                .inc();
+            return refusal.into_response();
+        }
+    };
+    let Some((guard, _name)) = admitted else {
+        return next.run(req).await;
+    };
+    req.headers_mut().remove(header::AUTHORIZATION);
+    req.headers_mut().remove("x-api-key");
+    let response = next.run(req).await;
+    let (parts, body) = response.into_parts();
+    Response::from_parts(
+        parts,
+        Body::new(GuardedBody {
+            inner: body,
+            _guard: guard,
+        }),
+    )
+}
+
+/// `/metrics`: open unless `protect_metrics` is set (and keys exist).
+pub async fn require_key_for_metrics(
+    state: State<Arc<AppState>>,
+    req: Request,
+    next: Next,
+) -> Response {
+    if state.access.load().protects_metrics() {
+        require_key(state, req, next).await
+    } else {
+        next.run(req).await
+    }
+}
+
+/// A refusal as logged: key names are fine, key values never appear in one.
+fn redacted(r: &Refusal) -> String {
+    match r {
+        Refusal::MissingKey => "missing key".into(),
+        Refusal::WrongKey => "unknown key".into(),
+        Refusal::RateLimited { name, .. } => format!("key {name}: rate limited"),
+        Refusal::TooManyInFlight { name, .. } => format!("key {name}: too many in flight"),
+    }
+}

@@ -1,0 +1,123 @@
+//! The prefix-cache hit a server reports for one request: `usage.prompt_tokens_details.
+//! cached_tokens` (chat and completions) or `usage.input_tokens_details.cached_tokens`
+//! (responses), read from the end of the response as it passes through.
+//!
+//! Why from the end, by search: vLLM writes `usage` after the choices in a JSON body, and in the
+//! last data event of a stream (with `stream_options.include_usage`), so the last kilobytes hold
+//! it. Keeping a small tail while the body streams and searching it once at the end costs a
+//! copy of each chunk's last bytes and no JSON parse of bodies that can be megabytes. This is
+//! how the router measures the real hit rate next to its index's prediction (see
+//! [`crate::fleet::prefix_index::Calibration`]).
+
+/// How much of the response's end is kept: the usage object with room for what follows it.
+pub const TAIL_BYTES: usize = 2048;
+
+/// What a server said about one request's prompt.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Usage {
+    pub prompt_tokens: u64,
+    pub cached_tokens: u64,
+}
+
+/// The last [`TAIL_BYTES`] of a response body.
+#[derive(Debug, Default)]
+pub struct Tail {
+    bytes: Vec<u8>,
+}
+
+impl Tail {
+    pub fn push(&mut self, data: &[u8]) {
+        if data.len() >= TAIL_BYTES {
+            self.bytes.clear();
+            self.bytes
+                .extend_from_slice(&data[data.len() - TAIL_BYTES..]);
+            return;
+        }
+        self.bytes.extend_from_slice(data);
+        if self.bytes.len() > 2 * TAIL_BYTES {
+            self.bytes.drain(..self.bytes.len() - TAIL_BYTES);
+        }
+    }
+
+    /// The usage the body ended with, if it reported cached tokens.
+    pub fn usage(&self) -> Option<Usage> {
+        let text = &self.bytes;
+        let cached = last_number(text, b"\"cached_tokens\":")?;
+        let prompt = last_number(text, b"\"prompt_tokens\":")
+            .or_else(|| last_number(text, b"\"input_tokens\":"))?;
+        (prompt > 0 && cached <= prompt).then_some(Usage {
+            prompt_tokens: prompt,
+            cached_tokens: cached,
+        })
+    }
+}
+
+/// The number after the last occurrence of `key` (JSON whitespace allowed after the colon).
+fn last_number(text: &[u8], key: &[u8]) -> Option<u64> {
+    let at = text.windows(key.len()).rposition(|w| w == key)? + key.len();
+    let digits: Vec<u8> = text[at..]
+        .iter()
+        .copied()
+        .skip_while(|b| b.is_ascii_whitespace())
+        .take_while(u8::is_ascii_digit)
+        .collect();
+    std::str::from_utf8(&digits).ok()?.parse().ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tail_of(chunks: &[&str]) -> Tail {
+        let mut t = Tail::default();
+        for c in chunks {
+            t.push(c.as_bytes());
+        }
+        t
+    }
+
+    #[test]
+    fn reads_a_json_bodys_usage() {
+        let body = r#"{"id":"x","choices":[{"message":{"content":"cached_tokens"}}],"usage":{"prompt_tokens":1200,"total_tokens":1210,"completion_tokens":10,"prompt_tokens_details":{"cached_tokens":1024}},"kv_transfer_params":null}"#;
+        let u = tail_of(&[&body[..40], &body[40..]]).usage();
+        assert_eq!(
+            u,
+            Some(Usage {
+                prompt_tokens: 1200,
+                cached_tokens: 1024
+            })
+        );
+    }
+
+    #[test]
+    fn reads_a_streams_last_usage_and_the_responses_api_names() {
+        let stream = [
+            "data: {\"choices\":[{\"delta\":{\"content\":\"hi\"}}],\"usage\":null}\n\n",
+            "data: {\"choices\":[],\"usage\":{\"prompt_tokens\": 300,\"completion_tokens\":2,\"prompt_tokens_details\":{\"cached_tokens\": 288}}}\n\n",
+            "data: [DONE]\n\n",
+        ];
+        assert_eq!(tail_of(&stream).usage().unwrap().cached_tokens, 288);
+        let responses = r#"{"usage":{"input_tokens":50,"input_tokens_details":{"cached_tokens":32},"output_tokens":4}}"#;
+        assert_eq!(
+            tail_of(&[responses]).usage(),
+            Some(Usage {
+                prompt_tokens: 50,
+                cached_tokens: 32
+            })
+        );
+    }
+
+    #[test]
+    fn no_details_no_usage_and_the_tail_stays_bounded() {
+        let body = r#"{"usage":{"prompt_tokens":14,"prompt_tokens_details":null}}"#;
+        assert_eq!(tail_of(&[body]).usage(), None);
+        let mut t = Tail::default();
+        let filler = "x".repeat(700);
+        for _ in 0..100 {
+            t.push(filler.as_bytes());
+            assert!(t.bytes.len() <= 2 * TAIL_BYTES);
+        }
+        t.push(br#","usage":{"prompt_tokens":10,"prompt_tokens_details":{"cached_tokens":20}}"#);
+        assert_eq!(t.usage(), None, "more cached than prompted is not believed");
+    }
+}
