@@ -157,6 +157,9 @@ mod tests {
         ]));
         assert!(turn2.blocks.len() > turn1.blocks.len());
         assert_eq!(turn2.blocks[..turn1.blocks.len()], turn1.blocks[..]);
+        // The system prompt is the preamble: "system\n" and 580 bytes, 9 full blocks.
+        assert_eq!(turn1.preamble_blocks, (7 + system.len() + 1 + 5) / 64);
+        assert_eq!(turn2.preamble_blocks, turn1.preamble_blocks);
         // Multi-part text is the same prompt as plain text.
         let parts = chat(json!([
             {"role": "system", "content": [{"type": "text", "text": system}]},

@@ -31,6 +31,9 @@ pub struct Fingerprint {
     pub bytes: usize,
     /// The block whose hash is the affinity key.
     pub anchor: Option<usize>,
+    /// Full blocks before the first user message: a preamble (system prompt, tools) that
+    /// conversations share.
+    pub preamble_blocks: usize,
 }
 
 impl Fingerprint {
@@ -69,6 +72,7 @@ pub struct Builder {
     bytes: usize,
     seed: u64,
     anchor: Option<usize>,
+    preamble_bytes: usize,
 }
 
 impl Builder {
@@ -83,6 +87,7 @@ impl Builder {
             bytes: 0,
             seed: xxh3_64(&seed_text),
             anchor: None,
+            preamble_bytes: 0,
         }
     }
 
@@ -92,6 +97,7 @@ impl Builder {
         let start = self.bytes;
         self.push_str(piece);
         if self.anchor.is_none() {
+            self.preamble_bytes = start;
             let end_blocks = self.bytes / BLOCK_BYTES;
             let limit = start / BLOCK_BYTES + AFFINITY_BLOCK;
             self.anchor = end_blocks.min(limit).min(MAX_BLOCKS).checked_sub(1);
@@ -140,6 +146,7 @@ impl Builder {
             blocks,
             bytes: self.bytes,
             anchor: self.anchor,
+            preamble_blocks: (self.preamble_bytes / BLOCK_BYTES).min(MAX_BLOCKS),
         }
     }
 }
