@@ -235,7 +235,7 @@ fn respond(
     {
         body = body.remember_response_id(app.affinity.clone());
     }
-    if let Some(p) = prediction.filter(|_| status.is_success()) {
+    if let Some(p) = prediction.filter(|_| status.is_success() && request.meta.reports_usage) {
         body = body.measure_cache_hits(p, app.fleet.policy());
     }
     let mut response = Response::from_parts(rparts, Body::new(body));

@@ -22,6 +22,9 @@ pub struct RequestMeta {
     pub user: Option<String>,
     /// `POST /v1/responses` continuing a stored response: it lives on one server.
     pub previous_response_id: Option<String>,
+    /// The answer will carry `usage` (not streamed, a stream with
+    /// `stream_options.include_usage`, or a responses-API request): worth reading at its end.
+    pub reports_usage: bool,
 }
 
 impl RequestMeta {
@@ -59,6 +62,8 @@ struct JsonFields {
     user: Option<Value>,
     #[serde(default)]
     previous_response_id: Option<Value>,
+    #[serde(default)]
+    stream_options: Option<Value>,
 }
 
 fn text(v: Option<Value>) -> Option<String> {
@@ -119,9 +124,17 @@ pub async fn read_meta(
             instructions: fields.instructions.as_ref(),
             input: fields.input.as_ref(),
         });
+        let stream = fields.stream.unwrap_or(false);
+        let include_usage = fields
+            .stream_options
+            .as_ref()
+            .and_then(|o| o.get("include_usage"))
+            .and_then(Value::as_bool)
+            == Some(true);
         return Ok(RequestMeta {
+            reports_usage: !stream || include_usage || fields.input.is_some(),
             model: fields.model,
-            stream: fields.stream.unwrap_or(false),
+            stream,
             fingerprint,
             prompt_cache_key: text(fields.prompt_cache_key),
             user: text(fields.user),
@@ -195,7 +208,22 @@ mod tests {
         let m = read_meta(&json_headers(), &Bytes::from_static(b"{}"), true)
             .await
             .unwrap();
-        assert_eq!(m, RequestMeta::default());
+        assert_eq!(
+            m,
+            RequestMeta {
+                reports_usage: true,
+                ..RequestMeta::default()
+            },
+            "a non-streamed answer carries usage"
+        );
+        let m = read_meta(
+            &json_headers(),
+            &Bytes::from_static(br#"{"stream":true,"stream_options":{"include_usage":true}}"#),
+            true,
+        )
+        .await
+        .unwrap();
+        assert!(m.reports_usage, "a stream asked for its usage");
     }
 
     #[tokio::test]
