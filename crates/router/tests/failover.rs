@@ -247,7 +247,8 @@ async fn failed_or_malformed_scrapes_make_load_data_stale_not_kept() {
     eventually(Duration::from_secs(3), "stale metrics", || async {
         let v = get_json(&url).await;
         v["servers"][0]["metrics_fresh"] == false
-            && v["servers"][0]["detailed_metrics"]["num_requests_running"].is_null()
+            && v["servers"][0]["detailed_metrics"]["kv_cache_usage_perc"].is_null()
+            && v["servers"][0]["detailed_metrics"]["num_requests_running"] == 0
     })
     .await;
     assert!(

@@ -307,7 +307,7 @@ async fn admin_api_lists_adds_drains_and_removes_servers() {
         "a drained server gets nothing new"
     );
     assert_eq!(
-        get_json(&format!("{}/load-stats", r.url())).await["servers"][0]["status"],
+        get_json(&format!("{}/load-stats", r.url())).await["servers"][0]["state"],
         "draining"
     );
     c.post(admin("servers/undrain"))

@@ -321,9 +321,9 @@ async fn a_data_parallel_servers_load_is_summed_over_engines() {
         || async {
             let v = get_json(&format!("{}/load-stats", r.url())).await;
             let d = &v["servers"][0]["detailed_metrics"];
-            d["num_requests_running"] == json!(2.0)
+            d["num_requests_running"] == json!(2)
                 && d["engines"] == json!(2)
-                && v["servers"][0]["current_load"] == json!(2.0)
+                && v["servers"][0]["current_load"] == json!(2)
         },
     )
     .await;

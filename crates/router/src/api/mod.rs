@@ -18,9 +18,34 @@ use serde_json::{Value, json};
 use crate::fleet::Server;
 use crate::state::AppState;
 
-fn iso(t: Option<SystemTime>) -> Value {
-    t.and_then(|t| t.duration_since(SystemTime::UNIX_EPOCH).ok())
-        .map_or(Value::Null, |d| json!(d.as_secs_f64()))
+/// A time as the Python mvllm wrote it (`datetime.now().isoformat()`): local time, no offset,
+/// microseconds unless zero, e.g. `2026-11-26T20:08:44.723149`. Its scripts parse it with
+/// `datetime.fromisoformat` and subtract it from `datetime.now()`, which an offset would break.
+pub(crate) fn iso(t: Option<SystemTime>) -> Value {
+    t.map_or(Value::Null, |t| {
+        let local = chrono::DateTime::<chrono::Local>::from(t).naive_local();
+        let format = if local.and_utc().timestamp_subsec_micros() == 0 {
+            "%Y-%m-%dT%H:%M:%S"
+        } else {
+            "%Y-%m-%dT%H:%M:%S%.6f"
+        };
+        json!(local.format(format).to_string())
+    })
+}
+
+/// A count read from a server's gauges (whole numbers, as floats in Prometheus text) as the
+/// integer the Python mvllm reported.
+fn count(v: f64) -> Value {
+    json!(v.max(0.0).round() as u64)
+}
+
+/// Seconds as the seed's integer settings were written: an integer when whole.
+fn seconds(d: std::time::Duration) -> Value {
+    if d.subsec_nanos() == 0 {
+        json!(d.as_secs())
+    } else {
+        json!(d.as_secs_f64())
+    }
 }
 
 pub async fn root() -> Json<Value> {
@@ -89,7 +114,7 @@ pub async fn health(State(app): State<Arc<AppState>>, headers: axum::http::Heade
         "servers": servers.iter().map(|s| server_health(s)).collect::<Vec<_>>(),
         "config": {
             "health_check_enabled": settings.enable_active_health_check,
-            "health_check_interval": settings.health_check_interval.as_secs_f64(),
+            "health_check_interval": seconds(settings.health_check_interval),
             "min_success_rate": settings.health_check_min_success_rate,
             "max_response_time": settings.health_check_max_response_time.as_secs_f64(),
             "routing_policy": settings.routing_policy.name(),
@@ -101,14 +126,16 @@ pub async fn health(State(app): State<Arc<AppState>>, headers: axum::http::Heade
     (code, Json(body)).into_response()
 }
 
-/// Load per server: `current_load` is the larger of the router's in-flight count and the
-/// server's own running + waiting (from its last fresh scrape).
+/// Load per server, in the Python mvllm's field names and types (integers for loads and
+/// capacities, `status` the healthy flag, ISO times), plus our own fields under new names
+/// (`state` with draining, `in_flight`, `metrics_fresh`, `prefix_index`, ...). `current_load` is
+/// the larger of the router's in-flight count and the server's own running + waiting (from its
+/// last fresh scrape); the summary counts every server, as the seed's did.
 pub async fn load_stats(State(app): State<Arc<AppState>>) -> Json<Value> {
     let servers = app.fleet.servers();
     let max_age = app.fleet.metrics_max_age();
-    let mut total_load = 0.0;
-    let mut total_capacity = 0.0;
-    let mut healthy = 0;
+    let mut total_load = 0u64;
+    let mut total_capacity = 0u64;
     let policy = app.fleet.policy();
     let rows: Vec<Value> = servers
         .iter()
@@ -116,15 +143,14 @@ pub async fn load_stats(State(app): State<Arc<AppState>>) -> Json<Value> {
             let prefix = policy.report(s.id()).unwrap_or_default();
             let fresh = s.fresh_metrics(max_age);
             let scrape = s.scrape.lock().clone();
-            let in_flight = s.in_flight() as f64;
-            let load = fresh.map_or(in_flight, |m| in_flight.max(m.running + m.waiting));
-            let capacity = f64::from(s.capacity());
-            if s.is_healthy() {
-                healthy += 1;
-                total_load += load;
-                total_capacity += capacity;
-            }
-            let status = if !s.is_healthy() {
+            let in_flight = s.in_flight() as u64;
+            let load = fresh.map_or(in_flight, |m| {
+                in_flight.max((m.running + m.waiting).max(0.0).round() as u64)
+            });
+            let capacity = u64::from(s.capacity());
+            total_load += load;
+            total_capacity += capacity;
+            let state = if !s.is_healthy() {
                 "unhealthy"
             } else if s.draining.load(Ordering::Relaxed) {
                 "draining"
@@ -135,10 +161,11 @@ pub async fn load_stats(State(app): State<Arc<AppState>>) -> Json<Value> {
                 "url": s.url(),
                 "current_load": load,
                 "max_capacity": capacity,
-                "available_capacity": (capacity - load).max(0.0),
-                "utilization_percent": 100.0 * load / capacity,
-                "status": status,
-                "last_updated": iso(scrape.wall_at),
+                "available_capacity": capacity.saturating_sub(load),
+                "utilization_percent": utilization(load, capacity),
+                "status": s.is_healthy(),
+                "state": state,
+                "last_updated": iso(Some(scrape.wall_at)),
                 "in_flight": in_flight,
                 "prefix_index": {
                     "blocks": prefix.blocks,
@@ -150,9 +177,10 @@ pub async fn load_stats(State(app): State<Arc<AppState>>) -> Json<Value> {
                 "metrics_fresh": fresh.is_some(),
                 "metrics_error": scrape.last_error,
                 "detailed_metrics": {
-                    "num_requests_running": fresh.map(|m| m.running),
-                    "num_requests_waiting": fresh.map(|m| m.waiting),
-                    "gpu_cache_usage_perc": fresh.map(|m| m.kv_usage),
+                    "num_requests_running": count(fresh.map_or(0.0, |m| m.running)),
+                    "num_requests_waiting": count(fresh.map_or(0.0, |m| m.waiting)),
+                    "gpu_cache_usage_perc": fresh.map_or(0.0, |m| m.kv_usage),
+                    "process_max_fds": scrape.metrics.and_then(|m| m.process_max_fds).map_or(DEFAULT_MAX_FDS, |n| n as u64),
                     "kv_cache_usage_perc": fresh.map(|m| m.kv_usage),
                     "prefix_cache_hits": fresh.map(|m| m.prefix_cache_hits),
                     "prefix_cache_queries": fresh.map(|m| m.prefix_cache_queries),
@@ -161,6 +189,7 @@ pub async fn load_stats(State(app): State<Arc<AppState>>) -> Json<Value> {
             })
         })
         .collect();
+    let healthy = servers.iter().filter(|s| s.is_healthy()).count();
     Json(json!({
         "servers": rows,
         "summary": {
@@ -168,10 +197,23 @@ pub async fn load_stats(State(app): State<Arc<AppState>>) -> Json<Value> {
             "healthy_servers": healthy,
             "total_active_load": total_load,
             "total_capacity": total_capacity,
-            "overall_utilization_percent": if total_capacity > 0.0 { 100.0 * total_load / total_capacity } else { 0.0 },
+            "overall_utilization_percent": utilization(total_load, total_capacity),
             "routing_policy": app.fleet.settings().routing_policy.name(),
         },
     }))
+}
+
+/// The value the Python mvllm reported when a server's `/metrics` had no `process_max_fds`.
+const DEFAULT_MAX_FDS: u64 = 65535;
+
+/// Load as a percentage of capacity, capped at 100 as the seed's was (a server can hold more
+/// than its `max_concurrent_requests` in its own queue).
+fn utilization(load: u64, capacity: u64) -> f64 {
+    if capacity == 0 {
+        0.0
+    } else {
+        (100.0 * load as f64 / capacity as f64).min(100.0)
+    }
 }
 
 pub async fn server_models(State(app): State<Arc<AppState>>) -> Json<Value> {

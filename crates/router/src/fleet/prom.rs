@@ -25,6 +25,8 @@ pub struct ServerMetrics {
     /// Tokens the server's KV cache holds, from `vllm:cache_config_info` (`num_gpu_blocks` x
     /// `block_size`, summed over engines); 0 when not reported.
     pub kv_cache_tokens: f64,
+    /// The server process's file-descriptor limit, shown in `/load-stats` as the Python mvllm did.
+    pub process_max_fds: Option<f64>,
 }
 
 /// Parses Prometheus text; `Err` when no vLLM load figure is present (not a vLLM `/metrics`).
@@ -59,6 +61,7 @@ pub fn parse(text: &str) -> Result<ServerMetrics, String> {
             "vllm:prefix_cache_queries_total" | "vllm:gpu_prefix_cache_queries_total" => 3,
             "vllm:prefix_cache_hits_total" | "vllm:gpu_prefix_cache_hits_total" => 4,
             "vllm:generation_tokens_total" => 5,
+            "process_max_fds" => 6,
             _ => continue,
         };
         let value =
@@ -89,7 +92,8 @@ pub fn parse(text: &str) -> Result<ServerMetrics, String> {
             }
             3 => m.prefix_cache_queries += value,
             4 => m.prefix_cache_hits += value,
-            _ => m.generation_tokens += value,
+            5 => m.generation_tokens += value,
+            _ => m.process_max_fds = Some(value),
         }
     }
     if m.engines == 0 || !seen_waiting {

@@ -35,14 +35,16 @@ pub struct Models {
     pub last_error: Option<String>,
 }
 
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct Scrape {
     pub metrics: Option<ServerMetrics>,
     /// The router's in-flight count to the server when `metrics` was read.
     pub in_flight_then: usize,
     /// When `metrics` was read.
     pub at: Option<Instant>,
-    pub wall_at: Option<SystemTime>,
+    /// When `metrics` was last read, or when the server joined the fleet before that (what the
+    /// Python mvllm showed as `last_updated`).
+    pub wall_at: SystemTime,
     pub last_error: Option<String>,
     pub errors: u64,
     /// Output tokens per second between the last two successful scrapes.
@@ -182,7 +184,16 @@ impl Server {
             in_flight: AtomicUsize::new(0),
             awaiting_first_byte: AtomicUsize::new(0),
             draining: AtomicBool::new(false),
-            scrape: Mutex::new(Scrape::default()),
+            scrape: Mutex::new(Scrape {
+                metrics: None,
+                in_flight_then: 0,
+                at: None,
+                wall_at: SystemTime::now(),
+                last_error: None,
+                errors: 0,
+                tokens_per_second: None,
+                counters: None,
+            }),
             overloaded_until: Mutex::new(None),
             models: ArcSwap::from_pointee(models),
             stats: ServerStats::default(),
@@ -425,7 +436,7 @@ impl Server {
                 s.metrics = Some(m);
                 s.in_flight_then = self.in_flight();
                 s.at = Some(now);
-                s.wall_at = Some(SystemTime::now());
+                s.wall_at = SystemTime::now();
                 s.last_error = None;
             }
             Err(e) => {

@@ -43,8 +43,12 @@ pub async fn sims(n: usize, cfg: SimConfig) -> Vec<SimHandle> {
 }
 
 pub fn server_of(s: &SimHandle) -> ServerConfig {
+    server_of_url(s.url())
+}
+
+pub fn server_of_url(url: String) -> ServerConfig {
     ServerConfig {
-        url: s.url(),
+        url,
         max_concurrent_requests: 8,
         api_key: None,
         models: None,
