@@ -26,9 +26,26 @@ pub struct RunArgs {
     /// debug, info, warning or error (case-insensitive).
     #[arg(long, env = "MVLLM_LOG_LEVEL", default_value = "info")]
     log_level: String,
-    /// Show served models in the dashboard.
+    /// Show each server's served models in the dashboard (a MODELS column; `m` toggles it).
     #[arg(short, long, env = "MVLLM_SHOW_MODELS")]
     model: bool,
+    /// Log lines as text or as one JSON object per line (for log shippers).
+    #[arg(long, env = "MVLLM_LOG_FORMAT", value_enum, default_value_t)]
+    log_format: LogFormat,
+    /// Accepted for the Python mvllm's scripts; hot reload is always on (the file is watched,
+    /// SIGHUP and POST /admin/reload reload it too).
+    #[arg(long)]
+    reload: bool,
+}
+
+/// How log lines are written.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum LogFormat {
+    /// Human-readable lines (coloured only on a terminal, and never with NO_COLOR set).
+    #[default]
+    Text,
+    /// One JSON object per line: timestamp, level, message and fields.
+    Json,
 }
 
 #[derive(Args, Debug)]
@@ -46,6 +63,7 @@ pub struct DemoArgs {
     /// Address of the router.
     #[arg(long, env = "MVLLM_HOST", default_value = "127.0.0.1")]
     host: IpAddr,
+    /// debug, info, warning or error (case-insensitive).
     #[arg(long, env = "MVLLM_LOG_LEVEL", default_value = "info")]
     log_level: String,
     /// Log lines to the console instead of the full-screen dashboard.
@@ -107,8 +125,10 @@ fn set_logging(on: bool) {
     }
 }
 
-/// Sets up logging; `level` takes the seed's names (WARNING) as well as tracing's.
-pub fn init_logging(level: &str) -> Result<(), String> {
+/// Sets up logging; `level` takes the seed's names (WARNING) as well as tracing's. Colour only
+/// when the log goes to a terminal and `NO_COLOR` is unset, so `mvllm run --console > file`
+/// and container logs hold plain text.
+pub fn init_logging(level: &str, format: LogFormat) -> Result<(), String> {
     let lower = level.to_ascii_lowercase();
     let level = match lower.as_str() {
         "warning" | "warn" => "warn",
@@ -127,7 +147,19 @@ pub fn init_logging(level: &str) -> Result<(), String> {
     let _ = LOG_FILTER.set((handle, level.to_string()));
     tracing_subscriber::registry()
         .with(filter)
-        .with(tracing_subscriber::fmt::layer().with_target(false))
+        .with((format == LogFormat::Text).then(|| {
+            use std::io::IsTerminal;
+            let colour = std::io::stdout().is_terminal() && std::env::var_os("NO_COLOR").is_none();
+            tracing_subscriber::fmt::layer()
+                .with_target(false)
+                .with_ansi(colour)
+        }))
+        .with((format == LogFormat::Json).then(|| {
+            tracing_subscriber::fmt::layer()
+                .json()
+                .flatten_event(true)
+                .with_current_span(false)
+        }))
         .init();
     Ok(())
 }
@@ -283,9 +315,15 @@ async fn shutdown_signal() -> &'static str {
 }
 
 pub fn run(args: RunArgs) -> ExitCode {
-    if let Err(e) = init_logging(&args.log_level) {
+    if let Err(e) = init_logging(&args.log_level, args.log_format) {
         eprintln!("mvllm run: {e}");
         return ExitCode::from(2);
+    }
+    if args.reload {
+        tracing::info!(
+            "--reload: hot reload is always on ({} is watched; SIGHUP and POST /admin/reload reload it too)",
+            args.config.display()
+        );
     }
     let config = match Config::load(&args.config) {
         Ok(c) => c,
@@ -353,7 +391,7 @@ pub fn check_config(args: CheckArgs) -> ExitCode {
 }
 
 pub fn demo(args: DemoArgs) -> ExitCode {
-    if let Err(e) = init_logging(&args.log_level) {
+    if let Err(e) = init_logging(&args.log_level, LogFormat::Text) {
         eprintln!("mvllm demo: {e}");
         return ExitCode::from(2);
     }

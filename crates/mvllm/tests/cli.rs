@@ -165,19 +165,22 @@ async fn check_config_probes_every_server_and_fails_on_any_problem() {
     );
 }
 
-#[tokio::test]
-async fn run_takes_its_options_from_the_environment_and_logs_each_request() {
+/// Runs `mvllm run` (options from the environment plus `args`) with its log on a pipe, sends
+/// one request with id `request_id`, and returns the log lines up to its access line (or all
+/// lines until the time-out, if it never shows).
+async fn log_of_one_request(args: &[&str], request_id: &str) -> Vec<String> {
     let sim = mvllm_sim::spawn(SimConfig::instant()).await.unwrap();
     let dir = tempfile::tempdir().unwrap();
     let config = write_config(&dir, &one_server(&sim.url(), ""));
     let port = free_port();
     let mut child = Command::new(BIN)
         .arg("run")
+        .args(args)
         .env("MVLLM_CONFIG", &config)
         .env("MVLLM_HOST", "127.0.0.1")
         .env("MVLLM_PORT", port.to_string())
         .env("MVLLM_LOG_LEVEL", "INFO")
-        .env("NO_COLOR", "1")
+        .env_remove("NO_COLOR")
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()
@@ -186,7 +189,7 @@ async fn run_takes_its_options_from_the_environment_and_logs_each_request() {
     wait_for_status(&format!("{url}/health"), 200, Duration::from_secs(20)).await;
     let resp = reqwest::Client::new()
         .post(format!("{url}/v1/completions"))
-        .header("x-request-id", "cli-test-1")
+        .header("x-request-id", request_id)
         .json(&serde_json::json!({"prompt": "hi", "max_tokens": 2}))
         .send()
         .await
@@ -194,19 +197,54 @@ async fn run_takes_its_options_from_the_environment_and_logs_each_request() {
     assert_eq!(resp.status(), 200);
     let stdout = child.stdout.take().unwrap();
     // Reads until the access line shows up; killing the child (on time-out) ends the read.
+    let id = request_id.to_string();
     let reader = tokio::task::spawn_blocking(move || {
-        BufReader::new(stdout)
-            .lines()
-            .map_while(Result::ok)
-            .any(|l| l.contains("cli-test-1") && l.contains("status=200"))
+        let mut lines = Vec::new();
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            let done = line.contains(&id) && line.contains("200");
+            lines.push(line);
+            if done {
+                break;
+            }
+        }
+        lines
     });
-    let found = tokio::time::timeout(Duration::from_secs(10), reader).await;
+    let lines = tokio::time::timeout(Duration::from_secs(10), reader).await;
     let _ = child.kill();
     let _ = child.wait();
+    lines.ok().and_then(Result::ok).unwrap_or_default()
+}
+
+#[tokio::test]
+async fn run_takes_its_options_from_the_environment_and_logs_each_request_in_plain_text() {
+    let lines = log_of_one_request(&["--reload"], "cli-test-1").await;
+    let last = lines.last().cloned().unwrap_or_default();
     assert!(
-        matches!(found, Ok(Ok(true))),
-        "an access log line with the request id"
+        last.contains("cli-test-1") && last.contains("status=200"),
+        "an access log line with the request id: {lines:?}"
     );
+    assert!(
+        lines.iter().any(|l| l.contains("hot reload is always on")),
+        "--reload is accepted and explained: {lines:?}"
+    );
+    assert!(
+        lines.iter().all(|l| !l.contains('\x1b')),
+        "no colour codes when the log is not a terminal: {lines:?}"
+    );
+}
+
+#[tokio::test]
+async fn log_format_json_writes_one_object_per_line() {
+    let lines = log_of_one_request(&["--log-format", "json"], "cli-test-2").await;
+    assert!(!lines.is_empty());
+    for l in &lines {
+        let v: serde_json::Value =
+            serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}"));
+        assert!(v["timestamp"].is_string() && v["level"].is_string(), "{l}");
+    }
+    let access: serde_json::Value = serde_json::from_str(lines.last().unwrap()).unwrap();
+    assert_eq!(access["id"], "cli-test-2");
+    assert_eq!(access["status"], 200);
 }
 
 #[tokio::test]

@@ -48,7 +48,9 @@ pub fn app(state: Arc<AppState>, with_admin: bool) -> Router {
             .route("/admin", axum::routing::any(not_here))
             .route("/admin/{*rest}", axum::routing::any(not_here));
     }
-    router.with_state(state)
+    router
+        .layer(api::cors::layer(state.clone()))
+        .with_state(state)
 }
 
 /// The admin API alone, for a separate listener.

@@ -241,3 +241,100 @@ async fn with_keys_health_shows_strangers_only_counts() {
     let open = get_json(&format!("{}/health", r.url())).await;
     assert_eq!(open["servers"][0]["url"], s.url());
 }
+
+#[tokio::test]
+async fn browsers_get_cors_and_preflights_need_no_key_nor_reach_a_server() {
+    let s = sims(1, SimConfig::instant()).await;
+    let r = router(
+        s.iter().map(server_of).collect(),
+        keyed(vec![ApiKey::new("a", KEY_A)]),
+    )
+    .await;
+    let url = format!("{}/v1/chat/completions", r.url());
+    let origin = "https://chat.example.com";
+    let preflight = client()
+        .request(reqwest::Method::OPTIONS, &url)
+        .header("origin", origin)
+        .header("access-control-request-method", "POST")
+        .header(
+            "access-control-request-headers",
+            "authorization,content-type",
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(preflight.status(), 200, "answered without a key");
+    let h = preflight.headers();
+    assert_eq!(h["access-control-allow-origin"], origin);
+    assert_eq!(h["access-control-allow-methods"], "POST");
+    assert_eq!(
+        h["access-control-allow-headers"],
+        "authorization,content-type"
+    );
+    assert_eq!(
+        s[0].server_load()
+            + r.fleet.servers()[0]
+                .stats
+                .requests
+                .load(std::sync::atomic::Ordering::Relaxed) as usize,
+        0,
+        "the preflight never reached a server"
+    );
+    // The request itself carries the header too, with its key as usual.
+    let resp = client()
+        .post(&url)
+        .header("origin", origin)
+        .header("authorization", format!("Bearer {KEY_A}"))
+        .json(&chat("hi", 2, false))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    assert_eq!(resp.headers()["access-control-allow-origin"], origin);
+    // Without a key it is still refused, with the header so the browser can read the error.
+    let refused = client()
+        .post(&url)
+        .header("origin", origin)
+        .json(&chat("hi", 2, false))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(refused.status(), 401);
+    assert_eq!(refused.headers()["access-control-allow-origin"], origin);
+}
+
+#[tokio::test]
+async fn cors_origins_can_be_listed_or_turned_off() {
+    let s = sims(1, SimConfig::instant()).await;
+    let r = router(
+        s.iter().map(server_of).collect(),
+        Settings {
+            cors_allow_origins: vec!["https://ok.example.com".into()],
+            ..fast_settings()
+        },
+    )
+    .await;
+    let get = |origin: &'static str| {
+        let url = format!("{}/", r.url());
+        async move {
+            client()
+                .get(url)
+                .header("origin", origin)
+                .send()
+                .await
+                .unwrap()
+        }
+    };
+    let ok = get("https://ok.example.com").await;
+    assert_eq!(
+        ok.headers()["access-control-allow-origin"],
+        "https://ok.example.com"
+    );
+    let other = get("https://evil.example.com").await;
+    assert_eq!(
+        other.status(),
+        200,
+        "the request is served; only the browser is told no"
+    );
+    assert!(other.headers().get("access-control-allow-origin").is_none());
+}

@@ -237,6 +237,54 @@ async fn requests_go_only_to_servers_serving_their_model_and_unknown_models_get_
 }
 
 #[tokio::test]
+async fn a_model_in_the_query_string_routes_like_one_in_the_body() {
+    let plain = sim(SimConfig::instant()).await;
+    let with_lora = sim(SimConfig {
+        loras: vec!["sql-lora".into()],
+        ..SimConfig::instant()
+    })
+    .await;
+    let fleet = [plain, with_lora];
+    let r = router_over(&fleet).await;
+    let requests = |i: usize| {
+        r.fleet.servers()[i]
+            .stats
+            .requests
+            .load(std::sync::atomic::Ordering::Relaxed)
+    };
+    let mut body = chat("select", 2, false);
+    body.as_object_mut().unwrap().remove("model");
+    for _ in 0..6 {
+        let url = format!("{}/v1/chat/completions?model=sql-lora", r.url());
+        post(&url, &body).await;
+    }
+    assert_eq!(
+        (requests(0), requests(1)),
+        (0, 6),
+        "all to the server with the adapter"
+    );
+    let unknown = post(
+        &format!("{}/v1/chat/completions?model=gpt-9", r.url()),
+        &body,
+    )
+    .await;
+    assert_eq!(
+        unknown.status(),
+        404,
+        "an unknown model in the query is refused as in a body"
+    );
+    // The body's model wins over the query's, as in the Python mvllm.
+    let mut named = chat("select", 2, false);
+    named["model"] = json!(MODEL);
+    let both = post(
+        &format!("{}/v1/chat/completions?model=gpt-9", r.url()),
+        &named,
+    )
+    .await;
+    assert_eq!(both.status(), 200);
+}
+
+#[tokio::test]
 async fn malformed_requests_get_4xx_from_the_router_and_never_touch_or_penalise_a_server() {
     let s = sims(3, SimConfig::instant()).await;
     let mut settings = fast_settings();

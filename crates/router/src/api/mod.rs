@@ -3,6 +3,7 @@
 //! healthy servers' model cards. The admin API is in [`admin`].
 
 pub mod admin;
+pub mod cors;
 pub mod guard;
 
 use std::sync::Arc;

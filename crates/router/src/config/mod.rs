@@ -111,6 +111,9 @@ pub struct Settings {
     /// Request header naming a conversation, for session affinity (besides `prompt_cache_key`
     /// and `user` in the body).
     pub session_header: String,
+    /// Origins a browser may call the router from (CORS): `["*"]` (any, the Python mvllm's
+    /// behaviour and the default), a list of exact origins, or `[]` for no CORS headers.
+    pub cors_allow_origins: Vec<String>,
 }
 
 impl Default for Settings {
@@ -160,6 +163,7 @@ impl Default for Settings {
             max_models_per_server: 4096,
             prefix_index_bytes: 64 * 1024 * 1024,
             session_header: "x-session-id".into(),
+            cors_allow_origins: vec!["*".into()],
         }
     }
 }
@@ -644,6 +648,26 @@ fn settings(
                     ));
                 }
                 name
+            }
+        },
+        cors_allow_origins: match r.cors_allow_origins {
+            None => d.cors_allow_origins,
+            Some(list) => {
+                for o in list.get_ref() {
+                    let origin_like = o == "*"
+                        || ((o.starts_with("http://") || o.starts_with("https://"))
+                            && !o.ends_with('/')
+                            && axum::http::HeaderValue::from_str(o).is_ok());
+                    if !origin_like {
+                        return Err(at(
+                            list.span(),
+                            format!(
+                                "cors_allow_origins: `{o}` is not an origin: use \"*\" or scheme://host[:port] with no path, e.g. \"https://app.example.com\""
+                            ),
+                        ));
+                    }
+                }
+                list.into_inner()
             }
         },
         retry_budget_min_per_second: match r.retry_budget_min_per_second {

@@ -73,6 +73,7 @@ pub struct RawSettings {
     pub max_models_per_server: Option<Spanned<i64>>,
     pub prefix_index_bytes: Option<Spanned<i64>>,
     pub session_header: Option<Spanned<String>>,
+    pub cors_allow_origins: Option<Spanned<Vec<String>>>,
 }
 
 /// `[servers]` in either form: the seed's `servers = [{...}]` inside a `[servers]` table, or an

@@ -297,3 +297,30 @@ fn management_routes_in_the_allow_list_must_be_known() {
     .unwrap_err();
     assert!(e.message.contains("max_buffered_body_bytes"), "{e}");
 }
+
+#[test]
+fn cors_origins_are_any_by_default_and_checked_when_listed() {
+    assert_eq!(
+        Config::parse("", "t.toml")
+            .unwrap()
+            .settings
+            .cors_allow_origins,
+        ["*"]
+    );
+    let c = Config::parse(
+        "[config]\ncors_allow_origins = [\"https://app.example.com\", \"http://localhost:3000\"]\n",
+        "t.toml",
+    )
+    .unwrap();
+    assert_eq!(c.settings.cors_allow_origins.len(), 2);
+    assert!(Config::parse("[config]\ncors_allow_origins = []\n", "t.toml").is_ok());
+    let e = Config::parse(
+        "[config]\ncors_allow_origins = [\"app.example.com/\"]\n",
+        "t.toml",
+    )
+    .unwrap_err();
+    assert!(
+        e.message.contains("`app.example.com/` is not an origin"),
+        "{e}"
+    );
+}

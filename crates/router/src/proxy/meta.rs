@@ -39,6 +39,15 @@ impl RequestMeta {
     }
 }
 
+/// `?model=` in the query string: the Python mvllm routed by it when the body named no model
+/// (a GET such as `/v1/models/{id}`-style tools, or a body that is not JSON).
+pub fn model_in_query(query: Option<&str>) -> Option<String> {
+    form_urlencoded::parse(query?.as_bytes())
+        .find(|(k, _)| k == "model")
+        .map(|(_, v)| v.into_owned())
+        .filter(|m| !m.is_empty())
+}
+
 #[derive(Deserialize)]
 struct JsonFields {
     #[serde(default)]
@@ -185,6 +194,17 @@ mod tests {
         let mut h = HeaderMap::new();
         h.insert(header::CONTENT_TYPE, "application/json".parse().unwrap());
         h
+    }
+
+    #[test]
+    fn reads_model_from_the_query_string_decoded() {
+        assert_eq!(
+            model_in_query(Some("a=1&model=org%2Fm%201")),
+            Some("org/m 1".into())
+        );
+        assert_eq!(model_in_query(Some("model=")), None);
+        assert_eq!(model_in_query(Some("models=x")), None);
+        assert_eq!(model_in_query(None), None);
     }
 
     #[tokio::test]

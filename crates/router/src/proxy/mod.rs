@@ -58,7 +58,10 @@ pub async fn forward(State(app): State<Arc<AppState>>, req: Request) -> Response
         let class = admit(&app, &parts, &settings)?;
         let body = read_body::read(body, &parts.headers, &settings, &app.body_budget).await?;
         let generation = class == paths::PathClass::Generation && parts.method == Method::POST;
-        let meta = meta::read_meta(&parts.headers, &body.bytes, generation).await?;
+        let mut meta = meta::read_meta(&parts.headers, &body.bytes, generation).await?;
+        if meta.model.is_none() {
+            meta.model = meta::model_in_query(parts.uri.query());
+        }
         named_model.clone_from(&meta.model);
         let answer = send(&app, parts, body.bytes.clone(), meta, &request_id, started).await;
         drop(body);
