@@ -88,16 +88,19 @@ async fn not_here() -> Response {
     .into_response()
 }
 
-async fn metrics(State(app): State<Arc<AppState>>) -> Response {
+/// OpenMetrics when the scraper asks for it, the classic text format otherwise.
+async fn metrics(State(app): State<Arc<AppState>>, headers: axum::http::HeaderMap) -> Response {
+    use crate::prometheus_text as text;
     let body = app.telemetry.render(&app.fleet);
-    (
-        [(
-            axum::http::header::CONTENT_TYPE,
-            "application/openmetrics-text; version=1.0.0; charset=utf-8",
-        )],
-        body,
-    )
-        .into_response()
+    let accept = headers
+        .get(axum::http::header::ACCEPT)
+        .and_then(|v| v.to_str().ok());
+    let (content_type, body) = if text::wants_openmetrics(accept) {
+        (text::OPENMETRICS, body)
+    } else {
+        (text::CLASSIC, text::to_classic(&body))
+    };
+    ([(axum::http::header::CONTENT_TYPE, content_type)], body).into_response()
 }
 
 async fn livez() -> Response {

@@ -11,6 +11,7 @@ pub mod config;
 pub mod error;
 pub mod fleet;
 pub mod paths;
+pub mod prometheus_text;
 pub mod proxy;
 pub mod reload;
 pub mod routing;

@@ -522,6 +522,74 @@ async fn metrics_parse_as_prometheus_text_and_agree_with_the_requests_sent() {
         !text.contains("q0") && !text.contains("nope"),
         "client input never becomes a label"
     );
+    // Classic text by default: a classic parser sees counters as counters, nothing untyped.
+    assert!(
+        scrape
+            .samples
+            .iter()
+            .filter(|s| s.metric == "mvllm_requests_total")
+            .all(|s| matches!(s.value, prometheus_parse::Value::Counter(_))),
+        "{text}"
+    );
+    let untyped: Vec<&str> = scrape
+        .samples
+        .iter()
+        .filter(|s| matches!(s.value, prometheus_parse::Value::Untyped(_)))
+        .map(|s| s.metric.as_str())
+        // This parser gives a histogram's _sum and _count as untyped samples of their own.
+        .filter(|m| {
+            let base = m.trim_end_matches("_sum").trim_end_matches("_count");
+            !text.contains(&format!("# TYPE {base} histogram"))
+        })
+        .collect();
+    assert!(untyped.is_empty(), "untyped samples: {untyped:?}");
+    assert!(!text.contains("# EOF") && !text.contains("# UNIT"));
+
+    // OpenMetrics when the scraper asks for it.
+    let resp = client()
+        .get(format!("{}/metrics", r.url()))
+        .header(
+            "accept",
+            "application/openmetrics-text;version=1.0.0,text/plain;version=0.0.4;q=0.5",
+        )
+        .send()
+        .await
+        .unwrap();
+    assert!(
+        resp.headers()["content-type"]
+            .to_str()
+            .unwrap()
+            .starts_with("application/openmetrics-text")
+    );
+    let om = resp.text().await.unwrap();
+    assert!(om.ends_with("# EOF\n"), "OpenMetrics ends with # EOF");
+    // Every sample belongs to a family declared before it, by OpenMetrics' naming rules.
+    let mut families: Vec<(String, String)> = Vec::new();
+    for line in om.lines() {
+        if let Some(rest) = line.strip_prefix("# TYPE ") {
+            let (name, kind) = rest.split_once(' ').unwrap();
+            families.push((name.to_string(), kind.to_string()));
+        } else if !line.starts_with('#') {
+            let name = &line[..line.find(['{', ' ']).unwrap()];
+            let (family, kind) = families.last().expect("a TYPE before samples");
+            let suffixes: &[&str] = match kind.as_str() {
+                "counter" => &["_total", "_created"],
+                "histogram" => &["_bucket", "_sum", "_count", "_created"],
+                "info" => &["_info"],
+                _ => &[""],
+            };
+            assert!(
+                suffixes.iter().any(|s| name == format!("{family}{s}")),
+                "{name} under family {family} ({kind})"
+            );
+        }
+    }
+    assert!(
+        families
+            .iter()
+            .any(|(n, k)| n == "mvllm_requests" && k == "counter"),
+        "{om}"
+    );
 }
 
 #[tokio::test]
