@@ -83,6 +83,10 @@ pub struct TopArgs {
     /// The router's admin_token, if it has one.
     #[arg(long, env = "MVLLM_ADMIN_TOKEN")]
     admin_token: Option<String>,
+    /// A PEM file of CA certificates to trust besides the public roots, for an https:// URL
+    /// with a private CA.
+    #[arg(long)]
+    ca_file: Option<PathBuf>,
     /// Show served models.
     #[arg(short, long)]
     model: bool,
@@ -437,13 +441,15 @@ pub fn demo(args: DemoArgs) -> ExitCode {
 }
 
 pub fn top(args: TopArgs) -> ExitCode {
-    let source = match mvllm_dashboard::Source::remote(&args.url, args.admin_token) {
-        Ok(s) => s,
-        Err(e) => {
-            eprintln!("mvllm top: {e}");
-            return ExitCode::from(2);
-        }
-    };
+    let source =
+        match mvllm_dashboard::Source::remote(&args.url, args.admin_token, args.ca_file.as_deref())
+        {
+            Ok(s) => s,
+            Err(e) => {
+                eprintln!("mvllm top: {e}");
+                return ExitCode::from(2);
+            }
+        };
     if !std::io::IsTerminal::is_terminal(&std::io::stdout()) {
         eprintln!(
             "mvllm top: needs a terminal (for a script, read {}/admin/status)",

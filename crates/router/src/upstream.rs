@@ -105,8 +105,10 @@ pub fn describe(e: &(dyn std::error::Error + 'static)) -> String {
         }
         if let Some(io) = s.downcast_ref::<std::io::Error>() {
             use std::io::ErrorKind::*;
+            // hyper-rustls wraps a TLS failure in an io::Error inside another io::Error.
             if let Some(inner) = io.get_ref()
-                && inner.downcast_ref::<rustls::Error>().is_some()
+                && (inner.downcast_ref::<rustls::Error>().is_some()
+                    || inner.downcast_ref::<std::io::Error>().is_some())
             {
                 source = Some(inner);
                 continue;
@@ -165,6 +167,12 @@ mod tests {
             "Connection reset by peer (os error 104)",
         );
         assert_eq!(describe(&reset), "connection reset by the server");
+        // As hyper-rustls reports an unknown issuer: io::Error(Other, io::Error(InvalidData, ...)).
+        let untrusted = std::io::Error::other(std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            rustls::Error::InvalidCertificate(rustls::CertificateError::UnknownIssuer),
+        ));
+        assert_eq!(describe(&untrusted), "TLS certificate not trusted");
     }
 
     #[tokio::test]
