@@ -172,11 +172,16 @@ impl Reloader {
             .filter(|p| !p.as_os_str().is_empty())
             .unwrap_or(Path::new("."))
             .to_path_buf();
+        // The file itself, or Kubernetes' `..data` symlink: a mounted ConfigMap is updated by
+        // writing a new `..<timestamp>` directory and renaming `..data_tmp` over `..data`, which
+        // `servers.toml -> ..data/servers.toml` points through; the file's own name never shows.
         let watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
             if let Ok(e) = event
-                && e.paths
-                    .iter()
-                    .any(|p| p.file_name().map(|n| n.to_os_string()) == file_name)
+                && e.paths.iter().any(|p| {
+                    p.file_name().is_some_and(|n| {
+                        Some(n) == file_name.as_deref() || n.as_encoded_bytes().starts_with(b"..")
+                    })
+                })
             {
                 let _ = tx.send(());
             }

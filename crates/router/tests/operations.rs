@@ -104,6 +104,50 @@ async fn editing_the_file_during_a_stream_adds_a_server_within_two_seconds_and_t
     assert_eq!(r.reloader.succeeded.load(Ordering::Relaxed), 1);
 }
 
+/// Updates a Kubernetes ConfigMap volume the way the kubelet does (its AtomicWriter): the files
+/// go into a new `..<version>` directory, a `..data_tmp` symlink to it is renamed over `..data`,
+/// and `servers.toml` is a symlink to `..data/servers.toml` that never changes itself.
+fn configmap_update(dir: &std::path::Path, version: u32, text: &str) {
+    use std::os::unix::fs::symlink;
+    let versioned = format!("..2026_11_26_{version:02}");
+    std::fs::create_dir(dir.join(&versioned)).unwrap();
+    std::fs::write(dir.join(&versioned).join("servers.toml"), text).unwrap();
+    symlink(&versioned, dir.join("..data_tmp")).unwrap();
+    std::fs::rename(dir.join("..data_tmp"), dir.join("..data")).unwrap();
+    if !dir.join("servers.toml").exists() {
+        symlink("..data/servers.toml", dir.join("servers.toml")).unwrap();
+    }
+}
+
+#[tokio::test]
+async fn a_kubernetes_configmap_update_through_the_data_symlink_is_reloaded() {
+    let a = sim(SimConfig::instant()).await;
+    let b = sim(SimConfig::instant()).await;
+    let dir = tempfile::tempdir().unwrap();
+    // A poll an hour apart: only the file watcher can see the update in time.
+    let hourly = "config_reload_interval = 3600\n";
+    configmap_update(dir.path(), 1, &config_text(&[&a], hourly));
+    let path = dir.path().join("servers.toml");
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let r = mvllm_router::start_with(Options {
+        config: Config::load(&path).unwrap(),
+        config_path: Some(path.clone()),
+        listener,
+        admin_listener: None,
+    })
+    .await
+    .unwrap();
+    assert_eq!(r.fleet.servers().len(), 1);
+    configmap_update(dir.path(), 2, &config_text(&[&a, &b], hourly));
+    eventually(
+        Duration::from_secs(5),
+        "the second server added",
+        || async { r.fleet.servers().len() == 2 },
+    )
+    .await;
+    assert_eq!(r.reloader.succeeded.load(Ordering::Relaxed), 1);
+}
+
 #[tokio::test]
 async fn an_invalid_edit_keeps_the_running_config_and_says_why() {
     let a = sim(SimConfig::instant()).await;
