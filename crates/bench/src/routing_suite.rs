@@ -299,9 +299,16 @@ async fn start_router(
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
         .map_err(|e| e.to_string())?;
-    mvllm_router::start(&mvllm_router::Config { servers, settings }, listener)
-        .await
-        .map_err(|e| e.to_string())
+    mvllm_router::start(
+        &mvllm_router::Config {
+            servers,
+            settings,
+            ..Default::default()
+        },
+        listener,
+    )
+    .await
+    .map_err(|e| e.to_string())
 }
 
 /// Simulator flags shared by every fleet: a small batch so that servers saturate at rates the

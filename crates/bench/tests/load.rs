@@ -4,7 +4,7 @@
 
 use mvllm_bench::load::{self, Arrivals, Workload};
 use mvllm_router::Config;
-use mvllm_router::config::{ServerConfig, Settings};
+use mvllm_router::config::ServerConfig;
 use mvllm_sim::SimConfig;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -26,7 +26,7 @@ async fn chat_sessions_through_the_router_hit_the_prefix_cache_and_every_request
     let router = mvllm_router::start(
         &Config {
             servers,
-            settings: Settings::default(),
+            ..Default::default()
         },
         listener,
     )

@@ -562,7 +562,7 @@ fn event_style(kind: EventKind, t: Theme) -> Style {
     match kind {
         EventKind::Unhealthy | EventKind::ReloadFailed => t.bad(),
         EventKind::Healthy | EventKind::Added | EventKind::Undrain => t.good(),
-        EventKind::Retry | EventKind::Drain | EventKind::Removed => t.warn(),
+        EventKind::Retry | EventKind::Drain | EventKind::Removed | EventKind::Dns => t.warn(),
         EventKind::Reload => t.accent(),
     }
 }
@@ -578,6 +578,7 @@ fn event_name(kind: EventKind) -> &'static str {
         EventKind::Undrain => "undrain",
         EventKind::Added => "added",
         EventKind::Removed => "removed",
+        EventKind::Dns => "dns",
     }
 }
 

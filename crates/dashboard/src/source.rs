@@ -17,7 +17,7 @@ pub enum Source {
         base: String,
         token: Option<String>,
         /// The router's own client (hyper over rustls): `https://` routers work as `http://` ones.
-        client: upstream::Client,
+        client: Box<upstream::Client>,
     },
 }
 
@@ -46,7 +46,7 @@ impl Source {
         Ok(Source::Remote {
             base,
             token,
-            client: upstream::client(CALL_TIMEOUT, ca_file),
+            client: Box::new(upstream::client(CALL_TIMEOUT, ca_file, None)),
         })
     }
 

@@ -18,9 +18,16 @@ async fn router() -> (mvllm_sim::SimHandle, mvllm_router::RouterHandle) {
     }];
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let settings = Settings::default();
-    let router = mvllm_router::start(&Config { servers, settings }, listener)
-        .await
-        .unwrap();
+    let router = mvllm_router::start(
+        &Config {
+            servers,
+            settings,
+            ..Default::default()
+        },
+        listener,
+    )
+    .await
+    .unwrap();
     (sim, router)
 }
 

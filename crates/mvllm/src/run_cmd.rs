@@ -6,7 +6,7 @@ use std::process::ExitCode;
 
 use clap::Args;
 use mvllm_router::Config;
-use mvllm_router::config::{ServerConfig, Settings};
+use mvllm_router::config::ServerConfig;
 
 #[derive(Args, Debug)]
 pub struct RunArgs {
@@ -364,30 +364,45 @@ pub fn check_config(args: CheckArgs) -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    if config.servers.is_empty() && config.dns.is_empty() {
+        println!(
+            "FAIL {}: no servers: list them under [servers] (servers = [{{ url = \"http://host:8000\" }}]), or a DNS name ({{ dns = \"name:8000\" }})",
+            args.config.display()
+        );
+        return ExitCode::from(2);
+    }
     println!(
-        "ok   {}: {} servers, policy {}",
+        "ok   {}: {} servers{}, policy {}",
         args.config.display(),
         config.servers.len(),
+        if config.dns.is_empty() {
+            String::new()
+        } else {
+            format!(" and {} dns names", config.dns.len())
+        },
         config.settings.routing_policy.name()
     );
     let rt = match runtime() {
         Ok(r) => r,
         Err(c) => return c,
     };
-    let failures = rt.block_on(async {
-        let reports = mvllm_router::fleet::check::check_all(&config).await;
+    let (failures, checked) = rt.block_on(async {
+        use mvllm_router::fleet::check;
+        let dns = check::resolve_all(&config).await;
         let mut failures = 0;
+        for d in &dns {
+            println!("{}", d.render());
+            failures += usize::from(!d.ok());
+        }
+        let reports = check::check_all(&config, &dns).await;
         for r in &reports {
             println!("{}", r.render());
             failures += usize::from(!r.ok());
         }
-        failures
+        (failures, reports.len() + dns.len())
     });
     if failures > 0 {
-        println!(
-            "{failures} of {} servers failed the check",
-            config.servers.len()
-        );
+        println!("{failures} of {checked} checks failed");
         ExitCode::FAILURE
     } else {
         ExitCode::SUCCESS
@@ -422,7 +437,7 @@ pub fn demo(args: DemoArgs) -> ExitCode {
         for (s, speed) in sims.iter().zip([1.0, 1.0, 0.5]) {
             tracing::info!("simulated vLLM server at {} (speed {speed})", s.url());
         }
-        let config = Config { servers, settings: Settings::default() };
+        let config = Config { servers, ..Default::default() };
         let display = Display::choose(args.console, true);
         let traffic = args.traffic;
         serve(config, None, SocketAddr::new(args.host, args.port), display, move |url| {

@@ -152,7 +152,7 @@ async fn check_config_probes_every_server_and_fails_on_any_problem() {
         text.contains(&format!("FAIL {dead}")) && text.contains("connection refused"),
         "{text}"
     );
-    assert!(text.contains("1 of 2 servers failed"), "{text}");
+    assert!(text.contains("1 of 2 checks failed"), "{text}");
 
     let typo =
         "[servers]\nservers = [\n  { url = \"http://a:1\", max_concurent_requests = 2 },\n]\n";
@@ -163,6 +163,46 @@ async fn check_config_probes_every_server_and_fails_on_any_problem() {
             && text.contains("did you mean `max_concurrent_requests`?"),
         "{text}"
     );
+}
+
+#[tokio::test]
+async fn check_config_refuses_an_empty_fleet_and_names_what_does_not_resolve() {
+    let dir = tempfile::tempdir().unwrap();
+    let (code, text) = check_config(write_config(&dir, "[config]\nmax_retries = 2\n")).await;
+    assert_eq!(code, Some(2), "{text}");
+    assert!(text.contains("no servers"), "{text}");
+
+    // Names are asked of a DNS server of the test's own (nothing leaves the machine).
+    let sim = mvllm_sim::spawn(SimConfig {
+        addr: "127.0.0.2:0".parse().unwrap(),
+        ..SimConfig::instant()
+    })
+    .await
+    .unwrap();
+    let port = sim.addr().port();
+    let dns = mvllm_testkit::dns::TestDns::start().await;
+    dns.set("pool.test", &["127.0.0.2".parse().unwrap()]);
+    let config = format!(
+        "[servers]\nservers = [\n  {{ url = \"http://gpu-server-1:8081\" }},\n  {{ dns = \"pool.test:{port}\" }},\n  {{ dns = \"missing.test:{port}\" }},\n]\n[config]\ndns_server = \"{}\"\n",
+        dns.addr()
+    );
+    let (code, text) = check_config(write_config(&dir, &config)).await;
+    assert_eq!(code, Some(1), "{text}");
+    assert!(
+        text.contains("FAIL http://gpu-server-1:8081")
+            && text.contains("cannot resolve gpu-server-1"),
+        "{text}"
+    );
+    assert!(
+        text.contains("ok   dns http://pool.test:")
+            && text.contains(&format!("ok   http://127.0.0.2:{port}")),
+        "the name's address is checked as a server: {text}"
+    );
+    assert!(
+        text.contains("FAIL dns http://missing.test:") && text.contains("the name has no address"),
+        "{text}"
+    );
+    assert!(text.contains("2 of 4 checks failed"), "{text}");
 }
 
 /// Runs `mvllm run` (options from the environment plus `args`) with its log on a pipe, sends

@@ -217,9 +217,16 @@ async fn top_shows_a_router_elsewhere_and_drains_with_d() {
         })
         .collect();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let router = mvllm_router::start(&Config { servers, settings }, listener)
-        .await
-        .unwrap();
+    let router = mvllm_router::start(
+        &Config {
+            servers,
+            settings,
+            ..Default::default()
+        },
+        listener,
+    )
+    .await
+    .unwrap();
     let url = router.url();
 
     // Without the token, top says what is missing instead of showing nothing.

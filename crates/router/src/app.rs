@@ -49,7 +49,7 @@ pub fn app(state: Arc<AppState>, with_admin: bool) -> Router {
             .route("/admin/{*rest}", axum::routing::any(not_here));
     }
     router
-        .layer(api::cors::layer(state.clone()))
+        .layer(from_fn_with_state(state.clone(), api::cors::cors))
         .with_state(state)
 }
 

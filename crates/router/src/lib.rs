@@ -127,7 +127,11 @@ pub async fn start_with(opts: Options) -> std::io::Result<RouterHandle> {
     }
     warn_about_servers(&opts.config, addr);
     let settings = &opts.config.settings;
-    let client = upstream::client(settings.connect_timeout, settings.tls_ca_file.as_deref());
+    let client = upstream::client(
+        settings.connect_timeout,
+        settings.tls_ca_file.as_deref(),
+        settings.dns_server,
+    );
     let telemetry = Arc::new(telemetry::Telemetry::new());
     let wait_queue: Arc<fleet::wait_queue::WaitQueue> = Arc::default();
     let access = Arc::new(arc_swap::ArcSwap::from_pointee(access::Access::new(
@@ -140,6 +144,13 @@ pub async fn start_with(opts: Options) -> std::io::Result<RouterHandle> {
         telemetry.clone(),
         wait_queue.clone(),
     );
+    // `dns` entries are resolved once before serving, like the listed servers are probed.
+    if !opts.config.dns.is_empty() {
+        match fleet::dns::resolver(settings.dns_server) {
+            Ok(r) => fleet::dns::refresh(&fleet, &r, &mut Default::default()).await,
+            Err(e) => tracing::error!("dns discovery: {e}"),
+        }
+    }
     fleet.probe_all().await;
     let background = CancellationToken::new();
     fleet.spawn_loops(background.clone());

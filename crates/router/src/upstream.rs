@@ -2,9 +2,10 @@
 //! own probes alike: keep-alive connections are reused, so a request costs no new handshake.
 //! `http://` servers are plain TCP; `https://` ones go over rustls (see [`crate::tls`]).
 //!
-//! Names are resolved by the system resolver behind a thin wrapper whose error is a type of our
-//! own, so that "the name does not resolve" is told apart from "nothing listens there" by type
-//! ([`describe`]), never by searching an error's text.
+//! Names are resolved by the system resolver (getaddrinfo), or by `[config] dns_server` when
+//! set, behind a thin wrapper whose error is a type of our own, so that "the name does not
+//! resolve" is told apart from "nothing listens there" by type ([`describe`]), never by
+//! searching an error's text.
 
 use std::future::Future;
 use std::path::Path;
@@ -22,8 +23,21 @@ use hyper_util::rt::TokioExecutor;
 pub type Client =
     hyper_util::client::legacy::Client<HttpsConnector<HttpConnector<Resolver>>, Full<Bytes>>;
 
-pub fn client(connect_timeout: Duration, ca_file: Option<&Path>) -> Client {
-    let mut connector = HttpConnector::new_with_resolver(Resolver(GaiResolver::new()));
+/// `dns_server`: a name server to ask instead of the system's resolver.
+pub fn client(
+    connect_timeout: Duration,
+    ca_file: Option<&Path>,
+    dns_server: Option<std::net::SocketAddr>,
+) -> Client {
+    let resolver = match dns_server.map(|a| crate::fleet::dns::resolver(Some(a))) {
+        None => Resolver::System(GaiResolver::new()),
+        Some(Ok(r)) => Resolver::Dns(std::sync::Arc::new(r)),
+        Some(Err(e)) => {
+            tracing::error!("dns_server: {e}; using the system resolver");
+            Resolver::System(GaiResolver::new())
+        }
+    };
+    let mut connector = HttpConnector::new_with_resolver(resolver);
     connector.set_nodelay(true);
     connector.set_connect_timeout(Some(connect_timeout));
     connector.set_keepalive(Some(Duration::from_secs(60)));
@@ -45,30 +59,35 @@ pub fn client(connect_timeout: Duration, ca_file: Option<&Path>) -> Client {
         .build(https)
 }
 
-/// The system resolver, with a typed error.
+/// The system resolver or a given name server, with a typed error.
 #[derive(Clone)]
-pub struct Resolver(GaiResolver);
+pub enum Resolver {
+    System(GaiResolver),
+    Dns(std::sync::Arc<hickory_resolver::TokioResolver>),
+}
 
 /// A server's host name did not resolve.
 #[derive(Debug)]
 pub struct NameNotResolved {
     pub host: String,
-    source: std::io::Error,
+    source: Option<Box<dyn std::error::Error + Send + Sync>>,
 }
 
 impl std::fmt::Display for NameNotResolved {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "the name {} does not resolve", self.host)
+        write!(f, "cannot resolve {}", self.host)
     }
 }
 
 impl std::error::Error for NameNotResolved {
     fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
-        Some(&self.source)
+        self.source
+            .as_deref()
+            .map(|e| e as &(dyn std::error::Error + 'static))
     }
 }
 
-type Addrs = <GaiResolver as tower::Service<Name>>::Response;
+type Addrs = std::vec::IntoIter<std::net::SocketAddr>;
 
 impl tower::Service<Name> for Resolver {
     type Response = Addrs;
@@ -76,20 +95,44 @@ impl tower::Service<Name> for Resolver {
     type Future = Pin<Box<dyn Future<Output = Result<Addrs, NameNotResolved>> + Send>>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        self.0.poll_ready(cx).map_err(|source| NameNotResolved {
-            host: String::new(),
-            source,
-        })
+        match self {
+            Resolver::System(gai) => gai.poll_ready(cx).map_err(|e| NameNotResolved {
+                host: String::new(),
+                source: Some(Box::new(e)),
+            }),
+            Resolver::Dns(_) => Poll::Ready(Ok(())),
+        }
     }
 
     fn call(&mut self, name: Name) -> Self::Future {
         let host = name.as_str().to_string();
-        let lookup = self.0.call(name);
-        Box::pin(async move {
-            lookup
-                .await
-                .map_err(|source| NameNotResolved { host, source })
-        })
+        match self {
+            Resolver::System(gai) => {
+                let lookup = gai.call(name);
+                Box::pin(async move {
+                    match lookup.await {
+                        Ok(addrs) => Ok(addrs.collect::<Vec<_>>().into_iter()),
+                        Err(e) => Err(NameNotResolved {
+                            host,
+                            source: Some(Box::new(e)),
+                        }),
+                    }
+                })
+            }
+            Resolver::Dns(r) => {
+                let r = r.clone();
+                Box::pin(async move {
+                    match crate::fleet::dns::lookup(&r, &host).await {
+                        Ok(ips) if !ips.is_empty() => Ok(ips
+                            .into_iter()
+                            .map(|ip| std::net::SocketAddr::new(ip, 0))
+                            .collect::<Vec<_>>()
+                            .into_iter()),
+                        _ => Err(NameNotResolved { host, source: None }),
+                    }
+                })
+            }
+        }
     }
 }
 
@@ -101,7 +144,7 @@ pub fn describe(e: &(dyn std::error::Error + 'static)) -> String {
     let mut closed_early = false;
     while let Some(s) = source {
         if let Some(n) = s.downcast_ref::<NameNotResolved>() {
-            return format!("name does not resolve: {}", n.host);
+            return n.to_string();
         }
         if let Some(io) = s.downcast_ref::<std::io::Error>() {
             use std::io::ErrorKind::*;
@@ -156,9 +199,11 @@ mod tests {
     fn errors_are_classified_by_type_not_text() {
         let dns = NameNotResolved {
             host: "gpu-a.internal".into(),
-            source: std::io::Error::other("failed to lookup address information"),
+            source: Some(Box::new(std::io::Error::other(
+                "failed to lookup address information",
+            ))),
         };
-        assert_eq!(describe(&dns), "name does not resolve: gpu-a.internal");
+        assert_eq!(describe(&dns), "cannot resolve gpu-a.internal");
         let refused = std::io::Error::from(std::io::ErrorKind::ConnectionRefused);
         assert_eq!(describe(&refused), "connection refused");
         // The OS's words never show, whatever they are.
@@ -181,7 +226,7 @@ mod tests {
             let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
             l.local_addr().unwrap().port()
         };
-        let c = client(Duration::from_secs(2), None);
+        let c = client(Duration::from_secs(2), None, None);
         let req = hyper::Request::get(format!("http://127.0.0.1:{port}/health"))
             .body(Full::new(Bytes::new()))
             .unwrap();

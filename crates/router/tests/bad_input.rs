@@ -260,6 +260,7 @@ async fn admin_paths_in_disguise_are_never_forwarded() {
         config: mvllm_router::Config {
             servers: vec![server_of(&s[0])],
             settings: fast_settings(),
+            ..Default::default()
         },
         config_path: None,
         listener,

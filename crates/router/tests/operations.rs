@@ -386,6 +386,7 @@ async fn the_admin_token_guards_admin_routes_and_admin_listen_moves_them() {
     let config = Config {
         servers: vec![server_of(&a)],
         settings,
+        ..Default::default()
     };
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let admin_listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();

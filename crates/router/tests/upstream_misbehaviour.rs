@@ -129,6 +129,7 @@ async fn a_config_listing_the_router_itself_answers_508_instead_of_looping() {
         &mvllm_router::Config {
             servers: vec![trusted(me)],
             settings: settings.clone(),
+            ..Default::default()
         },
         listener,
     )
@@ -152,6 +153,7 @@ async fn a_config_listing_the_router_itself_answers_508_instead_of_looping() {
         &mvllm_router::Config {
             servers: vec![trusted(me), trusted(s[0].url())],
             settings,
+            ..Default::default()
         },
         listener,
     )

@@ -3,6 +3,8 @@
 //! Why one place: tests never synchronise with fixed sleeps; they poll for the condition they
 //! need, with a deadline, and fail naming what they waited for. This is that loop, once.
 
+pub mod dns;
+
 use std::future::Future;
 use std::time::Duration;
 

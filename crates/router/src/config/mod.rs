@@ -114,6 +114,11 @@ pub struct Settings {
     /// Origins a browser may call the router from (CORS): `["*"]` (any, the Python mvllm's
     /// behaviour and the default), a list of exact origins, or `[]` for no CORS headers.
     pub cors_allow_origins: Vec<String>,
+    /// How often `dns` server entries are resolved again.
+    pub dns_refresh_interval: Duration,
+    /// A DNS server to ask instead of the system's resolver (`/etc/resolv.conf`), for `dns`
+    /// entries and server host names alike.
+    pub dns_server: Option<std::net::SocketAddr>,
 }
 
 impl Default for Settings {
@@ -164,6 +169,8 @@ impl Default for Settings {
             prefix_index_bytes: 64 * 1024 * 1024,
             session_header: "x-session-id".into(),
             cors_allow_origins: vec!["*".into()],
+            dns_refresh_interval: Duration::from_secs(10),
+            dns_server: None,
         }
     }
 }
@@ -179,10 +186,76 @@ impl Settings {
     }
 }
 
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Default)]
 pub struct Config {
     pub servers: Vec<ServerConfig>,
+    /// Entries naming a DNS name: one server per address it resolves to, re-resolved every
+    /// `dns_refresh_interval` (see [`crate::fleet::dns`]).
+    pub dns: Vec<DnsServers>,
     pub settings: Settings,
+}
+
+/// `{ dns = "name:port", ... }`: the servers behind a DNS name (a Kubernetes headless Service,
+/// a Compose service, a Consul name), each with the entry's capacity, key and models.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DnsServers {
+    /// `http` or `https`.
+    pub scheme: String,
+    pub host: String,
+    pub port: u16,
+    pub max_concurrent_requests: u32,
+    pub api_key: Option<String>,
+    pub models: Option<Vec<String>>,
+}
+
+impl DnsServers {
+    /// The name as written, `scheme://host:port`, for logs and events.
+    pub fn name(&self) -> String {
+        format!("{}://{}:{}", self.scheme, self.host, self.port)
+    }
+
+    /// The server at one of the name's addresses.
+    pub fn server_at(&self, ip: std::net::IpAddr) -> ServerConfig {
+        ServerConfig {
+            url: format!(
+                "{}://{}",
+                self.scheme,
+                std::net::SocketAddr::new(ip, self.port)
+            ),
+            max_concurrent_requests: self.max_concurrent_requests,
+            api_key: self.api_key.clone(),
+            models: self.models.clone(),
+        }
+    }
+}
+
+/// Reads `dns = "..."`: `host:port`, optionally with `http://` or `https://` (default http).
+fn parse_dns_name(text: &str) -> Result<(String, String, u16), String> {
+    let t = text.trim();
+    let (scheme, rest) = if let Some(r) = t.strip_prefix("https://") {
+        ("https", r)
+    } else if let Some(r) = t.strip_prefix("http://") {
+        ("http", r)
+    } else {
+        ("http", t)
+    };
+    let rest = rest.trim_end_matches('/');
+    let bad = || {
+        format!(
+            "dns `{text}` must be host:port, e.g. \"vllm-headless.default.svc.cluster.local:8000\""
+        )
+    };
+    let (host, port) = rest.rsplit_once(':').ok_or_else(bad)?;
+    let port: u16 = port.parse().map_err(|_| bad())?;
+    let host_ok = !host.is_empty()
+        && host.len() <= 253
+        && host
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '.' || c == '_');
+    if !host_ok || port == 0 {
+        return Err(bad());
+    }
+    Ok((scheme.into(), host.to_ascii_lowercase(), port))
 }
 
 /// Why a config file was refused, and where.
@@ -239,13 +312,38 @@ impl Config {
             at(span, explain(e.message()))
         })?;
         let mut servers: Vec<ServerConfig> = Vec::with_capacity(raw.servers.len());
+        let mut dns: Vec<DnsServers> = Vec::new();
         for s in raw.servers {
             let span = s.span();
             let s = s.into_inner();
-            let url = normalize_url(s.url.get_ref()).map_err(|m| at(s.url.span(), m))?;
-            if let Some(prev) = servers.iter().position(|p| p.url == url) {
+            let (url, dns_name) = match (&s.url, &s.dns) {
+                (Some(url), None) => (
+                    Some(normalize_url(url.get_ref()).map_err(|m| at(url.span(), m))?),
+                    None,
+                ),
+                (None, Some(name)) => (
+                    None,
+                    Some(parse_dns_name(name.get_ref()).map_err(|m| at(name.span(), m))?),
+                ),
+                (Some(_), Some(_)) => {
+                    return Err(at(
+                        span,
+                        "a server has either `url` (one server) or `dns` (one per address), not both".into(),
+                    ));
+                }
+                (None, None) => {
+                    return Err(at(
+                        span,
+                        "a server needs `url = \"http://host:port\"` (or `dns = \"name:port\"`)"
+                            .into(),
+                    ));
+                }
+            };
+            if let Some(url) = &url
+                && let Some(prev) = servers.iter().position(|p| &p.url == url)
+            {
                 return Err(at(
-                    s.url.span(),
+                    s.url.as_ref().map_or(span.clone(), |u| u.span()),
                     format!("duplicate server url `{url}` (also server #{})", prev + 1),
                 ));
             }
@@ -272,12 +370,29 @@ impl Config {
                     "`models` entries must be non-empty model names".into(),
                 ));
             }
-            servers.push(ServerConfig {
-                url,
-                max_concurrent_requests: capacity,
-                api_key: s.api_key,
-                models: s.models,
-            });
+            match (url, dns_name) {
+                (Some(url), _) => servers.push(ServerConfig {
+                    url,
+                    max_concurrent_requests: capacity,
+                    api_key: s.api_key,
+                    models: s.models,
+                }),
+                (None, Some((scheme, host, port))) => {
+                    let group = DnsServers {
+                        scheme,
+                        host,
+                        port,
+                        max_concurrent_requests: capacity,
+                        api_key: s.api_key,
+                        models: s.models,
+                    };
+                    if dns.iter().any(|d| d.name() == group.name()) {
+                        return Err(at(span, format!("duplicate dns `{}`", group.name())));
+                    }
+                    dns.push(group);
+                }
+                (None, None) => unreachable!("checked above"),
+            }
         }
         let mut settings = settings(raw.config, file, &at)?;
         settings.auth = auth::auth_settings(raw.auth, file, &at)?;
@@ -289,7 +404,11 @@ impl Config {
                 message: why.into(),
             });
         }
-        Ok(Config { servers, settings })
+        Ok(Config {
+            servers,
+            dns,
+            settings,
+        })
     }
 }
 
@@ -649,6 +768,33 @@ fn settings(
                 }
                 name
             }
+        },
+        dns_refresh_interval: secs(
+            r.dns_refresh_interval,
+            "dns_refresh_interval",
+            d.dns_refresh_interval,
+            0.05,
+        )?,
+        dns_server: match r.dns_server {
+            None => None,
+            Some(v) => Some(
+                v.get_ref()
+                    .parse::<std::net::SocketAddr>()
+                    .or_else(|_| {
+                        v.get_ref()
+                            .parse::<std::net::IpAddr>()
+                            .map(|ip| std::net::SocketAddr::new(ip, 53))
+                    })
+                    .map_err(|_| {
+                        at(
+                            v.span(),
+                            format!(
+                                "dns_server `{}` must be an IP address with an optional port, e.g. \"10.96.0.10\" or \"127.0.0.1:5353\"",
+                                v.get_ref()
+                            ),
+                        )
+                    })?,
+            ),
         },
         cors_allow_origins: match r.cors_allow_origins {
             None => d.cors_allow_origins,

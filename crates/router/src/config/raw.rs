@@ -19,7 +19,9 @@ pub struct RawFile {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawServer {
-    pub url: Spanned<String>,
+    pub url: Option<Spanned<String>>,
+    /// `host:port` (or `http(s)://host:port`) standing for one server per address it resolves to.
+    pub dns: Option<Spanned<String>>,
     pub max_concurrent_requests: Option<Spanned<i64>>,
     pub api_key: Option<String>,
     pub models: Option<Vec<String>>,
@@ -74,6 +76,8 @@ pub struct RawSettings {
     pub prefix_index_bytes: Option<Spanned<i64>>,
     pub session_header: Option<Spanned<String>>,
     pub cors_allow_origins: Option<Spanned<Vec<String>>>,
+    pub dns_refresh_interval: Option<Spanned<f64>>,
+    pub dns_server: Option<Spanned<String>>,
 }
 
 /// `[servers]` in either form: the seed's `servers = [{...}]` inside a `[servers]` table, or an

@@ -66,10 +66,72 @@ impl ServerReport {
     }
 }
 
-pub async fn check_all(config: &Config) -> Vec<ServerReport> {
+/// What one `dns` entry resolved to.
+pub struct DnsReport {
+    pub name: String,
+    pub addresses: Result<Vec<std::net::IpAddr>, String>,
+}
+
+impl DnsReport {
+    pub fn ok(&self) -> bool {
+        self.addresses.as_ref().is_ok_and(|a| !a.is_empty())
+    }
+
+    pub fn render(&self) -> String {
+        match &self.addresses {
+            Ok(a) if !a.is_empty() => {
+                let list: Vec<String> = a.iter().map(ToString::to_string).collect();
+                format!("ok   dns {}: {}", self.name, list.join(", "))
+            }
+            Ok(_) => format!("FAIL dns {}: the name has no address", self.name),
+            Err(e) => format!("FAIL dns {}: {e}", self.name),
+        }
+    }
+}
+
+/// Resolves every `dns` entry (each address then checked as a server).
+pub async fn resolve_all(config: &Config) -> Vec<DnsReport> {
+    if config.dns.is_empty() {
+        return Vec::new();
+    }
+    let resolver = match super::dns::resolver(config.settings.dns_server) {
+        Ok(r) => r,
+        Err(e) => {
+            return config
+                .dns
+                .iter()
+                .map(|d| DnsReport {
+                    name: d.name(),
+                    addresses: Err(e.clone()),
+                })
+                .collect();
+        }
+    };
+    join_all(config.dns.iter().map(|d| {
+        let resolver = &resolver;
+        async move {
+            DnsReport {
+                name: d.name(),
+                addresses: super::dns::lookup(resolver, &d.host).await.map_err(|e| {
+                    e.split(':').next().unwrap_or(&e).to_string() // "cannot resolve <host>"
+                }),
+            }
+        }
+    }))
+    .await
+}
+
+/// Checks every listed server, and every address the `dns` entries resolve to.
+pub async fn check_all(config: &Config, dns: &[DnsReport]) -> Vec<ServerReport> {
     let s = &config.settings;
-    let client = upstream::client(s.connect_timeout, s.tls_ca_file.as_deref());
-    join_all(config.servers.iter().map(|cfg| {
+    let client = upstream::client(s.connect_timeout, s.tls_ca_file.as_deref(), s.dns_server);
+    let mut servers = config.servers.clone();
+    for (entry, report) in config.dns.iter().zip(dns) {
+        for ip in report.addresses.iter().flatten() {
+            servers.push(entry.server_at(*ip));
+        }
+    }
+    join_all(servers.iter().map(|cfg| {
         let client = client.clone();
         async move {
             let server = Server::new(cfg.clone(), true, Default::default());

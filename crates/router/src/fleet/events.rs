@@ -25,6 +25,8 @@ pub enum EventKind {
     Undrain,
     Added,
     Removed,
+    /// A `dns` entry's lookup failed (its last answer is kept) or resolves again.
+    Dns,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

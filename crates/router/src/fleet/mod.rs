@@ -4,6 +4,7 @@
 //! The request path reads a snapshot (`ArcSwap` of the server list) with one atomic load.
 
 pub mod check;
+pub mod dns;
 pub mod events;
 pub mod health;
 pub mod observer;
@@ -14,6 +15,8 @@ pub mod server;
 pub mod wait_queue;
 pub mod window;
 
+use std::collections::HashMap;
+use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
@@ -21,7 +24,7 @@ use arc_swap::ArcSwap;
 use futures_util::future::join_all;
 use tokio_util::sync::CancellationToken;
 
-use crate::config::{Config, ServerConfig, Settings};
+use crate::config::{Config, DnsServers, ServerConfig, Settings};
 use crate::routing::{self, Policy, ServerChange};
 use crate::upstream::Client;
 use health::Transition;
@@ -46,9 +49,15 @@ pub struct Fleet {
     pub events: events::EventLog,
     /// Wakes the background loops after a reload, so new intervals apply at once.
     wake: tokio::sync::Notify,
-    /// Serialises changes to the server list (reloads, admin add and remove), so that two
-    /// read-change-apply sequences cannot interleave and lose one another's change.
-    changes: parking_lot::Mutex<()>,
+    /// The fleet as declared (the file, then admin changes): its `servers` and `dns` entries.
+    /// Holding it serialises changes to the server list (reloads, admin add and remove, DNS
+    /// answers), so that two read-change-apply sequences cannot interleave and lose one
+    /// another's change.
+    declared: parking_lot::Mutex<Config>,
+    /// The last addresses each `dns` entry resolved to, by [`DnsServers::name`].
+    resolved: parking_lot::Mutex<HashMap<String, Vec<IpAddr>>>,
+    /// Wakes the DNS loop when a reload changed the `dns` entries.
+    dns_changed: tokio::sync::Notify,
 }
 
 /// What a reload changed.
@@ -88,7 +97,9 @@ impl Fleet {
             wake: tokio::sync::Notify::new(),
             wait_queue,
             events: events::EventLog::default(),
-            changes: parking_lot::Mutex::new(()),
+            declared: parking_lot::Mutex::new(config.clone()),
+            resolved: parking_lot::Mutex::new(HashMap::new()),
+            dns_changed: tokio::sync::Notify::new(),
         })
     }
 
@@ -97,8 +108,63 @@ impl Fleet {
     /// server is probed at once and takes traffic once healthy; a removed one takes no new
     /// requests while its in-flight streams finish (they hold it). Settings apply at once.
     pub fn apply(self: &Arc<Self>, config: &Config) -> ReloadSummary {
-        let _one_change_at_a_time = self.changes.lock();
-        self.apply_locked(config)
+        let mut declared = self.declared.lock();
+        if declared.dns != config.dns {
+            self.dns_changed.notify_one();
+        }
+        *declared = config.clone();
+        let names: Vec<String> = config.dns.iter().map(DnsServers::name).collect();
+        self.resolved.lock().retain(|name, _| names.contains(name));
+        self.apply_locked(&self.expand(&declared))
+    }
+
+    /// The declared config with each `dns` entry replaced by a server per address it last
+    /// resolved to (a URL also listed by itself is taken once, as listed).
+    fn expand(&self, declared: &Config) -> Config {
+        let resolved = self.resolved.lock();
+        let mut out = Config {
+            servers: declared.servers.clone(),
+            dns: Vec::new(),
+            settings: declared.settings.clone(),
+        };
+        for group in &declared.dns {
+            for ip in resolved.get(&group.name()).into_iter().flatten() {
+                let server = group.server_at(*ip);
+                if !out.servers.iter().any(|s| s.url == server.url) {
+                    out.servers.push(server);
+                }
+            }
+        }
+        out
+    }
+
+    /// The `dns` entries declared now.
+    pub fn dns_entries(&self) -> Vec<DnsServers> {
+        self.declared.lock().dns.clone()
+    }
+
+    /// A `dns` entry's new answer: addresses that appeared join (probed at once, taking traffic
+    /// once healthy), addresses that vanished leave (no new requests; in-flight ones finish).
+    /// `None` if nothing changed.
+    pub fn set_resolved(
+        self: &Arc<Self>,
+        name: &str,
+        mut addrs: Vec<IpAddr>,
+    ) -> Option<ReloadSummary> {
+        let declared = self.declared.lock();
+        if !declared.dns.iter().any(|d| d.name() == name) {
+            return None; // the entry was removed by a reload meanwhile
+        }
+        addrs.sort();
+        addrs.dedup();
+        {
+            let mut resolved = self.resolved.lock();
+            if resolved.get(name) == Some(&addrs) {
+                return None;
+            }
+            resolved.insert(name.to_string(), addrs);
+        }
+        Some(self.apply_locked(&self.expand(&declared)))
     }
 
     fn apply_locked(self: &Arc<Self>, config: &Config) -> ReloadSummary {
@@ -174,26 +240,30 @@ impl Fleet {
 
     /// Adds one server at run time (the admin API); `Err` if its URL is already in the fleet.
     pub fn add_server(self: &Arc<Self>, cfg: ServerConfig) -> Result<(), String> {
-        let _one_change_at_a_time = self.changes.lock();
-        let mut config = self.current_config();
-        if config.servers.iter().any(|s| s.url == cfg.url) {
+        let mut declared = self.declared.lock();
+        if self.servers().iter().any(|s| s.url() == cfg.url) {
             return Err(format!("server {} is already in the fleet", cfg.url));
         }
-        config.servers.push(cfg);
-        self.apply_locked(&config);
+        declared.servers.push(cfg);
+        self.apply_locked(&self.expand(&declared));
         Ok(())
     }
 
     /// Removes one server at run time; `Err` if no server has that URL.
     pub fn remove_server(self: &Arc<Self>, url: &str) -> Result<(), String> {
-        let _one_change_at_a_time = self.changes.lock();
-        let mut config = self.current_config();
-        let before = config.servers.len();
-        config.servers.retain(|s| s.url != url);
-        if config.servers.len() == before {
-            return Err(format!("no server {url} in the fleet"));
+        let mut declared = self.declared.lock();
+        let before = declared.servers.len();
+        declared.servers.retain(|s| s.url != url);
+        if declared.servers.len() == before {
+            return Err(if self.servers().iter().any(|s| s.url() == url) {
+                format!(
+                    "{url} comes from a `dns` entry: it leaves when its name stops resolving to it (drain it meanwhile)"
+                )
+            } else {
+                format!("no server {url} in the fleet")
+            });
         }
-        self.apply_locked(&config);
+        self.apply_locked(&self.expand(&declared));
         Ok(())
     }
 
@@ -221,16 +291,9 @@ impl Fleet {
         Ok(s.in_flight())
     }
 
-    /// The fleet as a config: every server's current settings and the current `[config]`.
+    /// The fleet as declared: the listed servers, the `dns` entries and the current `[config]`.
     pub fn current_config(&self) -> Config {
-        Config {
-            servers: self
-                .servers()
-                .iter()
-                .map(|s| (*s.config()).clone())
-                .collect(),
-            settings: (*self.settings()).clone(),
-        }
+        self.declared.lock().clone()
     }
 
     pub fn servers(&self) -> Arc<Vec<Arc<Server>>> {
@@ -375,6 +438,7 @@ impl Fleet {
 
     /// Starts the health, metrics and model loops; they stop when `shutdown` is cancelled.
     pub fn spawn_loops(self: &Arc<Self>, shutdown: CancellationToken) {
+        dns::spawn(self.clone(), shutdown.clone());
         self.spawn_loop(
             shutdown.clone(),
             ProbeKind::Health,

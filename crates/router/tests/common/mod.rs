@@ -57,9 +57,16 @@ pub fn server_of_url(url: String) -> ServerConfig {
 
 pub async fn router(servers: Vec<ServerConfig>, settings: Settings) -> RouterHandle {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    mvllm_router::start(&Config { servers, settings }, listener)
-        .await
-        .expect("router starts")
+    mvllm_router::start(
+        &Config {
+            servers,
+            settings,
+            ..Default::default()
+        },
+        listener,
+    )
+    .await
+    .expect("router starts")
 }
 
 pub async fn router_over(sims: &[SimHandle]) -> RouterHandle {
