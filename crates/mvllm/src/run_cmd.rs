@@ -215,6 +215,7 @@ async fn serve(
         config_path,
         listener,
         admin_listener,
+        otel: mvllm_router::otel::OtelConfig::from_env(),
     };
     let router = match mvllm_router::start_with(opts).await {
         Ok(r) => r,

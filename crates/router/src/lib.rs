@@ -10,6 +10,7 @@ pub mod body_budget;
 pub mod config;
 pub mod error;
 pub mod fleet;
+pub mod otel;
 pub mod paths;
 pub mod prometheus_text;
 pub mod proxy;
@@ -43,6 +44,8 @@ pub struct Options {
     pub listener: TcpListener,
     /// A listener for the admin API alone (`admin_listen`); `None` mounts it on `listener`.
     pub admin_listener: Option<TcpListener>,
+    /// Where to export request spans (OpenTelemetry); `None`: no tracing.
+    pub otel: Option<otel::OtelConfig>,
 }
 
 use server::ServeTask;
@@ -78,7 +81,18 @@ impl RouterHandle {
             .await
             .is_ok();
         self.background.cancel();
+        self.flush_traces().await;
+        if let Some(otel) = self.state.otel.clone() {
+            let _ = tokio::task::spawn_blocking(move || otel.shutdown()).await;
+        }
         finished
+    }
+
+    /// Sends the spans batched so far (a no-op without tracing).
+    pub async fn flush_traces(&self) {
+        if let Some(otel) = self.state.otel.clone() {
+            let _ = tokio::task::spawn_blocking(move || otel.flush()).await;
+        }
     }
 }
 
@@ -99,6 +113,7 @@ pub async fn start(config: &Config, listener: TcpListener) -> std::io::Result<Ro
         config_path: None,
         listener,
         admin_listener: None,
+        otel: None,
     })
     .await
 }
@@ -161,8 +176,15 @@ pub async fn start_with(opts: Options) -> std::io::Result<RouterHandle> {
         access.clone(),
     );
     reloader.spawn_watch(background.clone());
+    let otel = match &opts.otel {
+        Some(c) => Some(Arc::new(
+            otel::Otel::start(c, client.clone()).map_err(std::io::Error::other)?,
+        )),
+        None => None,
+    };
     let state = Arc::new(state::AppState {
         fleet: fleet.clone(),
+        otel,
         client,
         telemetry,
         access,

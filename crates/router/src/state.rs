@@ -15,6 +15,8 @@ use crate::reload::Reloader;
 /// What serves requests: the fleet's state, and what the request path needs beside it.
 pub struct AppState {
     pub fleet: Arc<Fleet>,
+    /// Request spans' tracer, when traces are exported (OpenTelemetry).
+    pub otel: Option<Arc<crate::otel::Otel>>,
     /// The HTTP client requests are forwarded with.
     pub client: crate::upstream::Client,
     pub telemetry: Arc<crate::telemetry::Telemetry>,

@@ -55,6 +55,7 @@ async fn reloads_that_change_no_setting_cost_no_probe_round() {
         config_path: Some(path),
         listener: tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap(),
         admin_listener: None,
+        otel: None,
     })
     .await
     .unwrap();

@@ -265,6 +265,7 @@ async fn admin_paths_in_disguise_are_never_forwarded() {
         config_path: None,
         listener,
         admin_listener: Some(admin),
+        otel: None,
     })
     .await
     .unwrap();

@@ -51,6 +51,7 @@ async fn router_from_file(
         config_path: Some(path.clone()),
         listener,
         admin_listener: None,
+        otel: None,
     })
     .await
     .unwrap();
@@ -134,6 +135,7 @@ async fn a_kubernetes_configmap_update_through_the_data_symlink_is_reloaded() {
         config_path: Some(path.clone()),
         listener,
         admin_listener: None,
+        otel: None,
     })
     .await
     .unwrap();
@@ -395,6 +397,7 @@ async fn the_admin_token_guards_admin_routes_and_admin_listen_moves_them() {
         config_path: None,
         listener,
         admin_listener: Some(admin_listener),
+        otel: None,
     })
     .await
     .unwrap();

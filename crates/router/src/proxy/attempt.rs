@@ -39,6 +39,8 @@ pub struct Request<'a> {
     pub started: Instant,
     /// This router's `Via` token, so a request that loops back is recognised.
     pub via: &'a str,
+    /// The request's trace span, taken by the answer that is streamed back.
+    pub span: &'a crate::otel::SpanSlot,
 }
 
 /// Why an attempt is worth repeating on another server.
@@ -227,6 +229,7 @@ fn respond(
         started: request.started,
         ttfb: request.started.elapsed(),
         retries: attempt,
+        span: request.span.take(),
     };
     let mut body = ProxyBody::new(incoming, guard, settings, sse, log);
     if request.parts.method == axum::http::Method::POST

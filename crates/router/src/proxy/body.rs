@@ -38,6 +38,8 @@ pub struct RequestLog {
     pub started: Instant,
     pub ttfb: Duration,
     pub retries: u32,
+    /// The request's trace span (with tracing on), ended with the body.
+    pub span: Option<crate::otel::RequestSpan>,
 }
 
 /// What the policy predicted for a request, the response's end (where the server reports what
@@ -264,5 +266,16 @@ impl Drop for ProxyBody {
             outcome = self.outcome,
             "request"
         );
+        if let Some(span) = self.log.span.take() {
+            let l = &self.log;
+            span.finish(crate::otel::Finished {
+                status: l.status,
+                model: l.model.as_deref(),
+                server: Some(&l.server),
+                attempts: l.retries + 1,
+                ttfb: Some(l.ttfb),
+                outcome: self.outcome,
+            });
+        }
     }
 }

@@ -53,6 +53,11 @@ pub async fn forward(State(app): State<Arc<AppState>>, req: Request) -> Response
     };
     let settings = app.fleet.settings();
     let route = telemetry::route_label(parts.uri.path());
+    let span = crate::otel::SpanSlot::new(
+        app.otel
+            .as_ref()
+            .map(|o| o.request_span(&mut parts.headers, parts.method.as_str(), route)),
+    );
     let mut named_model: Option<String> = None;
     let result = async {
         let class = admit(&app, &parts, &settings)?;
@@ -63,7 +68,16 @@ pub async fn forward(State(app): State<Arc<AppState>>, req: Request) -> Response
             meta.model = meta::model_in_query(parts.uri.query());
         }
         named_model.clone_from(&meta.model);
-        let answer = send(&app, parts, body.bytes.clone(), meta, &request_id, started).await;
+        let answer = send(
+            &app,
+            parts,
+            body.bytes.clone(),
+            meta,
+            &request_id,
+            started,
+            &span,
+        )
+        .await;
         drop(body);
         answer
     }
@@ -76,8 +90,29 @@ pub async fn forward(State(app): State<Arc<AppState>>, req: Request) -> Response
         t.requests.get_or_create(&RequestLabels { route: route.route, model, server: "none".into(), status: e.status().as_u16() }).inc();
         t.ttfb.get_or_create(&route).observe(started.elapsed().as_secs_f64());
         t.duration.get_or_create(&route).observe(started.elapsed().as_secs_f64());
+        if let Some(s) = span.take() {
+            s.finish(crate::otel::Finished {
+                status: e.status().as_u16(),
+                model: named_model.as_deref(),
+                server: None,
+                attempts: 0,
+                ttfb: None,
+                outcome: "refused by the router",
+            });
+        }
         e.into_response()
     });
+    // An answer of the router's own that is not an error (none today) still ends its span.
+    if let Some(s) = span.take() {
+        s.finish(crate::otel::Finished {
+            status: response.status().as_u16(),
+            model: named_model.as_deref(),
+            server: None,
+            attempts: 0,
+            ttfb: None,
+            outcome: "answered by the router",
+        });
+    }
     if let Ok(v) = HeaderValue::from_str(&request_id) {
         response.headers_mut().insert(REQUEST_ID, v);
     }
@@ -144,6 +179,7 @@ async fn send(
     meta: RequestMeta,
     request_id: &str,
     started: Instant,
+    span: &crate::otel::SpanSlot,
 ) -> Result<Response, ProxyError> {
     let fleet = &app.fleet;
     let settings = fleet.settings();
@@ -200,6 +236,7 @@ async fn send(
         id: request_id,
         started,
         via: &app.instance,
+        span,
     };
     for attempt in 0..=settings.max_retries {
         let (choices, panic) = eligible(&servers, &tried, &could_serve);

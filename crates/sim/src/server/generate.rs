@@ -344,6 +344,10 @@ impl Drop for LoadGuard {
 
 async fn generate(sim: Arc<Sim>, headers: HeaderMap, body: Bytes, kind: Kind) -> Response {
     let load = LoadGuard::new(&sim);
+    *sim.last_traceparent.lock() = headers
+        .get("traceparent")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string);
     let generation = match prepare(&sim, &headers, &body, kind) {
         Ok(g) => g,
         Err(e) => return e.into_response(),

@@ -40,6 +40,9 @@ pub(crate) struct Sim {
     /// Generation requests being handled (vLLM's `/load`).
     pub server_load: AtomicUsize,
     pub created: u64,
+    /// The W3C `traceparent` of the last generation request (vLLM continues the trace from it
+    /// when started with `--otlp-traces-endpoint`).
+    pub last_traceparent: Mutex<Option<String>>,
 }
 
 impl Sim {
@@ -116,6 +119,11 @@ impl SimHandle {
         self.sim.engines.iter().map(EngineHandle::load).sum()
     }
 
+    /// The `traceparent` header of the last generation request, if it had one.
+    pub fn last_traceparent(&self) -> Option<String> {
+        self.sim.last_traceparent.lock().clone()
+    }
+
     /// Generation requests the HTTP side is handling.
     pub fn server_load(&self) -> usize {
         self.sim.server_load.load(Ordering::Relaxed)
@@ -160,6 +168,7 @@ pub async fn spawn(cfg: SimConfig) -> std::io::Result<SimHandle> {
     let sim = Arc::new(Sim {
         rng: Mutex::new(StdRng::seed_from_u64(cfg.seed)),
         created: crate::metrics::unix_now() as u64,
+        last_traceparent: Mutex::new(None),
         cfg,
         engines,
         faults,
