@@ -31,6 +31,8 @@ enum Command {
     Sim(Box<sim_cmd::SimArgs>),
     /// Run a benchmark suite.
     Bench(bench_cmd::BenchArgs),
+    /// Exit 0 if a URL answers 2xx (a container HEALTHCHECK with no shell or curl in the image).
+    Healthcheck(run_cmd::HealthcheckArgs),
     /// Print the version.
     Version,
 }
@@ -44,6 +46,7 @@ fn main() -> std::process::ExitCode {
         Command::Top(args) => run_cmd::top(args),
         Command::Sim(args) => sim_cmd::run(*args),
         Command::Bench(args) => bench_cmd::run(args),
+        Command::Healthcheck(args) => run_cmd::healthcheck(args),
         Command::Version => {
             println!("mvllm {}", env!("CARGO_PKG_VERSION"));
             std::process::ExitCode::SUCCESS

@@ -521,3 +521,55 @@ async fn demo_traffic(url: String, rate: f64) {
         });
     }
 }
+
+#[derive(Args, Debug)]
+pub struct HealthcheckArgs {
+    /// The URL to ask (the router's liveness probe by default).
+    #[arg(default_value = "http://127.0.0.1:8888/livez")]
+    url: String,
+    /// Seconds to wait for the answer.
+    #[arg(long, default_value_t = 3.0)]
+    timeout: f64,
+}
+
+/// `GET url`: exit 0 on a 2xx answer, 1 otherwise, saying why on stderr.
+pub fn healthcheck(args: HealthcheckArgs) -> ExitCode {
+    use http_body_util::Full;
+    let timeout = std::time::Duration::from_secs_f64(args.timeout.clamp(0.1, 300.0));
+    let rt = match runtime() {
+        Ok(r) => r,
+        Err(c) => return c,
+    };
+    let request = match hyper::Request::get(&args.url).body(Full::new(bytes::Bytes::new())) {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("mvllm healthcheck: `{}` is not a URL: {e}", args.url);
+            return ExitCode::from(2);
+        }
+    };
+    rt.block_on(async {
+        let client = mvllm_router::upstream::client(timeout, None, None);
+        match tokio::time::timeout(timeout, client.request(request)).await {
+            Ok(Ok(resp)) if resp.status().is_success() => ExitCode::SUCCESS,
+            Ok(Ok(resp)) => {
+                eprintln!("mvllm healthcheck: {} answered {}", args.url, resp.status());
+                ExitCode::FAILURE
+            }
+            Ok(Err(e)) => {
+                eprintln!(
+                    "mvllm healthcheck: {}: {}",
+                    args.url,
+                    mvllm_router::upstream::describe(&e)
+                );
+                ExitCode::FAILURE
+            }
+            Err(_) => {
+                eprintln!(
+                    "mvllm healthcheck: {}: no answer within {timeout:?}",
+                    args.url
+                );
+                ExitCode::FAILURE
+            }
+        }
+    })
+}

@@ -372,3 +372,30 @@ async fn a_second_signal_exits_at_once() {
     );
     drop(stream);
 }
+
+#[tokio::test]
+async fn healthcheck_exits_zero_on_2xx_and_says_why_otherwise() {
+    let sim = mvllm_sim::spawn(SimConfig::instant()).await.unwrap();
+    let run = |url: String| {
+        tokio::task::spawn_blocking(move || {
+            Command::new(BIN)
+                .args(["healthcheck", &url])
+                .output()
+                .unwrap()
+        })
+    };
+    let ok = run(format!("{}/health", sim.url())).await.unwrap();
+    assert_eq!(ok.status.code(), Some(0));
+    let missing = run(format!("{}/no-such-path", sim.url())).await.unwrap();
+    assert_eq!(missing.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&missing.stderr).contains("404"));
+    let closed = run(format!("http://127.0.0.1:{}/livez", free_port()))
+        .await
+        .unwrap();
+    assert_eq!(closed.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&closed.stderr).contains("connection refused"),
+        "{}",
+        String::from_utf8_lossy(&closed.stderr)
+    );
+}
