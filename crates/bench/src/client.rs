@@ -13,14 +13,43 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 use tokio::time::Instant;
 
-pub type HttpClient = Client<HttpConnector, Full<Bytes>>;
+/// A pooled HTTP/1 client that may send an API key with every request.
+#[derive(Clone)]
+pub struct HttpClient {
+    inner: Client<HttpConnector, Full<Bytes>>,
+    bearer: Option<hyper::header::HeaderValue>,
+}
+
+impl HttpClient {
+    /// Sends `Authorization: Bearer <key>` with every request (an endpoint with `[auth]` keys).
+    pub fn with_api_key(mut self, key: &str) -> Result<HttpClient, String> {
+        let value = hyper::header::HeaderValue::from_str(&format!("Bearer {key}"))
+            .map_err(|_| "the API key must be printable ASCII".to_string())?;
+        self.bearer = Some(value);
+        Ok(self)
+    }
+
+    pub fn request(
+        &self,
+        mut req: Request<Full<Bytes>>,
+    ) -> hyper_util::client::legacy::ResponseFuture {
+        if let Some(b) = &self.bearer {
+            req.headers_mut()
+                .insert(hyper::header::AUTHORIZATION, b.clone());
+        }
+        self.inner.request(req)
+    }
+}
 
 pub fn http_client() -> HttpClient {
     let mut connector = HttpConnector::new();
     connector.set_nodelay(true);
-    Client::builder(TokioExecutor::new())
-        .pool_idle_timeout(Duration::from_secs(30))
-        .build(connector)
+    HttpClient {
+        inner: Client::builder(TokioExecutor::new())
+            .pool_idle_timeout(Duration::from_secs(30))
+            .build(connector),
+        bearer: None,
+    }
 }
 
 /// What one streamed request measured.

@@ -122,6 +122,7 @@ fn load_options(
         replicas: Vec::new(),
         pin_to: Vec::new(),
         servers: Vec::new(),
+        api_key: None,
     }
 }
 

@@ -89,5 +89,49 @@ fn chat_sessions(url: String) -> load::Options {
         replicas: Vec::new(),
         pin_to: Vec::new(),
         servers: Vec::new(),
+        api_key: None,
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_router_with_api_keys_is_loaded_with_api_key() {
+    use mvllm_router::config::{ApiKey, AuthSettings, Settings};
+    let sim = mvllm_sim::spawn(SimConfig::instant()).await.unwrap();
+    let key = "sk-bench-0123456789abcdef";
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let router = mvllm_router::start(
+        &Config {
+            servers: vec![ServerConfig {
+                url: sim.url(),
+                max_concurrent_requests: 16,
+                api_key: None,
+                models: None,
+            }],
+            settings: Settings {
+                admin_token: Some("bench-admin-token-0123456789".into()),
+                auth: AuthSettings {
+                    keys: vec![ApiKey::new("bench", key)],
+                    ..AuthSettings::default()
+                },
+                ..Settings::default()
+            },
+            ..Default::default()
+        },
+        listener,
+    )
+    .await
+    .unwrap();
+    let refused = load::run(chat_sessions(router.url())).await;
+    assert!(
+        refused.is_err(),
+        "without the key even the model list is refused"
+    );
+    let report = load::run(load::Options {
+        api_key: Some(key.into()),
+        ..chat_sessions(router.url())
+    })
+    .await
+    .unwrap();
+    assert!(report["requests"].as_u64().unwrap() > 0);
+    assert_eq!(report["ok"], report["requests"], "{report}");
 }

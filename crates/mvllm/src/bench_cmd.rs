@@ -55,6 +55,9 @@ enum Suite {
         think_time: f64,
         #[arg(long, default_value_t = 1)]
         seed: u64,
+        /// An API key sent as `Authorization: Bearer` (a router with `[auth]` keys).
+        #[arg(long, env = "MVLLM_API_KEY")]
+        api_key: Option<String>,
         #[command(flatten)]
         output: Output,
     },
@@ -179,6 +182,7 @@ pub fn run(args: BenchArgs) -> ExitCode {
             model,
             think_time,
             seed,
+            api_key,
             output,
         } => load::Workload::parse(&workload).and_then(|workload| {
             let opts = load::Options {
@@ -198,6 +202,7 @@ pub fn run(args: BenchArgs) -> ExitCode {
                 replicas: Vec::new(),
                 pin_to: Vec::new(),
                 servers: Vec::new(),
+                api_key,
             };
             let r = runtime.block_on(load::run(opts))?;
             Ok((r, load::render as Render, output, Some(plot::load as Draw)))

@@ -60,6 +60,8 @@ pub struct Options {
     /// The servers whose prefix-cache counters to report (when `url` is not mvllm, which lists
     /// them itself).
     pub servers: Vec<String>,
+    /// Sent as `Authorization: Bearer` with every request.
+    pub api_key: Option<String>,
 }
 
 /// One request's outcome.
@@ -184,7 +186,10 @@ pub async fn first_model(client: &HttpClient, url: &str) -> Result<String, Strin
 }
 
 pub async fn run(opts: Options) -> Result<Value, String> {
-    let client = http_client();
+    let client = match &opts.api_key {
+        Some(key) => http_client().with_api_key(key)?,
+        None => http_client(),
+    };
     let url = opts.url.trim_end_matches('/').to_string();
     let model = match &opts.model {
         Some(m) => m.clone(),
