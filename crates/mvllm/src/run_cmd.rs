@@ -53,6 +53,10 @@ pub struct CheckArgs {
     /// The config file to check.
     #[arg(long, env = "MVLLM_CONFIG", default_value = "servers.toml")]
     config: PathBuf,
+    /// Validate the file only: no name is resolved, no server contacted (for CI, or a config
+    /// written for another network).
+    #[arg(long)]
+    offline: bool,
 }
 
 #[derive(Args, Debug)]
@@ -383,6 +387,9 @@ pub fn check_config(args: CheckArgs) -> ExitCode {
         },
         config.settings.routing_policy.name()
     );
+    if args.offline {
+        return ExitCode::SUCCESS;
+    }
     let rt = match runtime() {
         Ok(r) => r,
         Err(c) => return c,
@@ -524,9 +531,9 @@ async fn demo_traffic(url: String, rate: f64) {
 
 #[derive(Args, Debug)]
 pub struct HealthcheckArgs {
-    /// The URL to ask (the router's liveness probe by default).
-    #[arg(default_value = "http://127.0.0.1:8888/livez")]
-    url: String,
+    /// The URL to ask [default: the router's liveness probe, http://127.0.0.1:$MVLLM_PORT/livez,
+    /// port 8888 when MVLLM_PORT is unset].
+    url: Option<String>,
     /// Seconds to wait for the answer.
     #[arg(long, default_value_t = 3.0)]
     timeout: f64,
@@ -540,10 +547,14 @@ pub fn healthcheck(args: HealthcheckArgs) -> ExitCode {
         Ok(r) => r,
         Err(c) => return c,
     };
-    let request = match hyper::Request::get(&args.url).body(Full::new(bytes::Bytes::new())) {
+    let url = args.url.unwrap_or_else(|| {
+        let port = std::env::var("MVLLM_PORT").unwrap_or_else(|_| "8888".into());
+        format!("http://127.0.0.1:{port}/livez")
+    });
+    let request = match hyper::Request::get(&url).body(Full::new(bytes::Bytes::new())) {
         Ok(r) => r,
         Err(e) => {
-            eprintln!("mvllm healthcheck: `{}` is not a URL: {e}", args.url);
+            eprintln!("mvllm healthcheck: `{url}` is not a URL: {e}");
             return ExitCode::from(2);
         }
     };
@@ -552,13 +563,13 @@ pub fn healthcheck(args: HealthcheckArgs) -> ExitCode {
         match tokio::time::timeout(timeout, client.request(request)).await {
             Ok(Ok(resp)) if resp.status().is_success() => ExitCode::SUCCESS,
             Ok(Ok(resp)) => {
-                eprintln!("mvllm healthcheck: {} answered {}", args.url, resp.status());
+                eprintln!("mvllm healthcheck: {} answered {}", url, resp.status());
                 ExitCode::FAILURE
             }
             Ok(Err(e)) => {
                 eprintln!(
                     "mvllm healthcheck: {}: {}",
-                    args.url,
+                    url,
                     mvllm_router::upstream::describe(&e)
                 );
                 ExitCode::FAILURE
@@ -566,7 +577,7 @@ pub fn healthcheck(args: HealthcheckArgs) -> ExitCode {
             Err(_) => {
                 eprintln!(
                     "mvllm healthcheck: {}: no answer within {timeout:?}",
-                    args.url
+                    url
                 );
                 ExitCode::FAILURE
             }

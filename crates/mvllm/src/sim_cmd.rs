@@ -13,7 +13,8 @@ pub struct SimArgs {
     /// Address to listen on.
     #[arg(long, default_value = "127.0.0.1")]
     host: IpAddr,
-    /// Port of the first server; the others take the next ports.
+    /// Port of the first server; the others take the next ports. 0: each server takes a free
+    /// port, printed at start ("simulated vLLM server at http://...").
     #[arg(long, default_value_t = 8001)]
     port: u16,
     /// Number of independent servers (one engine each, or --data-parallel engines).

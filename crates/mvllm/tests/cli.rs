@@ -168,6 +168,15 @@ async fn check_config_probes_every_server_and_fails_on_any_problem() {
 #[tokio::test]
 async fn check_config_refuses_an_empty_fleet_and_names_what_does_not_resolve() {
     let dir = tempfile::tempdir().unwrap();
+    // --offline validates the file alone: a name nobody can resolve is fine.
+    let out = Command::new(BIN)
+        .args(["check-config", "--offline", "--config"])
+        .arg(write_config(&dir, "[servers]\nservers = [{ dns = \"vllm:8000\" }]\n"))
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("0 servers and 1 dns names"));
+
     let (code, text) = check_config(write_config(&dir, "[config]\nmax_retries = 2\n")).await;
     assert_eq!(code, Some(2), "{text}");
     assert!(text.contains("no servers"), "{text}");
