@@ -575,10 +575,7 @@ pub fn healthcheck(args: HealthcheckArgs) -> ExitCode {
                 ExitCode::FAILURE
             }
             Err(_) => {
-                eprintln!(
-                    "mvllm healthcheck: {}: no answer within {timeout:?}",
-                    url
-                );
+                eprintln!("mvllm healthcheck: {}: no answer within {timeout:?}", url);
                 ExitCode::FAILURE
             }
         }

@@ -171,7 +171,10 @@ async fn check_config_refuses_an_empty_fleet_and_names_what_does_not_resolve() {
     // --offline validates the file alone: a name nobody can resolve is fine.
     let out = Command::new(BIN)
         .args(["check-config", "--offline", "--config"])
-        .arg(write_config(&dir, "[servers]\nservers = [{ dns = \"vllm:8000\" }]\n"))
+        .arg(write_config(
+            &dir,
+            "[servers]\nservers = [{ dns = \"vllm:8000\" }]\n",
+        ))
         .output()
         .unwrap();
     assert_eq!(out.status.code(), Some(0));
