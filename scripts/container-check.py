@@ -112,7 +112,7 @@ def helm_chart(binary):
             node = node[key]
         check(present, f"Helm: .Values{ref} is in values.yaml")
     check("path: /livez" in text and "path: /readyz" in text, "Helm: liveness /livez, readiness /readyz")
-    check("subPath" not in text, "Helm: the ConfigMap is mounted as a directory (updates reach it)")
+    check("subPath:" not in text, "Helm: the ConfigMap is mounted as a directory (updates reach it)")
     with tempfile.NamedTemporaryFile("w", suffix=".toml", delete=False) as f:
         f.write(values["config"])
     out = subprocess.run([binary, "check-config", "--offline", "--config", f.name], capture_output=True, text=True)
