@@ -182,6 +182,7 @@ pub async fn start_with(opts: Options) -> std::io::Result<RouterHandle> {
         )),
         None => None,
     };
+    let instance = format!("mvllm-{:016x}", rand::random::<u64>());
     let state = Arc::new(state::AppState {
         fleet: fleet.clone(),
         otel,
@@ -193,7 +194,9 @@ pub async fn start_with(opts: Options) -> std::io::Result<RouterHandle> {
         affinity: Default::default(),
         reloader: reloader.clone(),
         accepting: AtomicBool::new(true),
-        instance: format!("mvllm-{:016x}", rand::random::<u64>()),
+        via: axum::http::HeaderValue::from_str(&format!("1.1 {instance}"))
+            .expect("a hex token is a header value"),
+        instance,
         body_budget: body_budget::BodyBudget::new(opts.config.settings.max_buffered_body_bytes),
     });
     let stop_accepting = CancellationToken::new();

@@ -33,6 +33,8 @@ pub struct AppState {
     /// This router's token in the `Via` header of what it forwards: a request carrying it came
     /// back through a config that lists the router itself (508).
     pub instance: String,
+    /// `1.1 <instance>`: this router's `Via` entry, made once.
+    pub via: axum::http::HeaderValue,
     /// The memory request bodies may take together (`max_buffered_body_bytes`).
     pub body_budget: crate::body_budget::BodyBudget,
 }

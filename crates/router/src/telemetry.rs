@@ -27,7 +27,7 @@ pub const FLEET_WINDOW_SECONDS: usize = 600;
 pub struct RequestLabels {
     pub route: &'static str,
     pub model: String,
-    pub server: String,
+    pub server: std::sync::Arc<str>,
     pub status: u16,
 }
 
@@ -60,7 +60,7 @@ pub struct ResultLabels {
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct DecisionLabels {
     pub policy: &'static str,
-    pub server: String,
+    pub server: std::sync::Arc<str>,
 }
 
 type FGauge = Gauge<f64, std::sync::atomic::AtomicU64>;
@@ -68,8 +68,12 @@ type FGauge = Gauge<f64, std::sync::atomic::AtomicU64>;
 pub struct Telemetry {
     registry: Registry,
     pub requests: Family<RequestLabels, Counter>,
-    pub ttfb: Family<RouteLabels, Histogram>,
-    pub duration: Family<RouteLabels, Histogram>,
+    ttfb: Family<RouteLabels, Histogram>,
+    duration: Family<RouteLabels, Histogram>,
+    /// Each route's histogram, taken from the family on first use: a request then observes it
+    /// without hashing its labels or taking the family's lock.
+    ttfb_by_route: [std::sync::OnceLock<Histogram>; ROUTES.len()],
+    duration_by_route: [std::sync::OnceLock<Histogram>; ROUTES.len()],
     pub retries: Family<ReasonLabels, Counter>,
     pub failovers: Counter,
     pub transitions: Family<TransitionLabels, Counter>,
@@ -107,6 +111,8 @@ impl Telemetry {
             requests: Family::default(),
             ttfb: Family::new_with_constructor(latency),
             duration: Family::new_with_constructor(latency),
+            ttfb_by_route: Default::default(),
+            duration_by_route: Default::default(),
             retries: Family::default(),
             failovers: Counter::default(),
             transitions: Family::default(),
@@ -316,6 +322,49 @@ impl FleetObserver for Telemetry {
 }
 
 /// A request path's `route` label: one of a fixed list, never the raw path.
+/// Every value of the `route` label.
+pub const ROUTES: [&str; 11] = [
+    "chat_completions",
+    "completions",
+    "embeddings",
+    "tokenize",
+    "invocations",
+    "responses",
+    "audio",
+    "messages",
+    "pooling",
+    "other_v1",
+    "other",
+];
+
+impl Telemetry {
+    /// Time to first byte, for requests to `route` (one of [`ROUTES`]).
+    pub fn ttfb(&self, route: &'static str) -> &Histogram {
+        Self::cached(&self.ttfb_by_route, &self.ttfb, route)
+    }
+
+    /// Time to the response's end, for requests to `route`.
+    pub fn duration(&self, route: &'static str) -> &Histogram {
+        Self::cached(&self.duration_by_route, &self.duration, route)
+    }
+
+    fn cached<'a>(
+        cache: &'a [std::sync::OnceLock<Histogram>; ROUTES.len()],
+        family: &Family<RouteLabels, Histogram>,
+        route: &'static str,
+    ) -> &'a Histogram {
+        let i = ROUTES
+            .iter()
+            .position(|r| *r == route)
+            .unwrap_or(ROUTES.len() - 1);
+        cache[i].get_or_init(|| {
+            family
+                .get_or_create(&RouteLabels { route: ROUTES[i] })
+                .clone()
+        })
+    }
+}
+
 pub fn route_label(path: &str) -> &'static str {
     match path {
         "/v1/chat/completions" => "chat_completions",
@@ -344,5 +393,29 @@ mod tests {
         assert_eq!(route_label("/v1/audio/transcriptions"), "audio");
         assert_eq!(route_label("/v1/some/random/thing"), "other_v1");
         assert_eq!(route_label("/etc/passwd"), "other");
+        for path in [
+            "/v1/chat/completions",
+            "/tokenize",
+            "/v1/x",
+            "/score",
+            "/v1/audio/x",
+        ] {
+            assert!(ROUTES.contains(&route_label(path)), "{path}");
+        }
+    }
+
+    #[test]
+    fn a_routes_cached_histogram_is_the_familys_series() {
+        let t = Telemetry::new();
+        t.ttfb("chat_completions").observe(0.5);
+        t.ttfb("chat_completions").observe(0.25);
+        t.duration("other").observe(1.0);
+        let mut text = String::new();
+        prometheus_client::encoding::text::encode(&mut text, &t.registry).unwrap();
+        assert!(
+            text.contains("mvllm_request_ttfb_seconds_count{route=\"chat_completions\"} 2"),
+            "{text}"
+        );
+        assert!(text.contains("mvllm_request_duration_seconds_count{route=\"other\"} 1"));
     }
 }

@@ -28,7 +28,7 @@ use crate::fleet::Server;
 use crate::fleet::probe;
 use crate::routing::prefix_index::Prediction;
 use crate::state::AppState;
-use crate::telemetry::{self, RequestLabels, RouteLabels};
+use crate::telemetry::{self, RequestLabels};
 
 /// The client's request, as every attempt sends it.
 pub struct Request<'a> {
@@ -38,7 +38,7 @@ pub struct Request<'a> {
     pub id: &'a str,
     pub started: Instant,
     /// This router's `Via` token, so a request that loops back is recognised.
-    pub via: &'a str,
+    pub via: &'a HeaderValue,
     /// The request's trace span, taken by the answer that is streamed back.
     pub span: &'a crate::otel::SpanSlot,
 }
@@ -210,13 +210,12 @@ fn respond(
         .get_or_create(&RequestLabels {
             route,
             model,
-            server: server.url().to_string(),
+            server: server.url_label(),
             status: status.as_u16(),
         })
         .inc();
     telemetry
-        .ttfb
-        .get_or_create(&RouteLabels { route })
+        .ttfb(route)
         .observe(request.started.elapsed().as_secs_f64());
     let log = RequestLog {
         route,
@@ -224,7 +223,7 @@ fn respond(
         fleet: app.fleet.clone(),
         id: request.id.to_string(),
         model: request.meta.model.clone(),
-        server: server.url().to_string(),
+        server: server.url_label(),
         status: status.as_u16(),
         started: request.started,
         ttfb: request.started.elapsed(),
@@ -314,10 +313,8 @@ fn upstream_request(
     *req.method_mut() = parts.method.clone();
     *req.uri_mut() = uri;
     let headers = req.headers_mut();
-    *headers = parts.headers.clone();
-    headers::strip_hop_by_hop(headers);
-    headers.remove(header::HOST);
-    headers.remove(header::CONTENT_LENGTH);
+    *headers = headers::forwardable(&parts.headers);
+    headers.insert(header::HOST, server.host_header().clone());
     headers::add_via(headers, request.via);
     if let Some(key) = server.api_key()
         && let Ok(v) = HeaderValue::from_str(&format!("Bearer {key}"))

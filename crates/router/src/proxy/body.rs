@@ -33,7 +33,7 @@ pub struct RequestLog {
     pub fleet: Arc<crate::fleet::Fleet>,
     pub id: String,
     pub model: Option<String>,
-    pub server: String,
+    pub server: std::sync::Arc<str>,
     pub status: u16,
     pub started: Instant,
     pub ttfb: Duration,
@@ -112,7 +112,7 @@ impl ProxyBody {
         };
         seen.extend_from_slice(&data[..data.len().min(SCAN_LIMIT - seen.len().min(SCAN_LIMIT))]);
         if let Some(id) = find_response_id(seen) {
-            affinity.remember(id, self.log.server.clone());
+            affinity.remember(id, self.log.server.to_string());
             self.tap = None;
         } else if seen.len() >= SCAN_LIMIT {
             self.tap = None;
@@ -251,8 +251,7 @@ impl Drop for ProxyBody {
     fn drop(&mut self) {
         let l = &self.log;
         l.telemetry
-            .duration
-            .get_or_create(&crate::telemetry::RouteLabels { route: l.route })
+            .duration(l.route)
             .observe(l.started.elapsed().as_secs_f64());
         tracing::info!(
             target: "mvllm::access",

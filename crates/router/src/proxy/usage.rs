@@ -53,15 +53,19 @@ impl Tail {
 }
 
 /// The number after the last occurrence of `key` (JSON whitespace allowed after the colon).
+/// Runs at every answered request's end: a vectorised reverse search and digits read in place
+/// (the byte-window search and a collected `Vec` cost ~7,000 instructions a request).
 fn last_number(text: &[u8], key: &[u8]) -> Option<u64> {
-    let at = text.windows(key.len()).rposition(|w| w == key)? + key.len();
-    let digits: Vec<u8> = text[at..]
+    let at = memchr::memmem::rfind(text, key)? + key.len();
+    let mut digits = text[at..]
         .iter()
-        .copied()
         .skip_while(|b| b.is_ascii_whitespace())
-        .take_while(u8::is_ascii_digit)
-        .collect();
-    std::str::from_utf8(&digits).ok()?.parse().ok()
+        .take_while(|b| b.is_ascii_digit())
+        .peekable();
+    digits.peek()?;
+    digits.try_fold(0u64, |n, d| {
+        n.checked_mul(10)?.checked_add(u64::from(d - b'0'))
+    })
 }
 
 #[cfg(test)]
@@ -74,6 +78,17 @@ mod tests {
             t.push(c.as_bytes());
         }
         t
+    }
+
+    #[test]
+    fn numbers_are_read_in_place_and_nonsense_is_none() {
+        assert_eq!(last_number(b"\"n\": 12,\"n\":34}", b"\"n\":"), Some(34));
+        assert_eq!(last_number(b"\"n\": null", b"\"n\":"), None);
+        assert_eq!(
+            last_number(b"\"n\":99999999999999999999999", b"\"n\":"),
+            None
+        );
+        assert_eq!(last_number(b"nothing", b"\"n\":"), None);
     }
 
     #[test]
