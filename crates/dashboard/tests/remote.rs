@@ -1,8 +1,6 @@
 //! `mvllm top`'s source of figures for a router elsewhere: over http and https (the router's own
 //! client, rustls), with errors in a few words.
 
-use std::sync::Arc;
-
 use mvllm_dashboard::Source;
 use mvllm_router::Config;
 use mvllm_router::config::{ServerConfig, Settings};
@@ -43,21 +41,7 @@ async fn tls_in_front(
     std::fs::write(&cert, certified.cert.pem()).unwrap();
     std::fs::write(&key, certified.signing_key.serialize_pem()).unwrap();
     let config = mvllm_router::tls::server_config(&cert, &key).unwrap();
-    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let port = listener.local_addr().unwrap().port();
-    tokio::spawn(async move {
-        while let Ok((tcp, _)) = listener.accept().await {
-            let acceptor = acceptor.clone();
-            tokio::spawn(async move {
-                if let Ok(mut tls) = acceptor.accept(tcp).await
-                    && let Ok(mut plain) = tokio::net::TcpStream::connect(backend).await
-                {
-                    let _ = tokio::io::copy_bidirectional(&mut tls, &mut plain).await;
-                }
-            });
-        }
-    });
+    let port = mvllm_testkit::tls::terminator(config, backend).await;
     (port, cert)
 }
 

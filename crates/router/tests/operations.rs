@@ -44,18 +44,21 @@ async fn router_from_file(
 ) -> (RouterHandle, std::path::PathBuf) {
     let path = dir.path().join("servers.toml");
     std::fs::write(&path, text).unwrap();
-    let config = Config::load(&path).unwrap();
+    (router_watching(&path).await, path)
+}
+
+/// A router started from the file at `path`, watching it.
+async fn router_watching(path: &std::path::Path) -> RouterHandle {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let r = mvllm_router::start_with(Options {
-        config,
-        config_path: Some(path.clone()),
+    mvllm_router::start_with(Options {
+        config: Config::load(path).unwrap(),
+        config_path: Some(path.to_path_buf()),
         listener,
         admin_listener: None,
         otel: None,
     })
     .await
-    .unwrap();
-    (r, path)
+    .unwrap()
 }
 
 async fn read_stream_to_end(resp: reqwest::Response) -> String {
@@ -128,17 +131,7 @@ async fn a_kubernetes_configmap_update_through_the_data_symlink_is_reloaded() {
     // A poll an hour apart: only the file watcher can see the update in time.
     let hourly = "config_reload_interval = 3600\n";
     configmap_update(dir.path(), 1, &config_text(&[&a], hourly));
-    let path = dir.path().join("servers.toml");
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let r = mvllm_router::start_with(Options {
-        config: Config::load(&path).unwrap(),
-        config_path: Some(path.clone()),
-        listener,
-        admin_listener: None,
-        otel: None,
-    })
-    .await
-    .unwrap();
+    let r = router_watching(&dir.path().join("servers.toml")).await;
     assert_eq!(r.fleet.servers().len(), 1);
     configmap_update(dir.path(), 2, &config_text(&[&a, &b], hourly));
     eventually(

@@ -183,15 +183,20 @@ async fn a_client_disconnect_aborts_the_request_on_the_server() {
     .await;
 }
 
-#[tokio::test]
-async fn requests_go_only_to_servers_serving_their_model_and_unknown_models_get_404() {
+/// Two servers: the base model alone, and the base model with the adapter `sql-lora`.
+async fn plain_and_lora() -> [mvllm_sim::SimHandle; 2] {
     let plain = sim(SimConfig::instant()).await;
     let with_lora = sim(SimConfig {
         loras: vec!["sql-lora".into()],
         ..SimConfig::instant()
     })
     .await;
-    let fleet = [plain, with_lora];
+    [plain, with_lora]
+}
+
+#[tokio::test]
+async fn requests_go_only_to_servers_serving_their_model_and_unknown_models_get_404() {
+    let fleet = plain_and_lora().await;
     let r = router_over(&fleet).await;
     let url = format!("{}/v1/chat/completions", r.url());
     for _ in 0..10 {
@@ -238,13 +243,7 @@ async fn requests_go_only_to_servers_serving_their_model_and_unknown_models_get_
 
 #[tokio::test]
 async fn a_model_in_the_query_string_routes_like_one_in_the_body() {
-    let plain = sim(SimConfig::instant()).await;
-    let with_lora = sim(SimConfig {
-        loras: vec!["sql-lora".into()],
-        ..SimConfig::instant()
-    })
-    .await;
-    let fleet = [plain, with_lora];
+    let fleet = plain_and_lora().await;
     let r = router_over(&fleet).await;
     let requests = |i: usize| {
         r.fleet.servers()[i]

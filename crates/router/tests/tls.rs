@@ -40,22 +40,7 @@ fn pki() -> Pki {
 /// A TLS terminator on 127.0.0.1 in front of `backend` (plain TCP); returns its port.
 async fn tls_terminator(pki: &Pki, backend: std::net::SocketAddr) -> u16 {
     let config = mvllm_router::tls::server_config(&pki.cert, &pki.key).unwrap();
-    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let port = listener.local_addr().unwrap().port();
-    tokio::spawn(async move {
-        while let Ok((tcp, _)) = listener.accept().await {
-            let acceptor = acceptor.clone();
-            tokio::spawn(async move {
-                if let Ok(mut tls) = acceptor.accept(tcp).await
-                    && let Ok(mut plain) = tokio::net::TcpStream::connect(backend).await
-                {
-                    let _ = tokio::io::copy_bidirectional(&mut tls, &mut plain).await;
-                }
-            });
-        }
-    });
-    port
+    mvllm_testkit::tls::terminator(config, backend).await
 }
 
 #[tokio::test]

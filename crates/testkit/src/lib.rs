@@ -4,6 +4,7 @@
 //! need, with a deadline, and fail naming what they waited for. This is that loop, once.
 
 pub mod dns;
+pub mod tls;
 
 use std::future::Future;
 use std::time::Duration;

@@ -112,9 +112,7 @@ pub async fn resolve_all(config: &Config) -> Vec<DnsReport> {
         async move {
             DnsReport {
                 name: d.name(),
-                addresses: super::dns::lookup(resolver, &d.host).await.map_err(|e| {
-                    e.split(':').next().unwrap_or(&e).to_string() // "cannot resolve <host>"
-                }),
+                addresses: super::dns::lookup(resolver, &d.host).await,
             }
         }
     }))

@@ -90,19 +90,9 @@ pub async fn forward(State(app): State<Arc<AppState>>, req: Request) -> Response
         t.requests.get_or_create(&RequestLabels { route: route.route, model, server: std::sync::Arc::from("none"), status: e.status().as_u16() }).inc();
         t.ttfb(route.route).observe(started.elapsed().as_secs_f64());
         t.duration(route.route).observe(started.elapsed().as_secs_f64());
-        if let Some(s) = span.take() {
-            s.finish(crate::otel::Finished {
-                status: e.status().as_u16(),
-                model: named_model.as_deref(),
-                server: None,
-                attempts: 0,
-                ttfb: None,
-                outcome: "refused by the router",
-            });
-        }
         e.into_response()
     });
-    // An answer of the router's own that is not an error (none today) still ends its span.
+    // A span still here was not taken by a server's answer: the router answered (refused) it.
     if let Some(s) = span.take() {
         s.finish(crate::otel::Finished {
             status: response.status().as_u16(),
