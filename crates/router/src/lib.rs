@@ -10,6 +10,7 @@ pub mod body_budget;
 pub mod config;
 pub mod error;
 pub mod fleet;
+pub mod metric_handles;
 pub mod otel;
 pub mod paths;
 pub mod prometheus_text;

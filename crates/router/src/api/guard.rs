@@ -45,8 +45,15 @@ pub async fn require_key(
     mut req: Request,
     next: Next,
 ) -> Response {
-    let access = app.access.load();
-    let admitted = match access.admit(req.headers()) {
+    // The keys' guard is let go before the request is awaited: an arc-swap guard held across
+    // an await takes one of the thread's few fast slots for the request's whole life, and with
+    // dozens of requests in flight every other load on the thread fell to the slow path.
+    let admitted = app
+        .access
+        .load()
+        .admit(req.headers())
+        .map(|a| a.map(|(guard, _name)| guard));
+    let admitted = match admitted {
         Ok(a) => a,
         Err(refusal) => {
             tracing::info!(target: "mvllm::access", path = %req.uri().path(), refusal = ?redacted(&refusal), "request refused");
@@ -64,7 +71,7 @@ pub async fn require_key(
             return refusal.into_response();
         }
     };
-    let Some((guard, _name)) = admitted else {
+    let Some(guard) = admitted else {
         return next.run(req).await;
     };
     req.headers_mut().remove(header::AUTHORIZATION);
@@ -86,7 +93,8 @@ pub async fn require_key_for_metrics(
     req: Request,
     next: Next,
 ) -> Response {
-    if state.access.load().protects_metrics() {
+    let protects = state.access.load().protects_metrics();
+    if protects {
         require_key(state, req, next).await
     } else {
         next.run(req).await

@@ -152,6 +152,8 @@ pub struct Server {
     slot_freed: Arc<super::wait_queue::WaitQueue>,
     /// Which background probes of this server are running now (one of each kind at a time).
     probes_running: [AtomicBool; 3],
+    /// This server's request and decision counters, kept once taken from their families.
+    pub counters: crate::metric_handles::ServerCounters,
     /// Estimated uncached prompt tokens of this router's requests here still in prefill.
     pending_prefill: AtomicU64,
     /// A hash of the URL: the server's id in rendezvous hashing, the same on every replica.
@@ -219,6 +221,7 @@ impl Server {
             live: Mutex::new(Window::new(LIVE_WINDOW_SECONDS)),
             slot_freed,
             probes_running: Default::default(),
+            counters: Default::default(),
             pending_prefill: AtomicU64::new(0),
             id: xxhash_rust::xxh3::xxh3_64(cfg.url.as_bytes()),
             url: Arc::from(cfg.url.as_str()),
@@ -248,6 +251,11 @@ impl Server {
     /// The `Host` header for requests to this server.
     pub fn host_header(&self) -> &hyper::header::HeaderValue {
         &self.target.host
+    }
+
+    /// The URL as a shared label value, borrowed (no reference count taken).
+    pub fn url_shared(&self) -> &Arc<str> {
+        &self.url
     }
 
     /// The URL as a shared label value (metrics, access records).

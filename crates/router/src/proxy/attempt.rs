@@ -28,7 +28,7 @@ use crate::fleet::Server;
 use crate::fleet::probe;
 use crate::routing::prefix_index::Prediction;
 use crate::state::AppState;
-use crate::telemetry::{self, RequestLabels};
+use crate::telemetry;
 
 /// The client's request, as every attempt sends it.
 pub struct Request<'a> {
@@ -200,20 +200,18 @@ fn respond(
         .is_some_and(|v| v.starts_with("text/event-stream"));
     let telemetry = app.telemetry.clone();
     let route = telemetry::route_label(request.parts.uri.path());
-    let model = match &request.meta.model {
-        Some(m) if server.serves(m) => m.clone(),
-        Some(_) => "unknown".into(),
-        None => "none".into(),
+    let model = match request.meta.model.as_deref() {
+        Some(m) if server.serves(m) => m,
+        Some(_) => "unknown",
+        None => "none",
     };
-    telemetry
-        .requests
-        .get_or_create(&RequestLabels {
-            route,
-            model,
-            server: server.url_label(),
-            status: status.as_u16(),
-        })
-        .inc();
+    server.counters.count_request(
+        &telemetry.requests,
+        server.url_shared(),
+        route,
+        model,
+        status.as_u16(),
+    );
     telemetry
         .ttfb(route)
         .observe(request.started.elapsed().as_secs_f64());

@@ -31,7 +31,7 @@ use crate::paths;
 use crate::routing::RouteRequest;
 use crate::routing::prefix_index::Prediction;
 use crate::state::AppState;
-use crate::telemetry::{self, DecisionLabels, ReasonLabels, RequestLabels, RouteLabels};
+use crate::telemetry::{self, ReasonLabels, RequestLabels, RouteLabels};
 use errors::ProxyError;
 use meta::RequestMeta;
 
@@ -263,13 +263,11 @@ async fn send(
             prompt_tokens: route.prompt_tokens,
             cached_tokens: candidates[choice].cached_tokens,
         });
-        app.telemetry
-            .decisions
-            .get_or_create(&DecisionLabels {
-                policy: policy.kind().name(),
-                server: server.url_label(),
-            })
-            .inc();
+        server.counters.count_decision(
+            &app.telemetry.decisions,
+            server.url_shared(),
+            policy.kind().name(),
+        );
         // A retry is worth deciding on only if there is another server to retry on.
         let may_retry = attempt < settings.max_retries
             && (choices.len() > 1 || !eligible(&servers, &tried, &could_serve).0.is_empty());

@@ -41,10 +41,18 @@ impl Tail {
 
     /// The usage the body ended with, if it reported cached tokens.
     pub fn usage(&self) -> Option<Usage> {
+        use memchr::memmem::FinderRev;
+        use std::sync::LazyLock;
+        // Searchers built once: building one costs more than searching 2 KiB with it.
+        static CACHED: LazyLock<FinderRev<'static>> =
+            LazyLock::new(|| FinderRev::new(b"\"cached_tokens\":"));
+        static PROMPT: LazyLock<FinderRev<'static>> =
+            LazyLock::new(|| FinderRev::new(b"\"prompt_tokens\":"));
+        static INPUT: LazyLock<FinderRev<'static>> =
+            LazyLock::new(|| FinderRev::new(b"\"input_tokens\":"));
         let text = &self.bytes;
-        let cached = last_number(text, b"\"cached_tokens\":")?;
-        let prompt = last_number(text, b"\"prompt_tokens\":")
-            .or_else(|| last_number(text, b"\"input_tokens\":"))?;
+        let cached = last_number(text, &CACHED)?;
+        let prompt = last_number(text, &PROMPT).or_else(|| last_number(text, &INPUT))?;
         (prompt > 0 && cached <= prompt).then_some(Usage {
             prompt_tokens: prompt,
             cached_tokens: cached,
@@ -55,8 +63,8 @@ impl Tail {
 /// The number after the last occurrence of `key` (JSON whitespace allowed after the colon).
 /// Runs at every answered request's end: a vectorised reverse search and digits read in place
 /// (the byte-window search and a collected `Vec` cost ~7,000 instructions a request).
-fn last_number(text: &[u8], key: &[u8]) -> Option<u64> {
-    let at = memchr::memmem::rfind(text, key)? + key.len();
+fn last_number(text: &[u8], key: &memchr::memmem::FinderRev<'_>) -> Option<u64> {
+    let at = key.rfind(text)? + key.needle().len();
     let mut digits = text[at..]
         .iter()
         .skip_while(|b| b.is_ascii_whitespace())
@@ -82,13 +90,11 @@ mod tests {
 
     #[test]
     fn numbers_are_read_in_place_and_nonsense_is_none() {
-        assert_eq!(last_number(b"\"n\": 12,\"n\":34}", b"\"n\":"), Some(34));
-        assert_eq!(last_number(b"\"n\": null", b"\"n\":"), None);
-        assert_eq!(
-            last_number(b"\"n\":99999999999999999999999", b"\"n\":"),
-            None
-        );
-        assert_eq!(last_number(b"nothing", b"\"n\":"), None);
+        let n = memchr::memmem::FinderRev::new(b"\"n\":");
+        assert_eq!(last_number(b"\"n\": 12,\"n\":34}", &n), Some(34));
+        assert_eq!(last_number(b"\"n\": null", &n), None);
+        assert_eq!(last_number(b"\"n\":99999999999999999999999", &n), None);
+        assert_eq!(last_number(b"nothing", &n), None);
     }
 
     #[test]
