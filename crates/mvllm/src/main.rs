@@ -6,12 +6,6 @@ mod sim_cmd;
 
 use clap::{Parser, Subcommand};
 
-/// mimalloc instead of glibc's malloc: a proxied request makes some hundred small allocations
-/// (hyper's heads, header maps, futures, buffers), and glibc spent ~18% of the router's
-/// instructions on them. Measured with `scripts/instructions-per-request.sh` (README, "Measured").
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 #[derive(Parser)]
 #[command(
     name = "mvllm",
