@@ -7,6 +7,7 @@ pub mod client;
 pub mod load;
 pub mod overhead_suite;
 pub mod peer_routers;
+pub mod pinning;
 pub mod plot;
 pub mod process;
 pub mod proxies;

@@ -34,6 +34,8 @@ pub struct Options {
     pub extra: Vec<ProxyKind>,
     /// Concurrent streams for the holding test (0: skip it).
     pub hold_streams: usize,
+    /// Pinned mode: each proxy alone on one CPU, the load and the backend on the others.
+    pub pin: bool,
 }
 
 /// Resident memory of a process and its children in MiB (`VmRSS`, or `VmHWM` for the peak).
@@ -112,6 +114,13 @@ async fn closed_loop(
 }
 
 pub async fn run(opts: Options) -> Result<Value, String> {
+    let pin = if opts.pin {
+        let p = crate::pinning::Pinning::plan()?;
+        p.move_this_process()?;
+        Some(p)
+    } else {
+        None
+    };
     let client = http_client();
     let sim = SimProcess::start(1, &["--profile", "instant", "--max-num-seqs", "100000"]).await?;
     let backend = sim.urls[0].clone();
@@ -126,7 +135,7 @@ pub async fn run(opts: Options) -> Result<Value, String> {
     kinds.extend(opts.extra.iter().cloned());
     let mut proxies = Vec::new();
     for kind in &kinds {
-        proxies.push(ProxyProcess::start(kind, &client, &backend).await?);
+        proxies.push(ProxyProcess::start(kind, &client, &backend, pin.as_ref()).await?);
     }
     tokio::time::sleep(Duration::from_millis(500)).await; // let start-up allocations settle before reading idle memory
     let idle_rss: Vec<Option<f64>> = proxies
@@ -134,7 +143,10 @@ pub async fn run(opts: Options) -> Result<Value, String> {
         .map(|p| memory_mib(p.pid(), "VmRSS:"))
         .collect();
     let seconds = if opts.quick { 1.0 } else { 5.0 };
-    let concurrencies: &[usize] = if opts.quick {
+    // Pinned, 64 connections saturate the router's core: the kit's capacity figure.
+    let concurrencies: &[usize] = if opts.quick && pin.is_some() {
+        &[1, 64]
+    } else if opts.quick {
         &[1, 16]
     } else {
         &[1, 16, 64, 256]
@@ -180,13 +192,26 @@ pub async fn run(opts: Options) -> Result<Value, String> {
             json!({"proxy": p.name, "idle_rss_mib": idle, "peak_rss_mib": memory_mib(p.pid(), "VmHWM:")})
         })
         .collect();
+    // Whether pinning held: the CPUs each proxy's threads (and this process's) may use.
+    let pinned = pin.as_ref().map(|p| {
+        let proxies: serde_json::Map<String, Value> = proxies
+            .iter()
+            .map(|x| (x.name.clone(), json!(crate::pinning::affinity_of(x.pid()))))
+            .collect();
+        json!({
+            "router_cpu": p.router_cpu,
+            "load_cpus": p.load_cpus,
+            "proxies": proxies,
+            "load": crate::pinning::affinity_of(std::process::id()),
+        })
+    });
     drop(proxies);
     let hold = if opts.hold_streams > 0 {
-        Some(crate::stream_hold::run(&client, opts.hold_streams).await?)
+        Some(crate::stream_hold::run(&client, opts.hold_streams, pin.as_ref()).await?)
     } else {
         None
     };
-    Ok(json!({"memory": memory, "rows": rows, "hold": hold}))
+    Ok(json!({"memory": memory, "rows": rows, "hold": hold, "pinned": pinned}))
 }
 
 fn row(
@@ -214,7 +239,23 @@ fn row(
 /// The report as terminal tables: latency and cost per proxy, then each proxy's throughput as
 /// a ratio of nginx's in the same cell, then memory.
 pub fn render(report: &Value) -> String {
-    let mut s = format!(
+    let mut s = String::new();
+    if let Some(p) = report["pinned"].as_object() {
+        s += &format!(
+            "pinned: proxies on CPU {} (threads seen on {}), load generator and backend on {} (seen on {})\n",
+            p["router_cpu"],
+            p["proxies"]
+                .as_object()
+                .into_iter()
+                .flatten()
+                .map(|(name, cpus)| format!("{name}: {cpus}"))
+                .collect::<Vec<_>>()
+                .join(", "),
+            p["load_cpus"],
+            p["load"]
+        );
+    }
+    s += &format!(
         "{:<20} {:<24} {:>4} {:>10} {:>10} {:>10} {:>10} {:>8} {:>11} {:>6}\n",
         "proxy",
         "workload",
@@ -234,8 +275,14 @@ pub fn render(report: &Value) -> String {
             n["proxy"] == "nginx" && n["kind"] == r["kind"] && n["concurrency"] == r["concurrency"]
         });
         let vs_nginx = nginx
-            .and_then(|n| n["routed_rps"].as_f64())
-            .map(|n| format!("  ({:.2}x nginx)", f("routed_rps") / n))
+            .and_then(|n| Some((n["routed_rps"].as_f64()?, n["cpu_ms_per_1000"].as_f64()?)))
+            .map(|(rps, cpu)| {
+                format!(
+                    "  ({:.2}x nginx's req/s, {:.2}x its CPU)",
+                    f("routed_rps") / rps,
+                    f("cpu_ms_per_1000") / cpu
+                )
+            })
             .unwrap_or_default();
         s += &format!(
             "{:<20} {:<24} {:>4} {:>8.0}us {:>8.0}us {:>8.0}us {:>8.0}us {:>8.3} {:>11.1} {:>6}{}\n",

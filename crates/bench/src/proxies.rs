@@ -19,6 +19,7 @@ use tokio::process::{Child, Command};
 use tokio::time::Instant;
 
 use crate::client::{HttpClient, get_text};
+use crate::pinning::Pinning;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ProxyKind {
@@ -107,11 +108,15 @@ impl ProxyProcess {
         self.pid
     }
 
+    /// Starts the proxy in front of `backend` and waits until it is ready. With `pin`, it runs
+    /// on the router's CPU alone (see [`crate::pinning`]).
     pub async fn start(
         kind: &ProxyKind,
         client: &HttpClient,
         backend: &str,
+        pin: Option<&Pinning>,
     ) -> Result<ProxyProcess, String> {
+        let prefix = pin.map(Pinning::router_prefix).unwrap_or_default();
         let dir = std::env::temp_dir().join(format!(
             "mvllm-bench-{}-{}",
             std::process::id(),
@@ -153,15 +158,13 @@ impl ProxyProcess {
             ProxyKind::Mvllm => {
                 // MVLLM_BENCH_WRAP="valgrind --tool=massif" (say) runs the router under a
                 // profiler.
-                let mut command = match std::env::var("MVLLM_BENCH_WRAP") {
-                    Ok(wrap) if !wrap.trim().is_empty() => {
-                        let mut words = wrap.split_whitespace();
-                        let mut c = Command::new(words.next().unwrap_or_default());
-                        c.args(words).arg(&exe);
-                        c
-                    }
-                    _ => Command::new(&exe),
-                };
+                let mut words = prefix.clone();
+                if let Ok(wrap) = std::env::var("MVLLM_BENCH_WRAP") {
+                    words.extend(wrap.split_whitespace().map(String::from));
+                }
+                words.push(exe.display().to_string());
+                let mut command = Command::new(&words[0]);
+                command.args(&words[1..]);
                 // MVLLM_BENCH_ROUTER_LOG=FILE keeps the router's log lines (at info).
                 let log = std::env::var_os("MVLLM_BENCH_ROUTER_LOG")
                     .and_then(|p| std::fs::File::create(p).ok());
@@ -183,15 +186,23 @@ impl ProxyProcess {
             }
             ProxyKind::MvllmDashboard | ProxyKind::MvllmTerminalConsole => {
                 let console = *kind == ProxyKind::MvllmTerminalConsole;
-                let (child, pid) = spawn_on_terminal(&exe, &mvllm_args(console))?;
+                let mut words = prefix.clone();
+                words.push(exe.display().to_string());
+                words.extend(mvllm_args(console));
+                let (child, pid) = spawn_on_terminal(&words)?;
                 (Running::Terminal(child), pid, "/readyz")
             }
             ProxyKind::Nginx => {
                 let nginx = find_nginx().ok_or("nginx is not installed")?;
                 let conf = dir.join("nginx.conf");
-                std::fs::write(&conf, nginx_conf(&dir, &backend_addr, port))
+                // Pinned, one worker on the router's CPU, as the kit's reference nginx.
+                let workers = if pin.is_some() { "1" } else { "auto" };
+                std::fs::write(&conf, nginx_conf(&dir, &backend_addr, port, workers))
                     .map_err(|e| e.to_string())?;
-                let child = Command::new(nginx)
+                let mut words = prefix.clone();
+                words.push(nginx.display().to_string());
+                let child = Command::new(&words[0])
+                    .args(&words[1..])
                     .arg("-c")
                     .arg(&conf)
                     .arg("-p")
@@ -211,7 +222,10 @@ impl ProxyProcess {
                     .replace("{backend}", backend)
                     .replace("{backend_addr}", &backend_addr)
                     .replace("{port}", &port.to_string());
-                let child = Command::new("sh")
+                let mut words = prefix.clone();
+                words.push("sh".into());
+                let child = Command::new(&words[0])
+                    .args(&words[1..])
                     .arg("-c")
                     .arg(format!("exec {line}"))
                     .stdout(Stdio::null())
@@ -252,11 +266,11 @@ impl ProxyProcess {
 }
 
 /// nginx as a plain reverse proxy: keep-alive to the backend, no buffering (so streams flow),
-/// no access log, one worker per core.
-fn nginx_conf(dir: &std::path::Path, backend_addr: &str, port: u16) -> String {
+/// no access log, `workers` worker processes (`auto`: one per core).
+fn nginx_conf(dir: &std::path::Path, backend_addr: &str, port: u16, workers: &str) -> String {
     let d = dir.display();
     format!(
-        "worker_processes auto;\ndaemon off;\npid {d}/nginx.pid;\nerror_log {d}/error.log warn;\n\
+        "worker_processes {workers};\ndaemon off;\npid {d}/nginx.pid;\nerror_log {d}/error.log warn;\n\
          events {{ worker_connections 20000; }}\n\
          http {{\n  access_log off;\n  client_body_temp_path {d}/body;\n  proxy_temp_path {d}/proxy;\n\
            fastcgi_temp_path {d}/fastcgi;\n  uwsgi_temp_path {d}/uwsgi;\n  scgi_temp_path {d}/scgi;\n\
@@ -270,8 +284,7 @@ fn nginx_conf(dir: &std::path::Path, backend_addr: &str, port: u16) -> String {
 /// Runs `exe args` in a pseudo-terminal (so mvllm shows its dashboard), with a thread that
 /// reads and discards the screen output so that drawing never blocks.
 fn spawn_on_terminal(
-    exe: &std::path::Path,
-    args: &[String],
+    words: &[String],
 ) -> Result<(Box<dyn portable_pty::Child + Send + Sync>, u32), String> {
     use portable_pty::{CommandBuilder, PtySize, native_pty_system};
     let pty = native_pty_system()
@@ -282,8 +295,8 @@ fn spawn_on_terminal(
             pixel_height: 0,
         })
         .map_err(|e| format!("no pseudo-terminal: {e}"))?;
-    let mut cmd = CommandBuilder::new(exe);
-    cmd.args(args);
+    let mut cmd = CommandBuilder::new(&words[0]);
+    cmd.args(&words[1..]);
     cmd.env("TERM", "xterm-256color");
     let child = pty
         .slave

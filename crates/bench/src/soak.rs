@@ -73,7 +73,7 @@ pub async fn run(opts: Options) -> Result<Value, String> {
     let client = http_client();
     let sims = SimProcess::start(4, &["--max-num-seqs", "64", "--speed", "4"]).await?;
     let backend = sims.urls[0].clone();
-    let router = ProxyProcess::start(&ProxyKind::Mvllm, &client, &backend).await?;
+    let router = ProxyProcess::start(&ProxyKind::Mvllm, &client, &backend, None).await?;
     // The proxy starts with one server; put all four in through the admin API.
     for url in &sims.urls[1..] {
         let body = json!({"url": url, "max_concurrent_requests": 64}).to_string();

@@ -69,7 +69,11 @@ async fn one_stream(
     }
 }
 
-pub async fn run(client: &HttpClient, streams: usize) -> Result<Value, String> {
+pub async fn run(
+    client: &HttpClient,
+    streams: usize,
+    pin: Option<&crate::pinning::Pinning>,
+) -> Result<Value, String> {
     let fd_limit = raise_fd_limit();
     // Each stream holds two sockets in the router and one in this process and the simulator.
     let possible = (fd_limit as usize).saturating_sub(200) / 2;
@@ -88,7 +92,7 @@ pub async fn run(client: &HttpClient, streams: usize) -> Result<Value, String> {
         ],
     )
     .await?;
-    let proxy = ProxyProcess::start(&ProxyKind::Mvllm, client, &sim.urls[0]).await?;
+    let proxy = ProxyProcess::start(&ProxyKind::Mvllm, client, &sim.urls[0], pin).await?;
     let pid = proxy.pid();
     tokio::time::sleep(Duration::from_millis(300)).await;
     let idle = crate::overhead_suite::memory_mib(pid, "VmRSS:").unwrap_or(f64::NAN);

@@ -80,6 +80,11 @@ enum Suite {
         /// Concurrent streams for the holding test (default 10000, 500 with --quick; 0 skips).
         #[arg(long)]
         hold_streams: Option<usize>,
+        /// Pinned mode, as the peers overhead kit: each proxy alone on the first CPU (taskset),
+        /// this load generator and the backend on the others; 64 connections then saturate the
+        /// router's core. Needs two CPUs and taskset.
+        #[arg(long)]
+        pin: bool,
         #[command(flatten)]
         output: Output,
     },
@@ -213,6 +218,7 @@ pub fn run(args: BenchArgs) -> ExitCode {
             no_nginx,
             proxies,
             hold_streams,
+            pin,
             output,
         } => proxies
             .iter()
@@ -225,6 +231,7 @@ pub fn run(args: BenchArgs) -> ExitCode {
                     no_nginx,
                     extra,
                     hold_streams: hold_streams.unwrap_or(if quick { 500 } else { 10_000 }),
+                    pin,
                 };
                 let r = runtime.block_on(overhead_suite::run(opts))?;
                 Ok((

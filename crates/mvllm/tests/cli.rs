@@ -411,3 +411,72 @@ async fn healthcheck_exits_zero_on_2xx_and_says_why_otherwise() {
         String::from_utf8_lossy(&closed.stderr)
     );
 }
+
+/// `bench overhead --pin` (the peers kit's method): the router's threads all on one CPU, the
+/// load generator's on the others, and the pinned figures in the report.
+#[test]
+fn bench_overhead_pin_puts_the_router_alone_on_one_cpu() {
+    let own = std::fs::read_to_string("/proc/self/status").unwrap();
+    let cpus = mvllm_bench::pinning::allowed_cpus(&own).unwrap();
+    let taskset = Command::new("taskset").arg("-V").output();
+    if cpus.len() < 2 || !taskset.is_ok_and(|o| o.status.success()) {
+        eprintln!("skipped: pinned mode needs two CPUs and taskset");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let json = dir.path().join("overhead.json");
+    let out = Command::new(BIN)
+        .args([
+            "bench",
+            "overhead",
+            "--quick",
+            "--pin",
+            "--no-dashboard",
+            "--no-nginx",
+            "--hold-streams",
+            "0",
+            "--json",
+        ])
+        .arg(&json)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let report: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    let pinned = &report["pinned"];
+    let router_cpu = pinned["router_cpu"].as_u64().unwrap().to_string();
+    assert_eq!(pinned["proxies"]["mvllm"], serde_json::json!([router_cpu]));
+    let load: Vec<&str> = pinned["load"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_str().unwrap())
+        .collect();
+    assert!(!load.is_empty());
+    assert!(
+        load.iter()
+            .all(
+                |l| mvllm_bench::pinning::allowed_cpus(&format!("Cpus_allowed_list:\t{l}\n"))
+                    .unwrap()
+                    .iter()
+                    .all(|c| c.to_string() != router_cpu)
+            ),
+        "the load shares the router's CPU: {load:?}"
+    );
+    // The kit's figures, at 1 and 64 connections: CPU per request, req/s, p50, no errors.
+    let rows = report["rows"].as_array().unwrap();
+    for conc in [1, 64] {
+        let row = rows
+            .iter()
+            .find(|r| r["kind"] == "non-streaming" && r["concurrency"] == conc)
+            .unwrap();
+        assert!(row["cpu_ms_per_1000"].as_f64().unwrap() > 0.0, "{row}");
+        assert!(row["routed_rps"].as_f64().unwrap() > 0.0, "{row}");
+        assert_eq!(row["errors_routed"], 0, "{row}");
+    }
+    assert!(String::from_utf8_lossy(&out.stdout).contains("pinned: proxies on CPU"));
+}
