@@ -250,3 +250,75 @@ async fn an_answer_shorter_than_its_content_length_reaches_the_client_as_cut() {
         "counted against the server"
     );
 }
+
+/// A server that sends `events` SSE events `every` apart, then, if `then_silent`, holds the
+/// stream open without a byte; otherwise ends it with `[DONE]`.
+fn paced_stream_server(events: usize, every: Duration, then_silent: bool) -> axum::Router {
+    axum::Router::new().route(
+        "/v1/chat/completions",
+        route_post(move || async move {
+            let chunk = r#"data: {"id":"c","object":"chat.completion.chunk","choices":[{"index":0,"delta":{"content":"a"}}]}"#;
+            let paced = futures_util::stream::unfold(0usize, move |sent| async move {
+                if sent < events {
+                    // The pacing is the behaviour under test: a server producing tokens slowly.
+                    tokio::time::sleep(every).await;
+                    Some((Ok::<_, std::io::Error>(Bytes::from(format!("{chunk}\n\n"))), sent + 1))
+                } else if then_silent {
+                    std::future::pending().await
+                } else if sent == events {
+                    Some((Ok(Bytes::from_static(b"data: [DONE]\n\n")), sent + 1))
+                } else {
+                    None
+                }
+            });
+            (
+                [("content-type", "text/event-stream")],
+                Body::from_stream(paced),
+            )
+        }),
+    )
+}
+
+#[tokio::test]
+async fn a_stream_silent_for_stream_idle_timeout_is_cut_with_an_error_event() {
+    let addr = serve(paced_stream_server(2, Duration::from_millis(20), true)).await;
+    let mut settings = fast_settings();
+    settings.enable_active_health_check = false;
+    settings.stream_idle_timeout = Duration::from_millis(400);
+    let r = router(vec![trusted(format!("http://{addr}"))], settings).await;
+    let resp = post(
+        &format!("{}/v1/chat/completions", r.url()),
+        &chat("hi", 2, true),
+    )
+    .await;
+    assert_eq!(resp.status(), 200);
+    let text = tokio::time::timeout(Duration::from_secs(10), resp.text())
+        .await
+        .expect("the silent stream was never cut")
+        .unwrap();
+    let events: Vec<&str> = text.split("\n\n").filter(|e| !e.is_empty()).collect();
+    assert_eq!(events.len(), 4, "two events, the error, [DONE]: {text:?}");
+    assert!(events[2].contains("\"error\""), "{text:?}");
+    assert_eq!(events[3], "data: [DONE]");
+}
+
+#[tokio::test]
+async fn a_stream_that_keeps_sending_outlives_stream_idle_timeout() {
+    // 12 events 100 ms apart: 1.2 s in all, three times the idle timeout, never 400 ms silent.
+    let addr = serve(paced_stream_server(12, Duration::from_millis(100), false)).await;
+    let mut settings = fast_settings();
+    settings.enable_active_health_check = false;
+    settings.stream_idle_timeout = Duration::from_millis(400);
+    let r = router(vec![trusted(format!("http://{addr}"))], settings).await;
+    let resp = post(
+        &format!("{}/v1/chat/completions", r.url()),
+        &chat("hi", 2, true),
+    )
+    .await;
+    assert_eq!(resp.status(), 200);
+    let text = resp.text().await.unwrap();
+    let events: Vec<&str> = text.split("\n\n").filter(|e| !e.is_empty()).collect();
+    assert_eq!(events.len(), 13, "{text:?}");
+    assert!(!text.contains("\"error\""), "{text:?}");
+    assert_eq!(events[12], "data: [DONE]");
+}

@@ -10,7 +10,7 @@
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context, Poll, ready};
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -50,8 +50,15 @@ pub struct ProxyBody {
     inner: Incoming,
     guard: Option<InFlight>,
     settings: Arc<Settings>,
+    /// `stream_idle_timeout`'s timer. It is not pushed back on every chunk (that cost a timer
+    /// reset and a waker registration per token): it fires at its deadline, and is then moved
+    /// to `idle_timeout` after the last data if data came since.
     idle: Pin<Box<Sleep>>,
     idle_timeout: Duration,
+    last_data: Instant,
+    /// The waker the timer holds: while the body is polled by the same task and the timer has
+    /// not fired, polling the timer again would change nothing.
+    idle_waker: Option<std::task::Waker>,
     sse: bool,
     ended: bool,
     log: RequestLog,
@@ -79,6 +86,8 @@ impl ProxyBody {
             guard: Some(guard),
             idle: Box::pin(tokio::time::sleep(idle_timeout)),
             idle_timeout,
+            last_data: Instant::now(),
+            idle_waker: None,
             settings,
             sse,
             ended: false,
@@ -204,8 +213,7 @@ impl Body for ProxyBody {
                     // Hyper stops polling once a Content-Length is satisfied: the end is now.
                     this.finish();
                 } else {
-                    let deadline = Instant::now() + this.idle_timeout;
-                    this.idle.as_mut().reset(deadline);
+                    this.last_data = Instant::now();
                 }
                 Poll::Ready(Some(Ok(frame)))
             }
@@ -224,7 +232,24 @@ impl Body for ProxyBody {
                 Poll::Ready(None)
             }
             Poll::Pending => {
-                ready!(this.idle.as_mut().poll(cx));
+                let registered = this
+                    .idle_waker
+                    .as_ref()
+                    .is_some_and(|w| w.will_wake(cx.waker()));
+                if registered && !this.idle.is_elapsed() {
+                    return Poll::Pending;
+                }
+                loop {
+                    if this.idle.as_mut().poll(cx).is_pending() {
+                        this.idle_waker = Some(cx.waker().clone());
+                        return Poll::Pending;
+                    }
+                    let due = this.last_data + this.idle_timeout;
+                    if Instant::now() >= due {
+                        break;
+                    }
+                    this.idle.as_mut().reset(due);
+                }
                 let why = format!("no data for {:?}", this.idle_timeout);
                 match this.fail(why.clone(), ProxyError::Timeout) {
                     Some(event) => Poll::Ready(Some(Ok(Frame::data(event)))),
