@@ -723,3 +723,28 @@ async fn the_status_api_shows_live_figures_failures_drains_and_events() {
         Some(urls[0].as_str())
     );
 }
+
+#[tokio::test]
+async fn shutdown_closes_idle_keep_alive_connections_at_once() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let a = sim(SimConfig::instant()).await;
+    let r = router_over(std::slice::from_ref(&a)).await;
+    // A client that got its answer and keeps the connection open (idle keep-alive); the
+    // router's header_read_timeout (60 s) would close it only much later.
+    let mut idle = tokio::net::TcpStream::connect(r.addr).await.unwrap();
+    idle.write_all(b"GET /livez HTTP/1.1\r\nhost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let mut buf = vec![0u8; 4096];
+    let n = idle.read(&mut buf).await.unwrap();
+    assert!(buf[..n].starts_with(b"HTTP/1.1 200"));
+    let finished =
+        tokio::time::timeout(Duration::from_secs(10), r.shutdown(Duration::from_secs(30)))
+            .await
+            .expect("shutdown waited on an idle connection");
+    assert!(finished);
+    let closed = tokio::time::timeout(Duration::from_secs(5), idle.read(&mut buf))
+        .await
+        .expect("the idle connection was left open");
+    assert!(matches!(closed, Ok(0) | Err(_)), "{closed:?}");
+}
