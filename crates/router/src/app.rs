@@ -14,7 +14,40 @@ use serde_json::json;
 use crate::state::AppState;
 use crate::{api, proxy};
 
+/// The paths the router answers itself on its main listener (with `/admin` and everything
+/// under it); every other path is forwarded. Kept beside [`app`], which routes these.
+const OWN_PATHS: [&str; 8] = [
+    "/",
+    "/health",
+    "/livez",
+    "/readyz",
+    "/metrics",
+    "/load-stats",
+    "/server-models",
+    "/v1/models",
+];
+
+/// Whether the main listener's [`app`] answers `path` itself (rather than forwarding it).
+pub fn is_own_path(path: &str) -> bool {
+    OWN_PATHS.contains(&path) || path == "/admin" || path.starts_with("/admin/")
+}
+
+/// A request for a path that is not the router's own, as [`app`]'s fallback would handle it
+/// (CORS, the API-key guard, then [`proxy::forward`]) without going through axum's routing:
+/// per request that saved the path lookup, two middleware layers' boxed services and futures
+/// (about twenty allocations) and their extensions.
+pub async fn forward_directly(state: Arc<AppState>, req: axum::extract::Request) -> Response {
+    let app = state.clone();
+    api::cors::around(&app, req, |req| async move {
+        let guard = state.clone();
+        api::guard::require_key_around(&guard, req, |req| proxy::forward(State(state), req)).await
+    })
+    .await
+}
+
 /// The main listener's routes. With `with_admin`, the admin API is mounted here too.
+/// Paths for which [`is_own_path`] is false reach the fallback, [`proxy::forward`]; the server
+/// sends those to [`forward_directly`] instead, which does the same.
 pub fn app(state: Arc<AppState>, with_admin: bool) -> Router {
     use axum::middleware::from_fn_with_state;
     // Everything a client uses needs its API key when keys are configured; probes do not.

@@ -227,6 +227,7 @@ pub async fn start_with(opts: Options) -> std::io::Result<RouterHandle> {
             tasks.push(server::serve(
                 l,
                 app::admin_app(state.clone()),
+                None,
                 stop_accepting.clone(),
                 limits,
                 None,
@@ -245,6 +246,7 @@ pub async fn start_with(opts: Options) -> std::io::Result<RouterHandle> {
     tasks.push(server::serve(
         opts.listener,
         app::app(state.clone(), admin_addr.is_none()),
+        Some(state.clone()),
         stop_accepting.clone(),
         limits,
         tls,

@@ -73,9 +73,13 @@ fn refuse_head<B>(req: &hyper::Request<B>, max: usize) -> Option<axum::response:
     })
 }
 
+/// Serves `app` on `listener`. With `forward_directly`, requests for paths that are not the
+/// router's own ([`crate::app::is_own_path`]) skip `app`'s routing and go straight to
+/// [`crate::app::forward_directly`] (the same handling, without axum's per-request layers).
 pub fn serve(
     listener: TcpListener,
     app: axum::Router,
+    forward_directly: Option<Arc<crate::state::AppState>>,
     stop: CancellationToken,
     limits: Limits,
     tls: Option<tokio_rustls::TlsAcceptor>,
@@ -115,13 +119,22 @@ pub fn serve(
             let max_head = limits.max_header_bytes;
             let service = hyper::service::service_fn({
                 let app = app.clone();
+                let direct = forward_directly.clone();
                 move |req: hyper::Request<hyper::body::Incoming>| {
                     let refused = refuse_head(&req, max_head);
                     let app = app.clone();
+                    let direct = direct
+                        .as_ref()
+                        .filter(|_| !crate::app::is_own_path(req.uri().path()))
+                        .cloned();
                     async move {
-                        match refused {
-                            Some(answer) => Ok(answer),
-                            None => app.oneshot(req.map(axum::body::Body::new)).await,
+                        let req = req.map(axum::body::Body::new);
+                        match (refused, direct) {
+                            (Some(answer), _) => Ok(answer),
+                            (None, Some(state)) => {
+                                Ok(crate::app::forward_directly(state, req).await)
+                            }
+                            (None, None) => app.oneshot(req).await,
                         }
                     }
                 }

@@ -21,8 +21,17 @@ const MAX_AGE_SECONDS: &str = "600";
 const EXPOSED: &str = "x-request-id, retry-after";
 
 pub async fn cors(State(app): State<Arc<AppState>>, req: Request, next: Next) -> Response {
+    around(&app, req, |req| next.run(req)).await
+}
+
+/// [`cors`] around any `next` (the forwarding path calls it without axum's routing).
+pub async fn around<F, Fut>(app: &AppState, req: Request, next: F) -> Response
+where
+    F: FnOnce(Request) -> Fut,
+    Fut: std::future::Future<Output = Response>,
+{
     let Some(origin) = req.headers().get(header::ORIGIN).cloned() else {
-        return next.run(req).await;
+        return next(req).await;
     };
     let allowed = allowed(&app.fleet.settings().cors_allow_origins, &origin);
     if req.method() == Method::OPTIONS
@@ -57,7 +66,7 @@ pub async fn cors(State(app): State<Arc<AppState>>, req: Request, next: Next) ->
         }
         return resp;
     }
-    let mut resp = next.run(req).await;
+    let mut resp = next(req).await;
     let h = resp.headers_mut();
     vary(h);
     if allowed {

@@ -40,11 +40,16 @@ impl http_body::Body for GuardedBody {
 
 /// Middleware for every route that needs a key: checks it, drops it from the request (servers
 /// never see clients' keys), and keeps the key counted until the response ends.
-pub async fn require_key(
-    State(app): State<Arc<AppState>>,
-    mut req: Request,
-    next: Next,
-) -> Response {
+pub async fn require_key(State(app): State<Arc<AppState>>, req: Request, next: Next) -> Response {
+    require_key_around(&app, req, |req| next.run(req)).await
+}
+
+/// [`require_key`] around any `next` (the forwarding path calls it without axum's routing).
+pub async fn require_key_around<F, Fut>(app: &AppState, mut req: Request, next: F) -> Response
+where
+    F: FnOnce(Request) -> Fut,
+    Fut: std::future::Future<Output = Response>,
+{
     // The keys' guard is let go before the request is awaited: an arc-swap guard held across
     // an await takes one of the thread's few fast slots for the request's whole life, and with
     // dozens of requests in flight every other load on the thread fell to the slow path.
@@ -72,11 +77,11 @@ pub async fn require_key(
         }
     };
     let Some(guard) = admitted else {
-        return next.run(req).await;
+        return next(req).await;
     };
     req.headers_mut().remove(header::AUTHORIZATION);
     req.headers_mut().remove("x-api-key");
-    let response = next.run(req).await;
+    let response = next(req).await;
     let (parts, body) = response.into_parts();
     Response::from_parts(
         parts,
