@@ -35,13 +35,14 @@ use crate::telemetry::{self, ReasonLabels, RequestLabels, RouteLabels};
 use errors::ProxyError;
 use meta::RequestMeta;
 
-const REQUEST_ID: &str = "x-request-id";
+/// A name made once: inserting by `&str` builds (and allocates) a non-standard name each time.
+const REQUEST_ID: axum::http::HeaderName = axum::http::HeaderName::from_static("x-request-id");
 
 /// The fallback handler: everything that is not one of the router's own routes.
 pub async fn forward(State(app): State<Arc<AppState>>, req: Request) -> Response {
     let started = Instant::now();
     let (mut parts, body) = req.into_parts();
-    let request_id = match parts.headers.get(REQUEST_ID).and_then(|v| v.to_str().ok()) {
+    let request_id = match parts.headers.get(&REQUEST_ID).and_then(|v| v.to_str().ok()) {
         Some(id) if !id.is_empty() => id.to_string(),
         _ => {
             let id = new_request_id(rand::rng().random());

@@ -10,8 +10,6 @@
 //! (its prefix-cache counters go back), goes down, or leaves the fleet (the index lives in the
 //! server's state, so a reload keeps it for servers that stay and drops it for those removed).
 
-use std::num::NonZeroUsize;
-
 use lru::LruCache;
 
 use crate::routing::fingerprint::BLOCK_TOKENS;
@@ -86,8 +84,9 @@ impl PrefixIndex {
     }
 
     /// Forgets everything (the server restarted, went down, or its cache was reset).
+    /// Forgets every block and gives back the table's memory.
     pub fn clear(&mut self) {
-        self.blocks.clear();
+        self.blocks = LruCache::unbounded();
     }
 
     pub fn len(&self) -> usize {
@@ -104,11 +103,16 @@ impl PrefixIndex {
 
     fn shrink(&mut self) {
         let limit = self.limit();
+        if self.blocks.len() <= limit {
+            // Runs after every routed prompt: nothing to evict, nothing to give back (a fresh
+            // table here cost an allocation per request).
+            return;
+        }
         while self.blocks.len() > limit {
             self.blocks.pop_lru();
         }
-        if self.blocks.is_empty() && self.blocks.cap() > NonZeroUsize::MIN {
-            // Give back the table's memory after a clear or a shrink to nothing.
+        if self.blocks.is_empty() {
+            // Give back the table's memory after a shrink to nothing.
             self.blocks = LruCache::unbounded();
         }
     }
