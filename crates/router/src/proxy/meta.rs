@@ -6,7 +6,7 @@
 use axum::http::{HeaderMap, header};
 use bytes::Bytes;
 use serde::Deserialize;
-use serde_json::Value;
+use serde_json_borrow::Value;
 
 use super::errors::ProxyError;
 use crate::routing::fingerprint::Fingerprint;
@@ -48,36 +48,39 @@ pub fn model_in_query(query: Option<&str>) -> Option<String> {
         .filter(|m| !m.is_empty())
 }
 
+/// The body's routing fields, borrowed from it (see [`super::prompt`] for why).
 #[derive(Deserialize)]
-struct JsonFields {
+// The borrowed tree deserializes from a body of exactly its own lifetime.
+#[serde(bound(deserialize = "'de: 'a, 'a: 'de"))]
+struct JsonFields<'a> {
     #[serde(default)]
     model: Option<String>,
     #[serde(default)]
     stream: Option<bool>,
     // Read as they come: their shapes are the server's to check.
-    #[serde(default)]
-    messages: Option<Value>,
-    #[serde(default)]
-    prompt: Option<Value>,
-    #[serde(default)]
-    input: Option<Value>,
-    #[serde(default)]
-    instructions: Option<Value>,
-    #[serde(default)]
-    cache_salt: Option<Value>,
-    #[serde(default)]
-    prompt_cache_key: Option<Value>,
-    #[serde(default)]
-    user: Option<Value>,
-    #[serde(default)]
-    previous_response_id: Option<Value>,
-    #[serde(default)]
-    stream_options: Option<Value>,
+    #[serde(default, borrow)]
+    messages: Option<Value<'a>>,
+    #[serde(default, borrow)]
+    prompt: Option<Value<'a>>,
+    #[serde(default, borrow)]
+    input: Option<Value<'a>>,
+    #[serde(default, borrow)]
+    instructions: Option<Value<'a>>,
+    #[serde(default, borrow)]
+    cache_salt: Option<Value<'a>>,
+    #[serde(default, borrow)]
+    prompt_cache_key: Option<Value<'a>>,
+    #[serde(default, borrow)]
+    user: Option<Value<'a>>,
+    #[serde(default, borrow)]
+    previous_response_id: Option<Value<'a>>,
+    #[serde(default, borrow)]
+    stream_options: Option<Value<'a>>,
 }
 
-fn text(v: Option<Value>) -> Option<String> {
+fn text(v: Option<Value<'_>>) -> Option<String> {
     match v {
-        Some(Value::String(s)) => Some(s),
+        Some(Value::Str(s)) => Some(s.into_owned()),
         _ => None,
     }
 }
@@ -127,7 +130,7 @@ pub async fn read_meta(
         })?;
         let fingerprint = super::prompt::fingerprint(&super::prompt::PromptFields {
             model: fields.model.as_deref(),
-            cache_salt: fields.cache_salt.as_ref().and_then(Value::as_str),
+            cache_salt: fields.cache_salt.as_ref().and_then(|v| v.as_str()),
             messages: fields.messages.as_ref(),
             prompt: fields.prompt.as_ref(),
             instructions: fields.instructions.as_ref(),
@@ -137,8 +140,7 @@ pub async fn read_meta(
         let include_usage = fields
             .stream_options
             .as_ref()
-            .and_then(|o| o.get("include_usage"))
-            .and_then(Value::as_bool)
+            .and_then(|o| o.get("include_usage").as_bool())
             == Some(true);
         return Ok(RequestMeta {
             reports_usage: !stream || include_usage || fields.input.is_some(),

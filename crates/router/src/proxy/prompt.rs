@@ -2,8 +2,13 @@
 //! [`Fingerprint`]: chat `messages` (roles and contents in order, the text of multi-part
 //! contents, image URLs as they are), a completion's `prompt` (text, texts or token ids), a
 //! response's `instructions` and `input`.
+//!
+//! The fields are read into a borrowed JSON tree (`serde_json_borrow`): strings point into the
+//! request body instead of being copied, objects are small vectors instead of hash maps. Per
+//! request that saved the tree's allocations (a map per message, a string per role and
+//! content), a tenth of the router's instructions for a chat completion.
 
-use serde_json::Value;
+use serde_json_borrow::Value;
 
 use crate::routing::fingerprint::{Builder, Fingerprint};
 
@@ -11,10 +16,10 @@ use crate::routing::fingerprint::{Builder, Fingerprint};
 pub struct PromptFields<'a> {
     pub model: Option<&'a str>,
     pub cache_salt: Option<&'a str>,
-    pub messages: Option<&'a Value>,
-    pub prompt: Option<&'a Value>,
-    pub instructions: Option<&'a Value>,
-    pub input: Option<&'a Value>,
+    pub messages: Option<&'a Value<'a>>,
+    pub prompt: Option<&'a Value<'a>>,
+    pub instructions: Option<&'a Value<'a>>,
+    pub input: Option<&'a Value<'a>>,
 }
 
 /// The fingerprint, or `None` when the body carries no prompt.
@@ -29,13 +34,13 @@ pub fn fingerprint(f: &PromptFields<'_>) -> Option<Fingerprint> {
     if let Some(p) = f.prompt {
         push_prompt(&mut b, p);
     }
-    if let Some(Value::String(s)) = f.instructions {
+    if let Some(Value::Str(s)) = f.instructions {
         b.push_str("system\n");
         b.push_str(s);
         b.push_str("\n");
     }
     match f.input {
-        Some(Value::String(s)) => {
+        Some(Value::Str(s)) => {
             b.push_str("user\n");
             b.push_anchor_message(s);
             b.push_str("\n");
@@ -46,27 +51,28 @@ pub fn fingerprint(f: &PromptFields<'_>) -> Option<Fingerprint> {
     Some(b.finish())
 }
 
-fn push_messages(b: &mut Builder, messages: &Value) {
+fn push_messages(b: &mut Builder, messages: &Value<'_>) {
     let Value::Array(list) = messages else {
         return;
     };
     for m in list {
-        if let Some(role) = m.get("role").and_then(Value::as_str) {
+        let role = m.get("role").as_str();
+        if let Some(role) = role {
             b.push_str(role);
             b.push_str("\n");
         }
-        let first_user = !b.has_anchor() && m.get("role").and_then(Value::as_str) == Some("user");
+        let first_user = !b.has_anchor() && role == Some("user");
         match m.get("content") {
-            Some(Value::String(s)) if first_user => b.push_anchor_message(s),
-            Some(Value::String(s)) => b.push_str(s),
-            Some(Value::Array(parts)) if first_user => {
+            Value::Str(s) if first_user => b.push_anchor_message(s),
+            Value::Str(s) => b.push_str(s),
+            Value::Array(parts) if first_user => {
                 let mut text = Builder::new(None, None);
                 for part in parts {
                     push_part(&mut text, part);
                 }
                 b.push_anchor_message(&String::from_utf8_lossy(text.text()));
             }
-            Some(Value::Array(parts)) => {
+            Value::Array(parts) => {
                 for part in parts {
                     push_part(b, part);
                 }
@@ -79,13 +85,13 @@ fn push_messages(b: &mut Builder, messages: &Value) {
 
 /// One part of a multi-part content: its text, or the URL of an image or audio (the same image
 /// is the same prefix).
-fn push_part(b: &mut Builder, part: &Value) {
-    if let Value::String(s) = part {
+fn push_part(b: &mut Builder, part: &Value<'_>) {
+    if let Value::Str(s) = part {
         b.push_str(s);
         return;
     }
     for key in ["text", "input_text", "output_text"] {
-        if let Some(s) = part.get(key).and_then(Value::as_str) {
+        if let Some(s) = part.get(key).as_str() {
             b.push_str(s);
             return;
         }
@@ -98,20 +104,20 @@ fn push_part(b: &mut Builder, part: &Value) {
         "video_url",
     ] {
         match part.get(key) {
-            Some(Value::String(url)) => return b.push_str(url),
-            Some(v) => {
-                if let Some(url) = v.get("url").and_then(Value::as_str) {
+            Value::Str(url) => return b.push_str(url),
+            Value::Null => {}
+            v => {
+                if let Some(url) = v.get("url").as_str() {
                     return b.push_str(url);
                 }
             }
-            None => {}
         }
     }
 }
 
-fn push_prompt(b: &mut Builder, prompt: &Value) {
+fn push_prompt(b: &mut Builder, prompt: &Value<'_>) {
     match prompt {
-        Value::String(s) => b.push_str(s),
+        Value::Str(s) => b.push_str(s),
         Value::Array(items) => {
             if items.iter().all(Value::is_u64) {
                 b.push_tokens(items.iter().filter_map(Value::as_u64).map(|t| t as u32));
@@ -130,7 +136,10 @@ mod tests {
     use super::*;
     use serde_json::json;
 
-    fn chat(messages: Value) -> Fingerprint {
+    /// The fields as the router reads them: from the JSON text, borrowed.
+    fn chat(messages: serde_json::Value) -> Fingerprint {
+        let text = messages.to_string();
+        let messages: Value<'_> = serde_json::from_str(&text).unwrap();
         fingerprint(&PromptFields {
             model: Some("m"),
             cache_salt: None,
@@ -174,7 +183,9 @@ mod tests {
     #[test]
     fn completions_prompts_of_every_form() {
         let text = "once upon a time ".repeat(10);
-        let f = |p: Value| {
+        let f = |p: serde_json::Value| {
+            let text = p.to_string();
+            let p: Value<'_> = serde_json::from_str(&text).unwrap();
             fingerprint(&PromptFields {
                 model: Some("m"),
                 cache_salt: None,
