@@ -38,7 +38,8 @@ use meta::RequestMeta;
 /// A name made once: inserting by `&str` builds (and allocates) a non-standard name each time.
 const REQUEST_ID: axum::http::HeaderName = axum::http::HeaderName::from_static("x-request-id");
 
-/// The fallback handler: everything that is not one of the router's own routes.
+/// Everything that is not one of the router's own routes: the app's fallback, reached from the
+/// connection through [`crate::app::forward_directly`] (CORS and the key guard first).
 pub async fn forward(State(app): State<Arc<AppState>>, req: Request) -> Response {
     let started = Instant::now();
     let (mut parts, body) = req.into_parts();
