@@ -163,8 +163,7 @@ impl ProxyProcess {
                     words.extend(wrap.split_whitespace().map(String::from));
                 }
                 words.push(exe.display().to_string());
-                let mut command = Command::new(&words[0]);
-                command.args(&words[1..]);
+                let mut command = command_of(&words);
                 // MVLLM_BENCH_ROUTER_LOG=FILE keeps the router's log lines (at info).
                 let log = std::env::var_os("MVLLM_BENCH_ROUTER_LOG")
                     .and_then(|p| std::fs::File::create(p).ok());
@@ -199,21 +198,19 @@ impl ProxyProcess {
                 let workers = if pin.is_some() { "1" } else { "auto" };
                 std::fs::write(&conf, nginx_conf(&dir, &backend_addr, port, workers))
                     .map_err(|e| e.to_string())?;
-                let mut words = prefix.clone();
-                words.push(nginx.display().to_string());
-                let child = Command::new(&words[0])
-                    .args(&words[1..])
-                    .arg("-c")
-                    .arg(&conf)
-                    .arg("-p")
-                    .arg(&dir)
-                    .arg("-e")
-                    .arg(dir.join("error.log"))
-                    .stdout(Stdio::null())
-                    .stderr(Stdio::inherit())
-                    .kill_on_drop(true)
-                    .spawn()
-                    .map_err(|e| format!("cannot start nginx: {e}"))?;
+                let child =
+                    command_of(&[prefix.clone(), vec![nginx.display().to_string()]].concat())
+                        .arg("-c")
+                        .arg(&conf)
+                        .arg("-p")
+                        .arg(&dir)
+                        .arg("-e")
+                        .arg(dir.join("error.log"))
+                        .stdout(Stdio::null())
+                        .stderr(Stdio::inherit())
+                        .kill_on_drop(true)
+                        .spawn()
+                        .map_err(|e| format!("cannot start nginx: {e}"))?;
                 let pid = child.id().unwrap_or(0);
                 (Running::Piped(child), pid, "/health")
             }
@@ -222,10 +219,7 @@ impl ProxyProcess {
                     .replace("{backend}", backend)
                     .replace("{backend_addr}", &backend_addr)
                     .replace("{port}", &port.to_string());
-                let mut words = prefix.clone();
-                words.push("sh".into());
-                let child = Command::new(&words[0])
-                    .args(&words[1..])
+                let child = command_of(&[prefix.clone(), vec!["sh".into()]].concat())
                     .arg("-c")
                     .arg(format!("exec {line}"))
                     .stdout(Stdio::null())
@@ -263,6 +257,14 @@ impl ProxyProcess {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }
+}
+
+/// A command from its words: the program, then its arguments (with `--pin`, `taskset -c N`
+/// comes first).
+fn command_of(words: &[String]) -> Command {
+    let mut command = Command::new(&words[0]);
+    command.args(&words[1..]);
+    command
 }
 
 /// nginx as a plain reverse proxy: keep-alive to the backend, no buffering (so streams flow),

@@ -22,17 +22,17 @@ use crate::telemetry::{DecisionLabels, RequestLabels};
 /// Most label combinations a server keeps handles for.
 const MAX_KEPT: usize = 128;
 
-struct RequestCounter {
-    route: &'static str,
-    status: u16,
-    model: Box<str>,
-    counter: Counter,
-}
+/// Counters kept by their key.
+type Kept<K> = Mutex<Vec<(K, Counter)>>;
+
+/// A request's labels besides the server: route, status, model.
+type RequestKey = (&'static str, u16, Box<str>);
 
 #[derive(Default)]
 pub struct ServerCounters {
-    requests: Mutex<Vec<RequestCounter>>,
-    decisions: Mutex<Vec<(&'static str, Counter)>>,
+    requests: Kept<RequestKey>,
+    /// By policy.
+    decisions: Kept<&'static str>,
 }
 
 impl std::fmt::Debug for ServerCounters {
@@ -41,6 +41,21 @@ impl std::fmt::Debug for ServerCounters {
             .field("requests", &self.requests.lock().len())
             .field("decisions", &self.decisions.lock().len())
             .finish()
+    }
+}
+
+/// Increments the kept counter whose key `is`, or takes it from its family with `take` (and
+/// keeps it while there is room).
+fn count<K>(kept: &Kept<K>, is: impl Fn(&K) -> bool, take: impl FnOnce() -> (K, Counter)) {
+    let mut kept = kept.lock();
+    if let Some((_, c)) = kept.iter().find(|(k, _)| is(k)) {
+        c.inc();
+        return;
+    }
+    let (key, counter) = take();
+    counter.inc();
+    if kept.len() < MAX_KEPT {
+        kept.push((key, counter));
     }
 }
 
@@ -54,31 +69,22 @@ impl ServerCounters {
         model: &str,
         status: u16,
     ) {
-        let mut kept = self.requests.lock();
-        if let Some(c) = kept
-            .iter()
-            .find(|c| c.status == status && c.route == route && &*c.model == model)
-        {
-            c.counter.inc();
-            return;
-        }
-        let counter = family
-            .get_or_create(&RequestLabels {
-                route,
-                model: model.to_string(),
-                server: server.clone(),
-                status,
-            })
-            .clone();
-        counter.inc();
-        if kept.len() < MAX_KEPT {
-            kept.push(RequestCounter {
-                route,
-                status,
-                model: model.into(),
-                counter,
-            });
-        }
+        count(
+            &self.requests,
+            |(r, s, m)| *s == status && *r == route && &**m == model,
+            || {
+                let labels = RequestLabels {
+                    route,
+                    model: model.to_string(),
+                    server: server.clone(),
+                    status,
+                };
+                (
+                    (route, status, model.into()),
+                    family.get_or_create(&labels).clone(),
+                )
+            },
+        );
     }
 
     /// Counts one decision of `policy` for `server` (`mvllm_policy_decisions_total`).
@@ -88,21 +94,17 @@ impl ServerCounters {
         server: &Arc<str>,
         policy: &'static str,
     ) {
-        let mut kept = self.decisions.lock();
-        if let Some((_, c)) = kept.iter().find(|(p, _)| *p == policy) {
-            c.inc();
-            return;
-        }
-        let counter = family
-            .get_or_create(&DecisionLabels {
-                policy,
-                server: server.clone(),
-            })
-            .clone();
-        counter.inc();
-        if kept.len() < MAX_KEPT {
-            kept.push((policy, counter));
-        }
+        count(
+            &self.decisions,
+            |p| *p == policy,
+            || {
+                let labels = DecisionLabels {
+                    policy,
+                    server: server.clone(),
+                };
+                (policy, family.get_or_create(&labels).clone())
+            },
+        );
     }
 }
 

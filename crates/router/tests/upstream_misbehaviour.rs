@@ -279,9 +279,10 @@ fn paced_stream_server(events: usize, every: Duration, then_silent: bool) -> axu
     )
 }
 
-#[tokio::test]
-async fn a_stream_silent_for_stream_idle_timeout_is_cut_with_an_error_event() {
-    let addr = serve(paced_stream_server(2, Duration::from_millis(20), true)).await;
+/// A streamed chat completion through a router with `stream_idle_timeout = 400 ms` in front of
+/// `server`: the text the client received, or a failure if it never ended.
+async fn stream_with_idle_timeout_400ms(server: axum::Router) -> String {
+    let addr = serve(server).await;
     let mut settings = fast_settings();
     settings.enable_active_health_check = false;
     settings.stream_idle_timeout = Duration::from_millis(400);
@@ -292,10 +293,17 @@ async fn a_stream_silent_for_stream_idle_timeout_is_cut_with_an_error_event() {
     )
     .await;
     assert_eq!(resp.status(), 200);
-    let text = tokio::time::timeout(Duration::from_secs(10), resp.text())
+    tokio::time::timeout(Duration::from_secs(10), resp.text())
         .await
-        .expect("the silent stream was never cut")
-        .unwrap();
+        .expect("the stream never ended")
+        .unwrap()
+}
+
+#[tokio::test]
+async fn a_stream_silent_for_stream_idle_timeout_is_cut_with_an_error_event() {
+    let text =
+        stream_with_idle_timeout_400ms(paced_stream_server(2, Duration::from_millis(20), true))
+            .await;
     let events: Vec<&str> = text.split("\n\n").filter(|e| !e.is_empty()).collect();
     assert_eq!(events.len(), 4, "two events, the error, [DONE]: {text:?}");
     assert!(events[2].contains("\"error\""), "{text:?}");
@@ -305,18 +313,9 @@ async fn a_stream_silent_for_stream_idle_timeout_is_cut_with_an_error_event() {
 #[tokio::test]
 async fn a_stream_that_keeps_sending_outlives_stream_idle_timeout() {
     // 12 events 100 ms apart: 1.2 s in all, three times the idle timeout, never 400 ms silent.
-    let addr = serve(paced_stream_server(12, Duration::from_millis(100), false)).await;
-    let mut settings = fast_settings();
-    settings.enable_active_health_check = false;
-    settings.stream_idle_timeout = Duration::from_millis(400);
-    let r = router(vec![trusted(format!("http://{addr}"))], settings).await;
-    let resp = post(
-        &format!("{}/v1/chat/completions", r.url()),
-        &chat("hi", 2, true),
-    )
-    .await;
-    assert_eq!(resp.status(), 200);
-    let text = resp.text().await.unwrap();
+    let text =
+        stream_with_idle_timeout_400ms(paced_stream_server(12, Duration::from_millis(100), false))
+            .await;
     let events: Vec<&str> = text.split("\n\n").filter(|e| !e.is_empty()).collect();
     assert_eq!(events.len(), 13, "{text:?}");
     assert!(!text.contains("\"error\""), "{text:?}");
