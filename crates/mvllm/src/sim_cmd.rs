@@ -65,6 +65,21 @@ pub struct SimArgs {
     /// Seconds the ports refuse connections after start (as while loading weights).
     #[arg(long, default_value_t = 0.0)]
     startup_delay: f64,
+    /// Disaggregated prefill (vLLM's NixlConnector `kv_role`): producer (prefill server: keeps
+    /// a prefill's KV for a decode server), consumer (decode server: reads it instead of
+    /// computing the prefill) or both; comma-separated for one per instance. Unset: no KV
+    /// connector (kv_transfer_params are ignored).
+    #[arg(long, value_delimiter = ',')]
+    kv_role: Vec<String>,
+    /// Seconds a producer keeps a prefill's KV unread (renewed while a decode server reads it).
+    #[arg(long, default_value_t = 30.0)]
+    kv_lease: f64,
+    /// KV cache bytes per token (Llama-3.1-8B BF16: 131072).
+    #[arg(long, default_value_t = 131_072)]
+    kv_bytes_per_token: u64,
+    /// Bandwidth of the KV transfer link, in GB/s (25: 200 Gb/s RDMA).
+    #[arg(long, default_value_t = 25.0)]
+    kv_link_gbps: f64,
     /// Fault: accept requests and never answer.
     #[arg(long)]
     hang: bool,
@@ -114,6 +129,24 @@ impl SimArgs {
         if !(self.startup_delay.is_finite() && self.startup_delay >= 0.0) {
             return Err("--startup-delay must be a number of seconds >= 0".into());
         }
+        if self.kv_role.len() > 1 && self.kv_role.len() != n {
+            return Err(format!(
+                "--kv-role has {} values for {n} instances: give one, or one per instance",
+                self.kv_role.len()
+            ));
+        }
+        if !(self.kv_lease.is_finite() && self.kv_lease > 0.0) {
+            return Err("--kv-lease must be a number of seconds > 0".into());
+        }
+        let kv_roles = self
+            .kv_role
+            .iter()
+            .map(|r| {
+                mvllm_sim::config::KvRole::parse(r).ok_or_else(|| {
+                    format!("unknown --kv-role '{r}': use producer, consumer or both")
+                })
+            })
+            .collect::<Result<Vec<_>, _>>()?;
         let faults = Faults {
             down: false,
             hang: self.hang,
@@ -153,6 +186,14 @@ impl SimArgs {
                     faults: faults.clone(),
                     startup_delay: Duration::from_secs_f64(self.startup_delay),
                     embedding_dim: self.embedding_dim,
+                    kv_transfer: kv_roles.get(if kv_roles.len() == 1 { 0 } else { i }).map(
+                        |&role| mvllm_sim::config::KvTransfer {
+                            role,
+                            lease: Duration::from_secs_f64(self.kv_lease),
+                            kv_bytes_per_token: self.kv_bytes_per_token,
+                            link_bytes_per_second: self.kv_link_gbps * 1e9,
+                        },
+                    ),
                 };
                 cfg.validate().map(|()| cfg)
             })

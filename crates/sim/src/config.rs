@@ -9,6 +9,69 @@ use crate::faults::Faults;
 
 pub const DEFAULT_MODEL: &str = "meta-llama/Llama-3.1-8B-Instruct";
 
+/// The part a server plays in disaggregated prefill (vLLM's `kv_role` of `--kv-transfer-config`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KvRole {
+    /// Computes prefills and holds their KV for decode servers to read (`kv_producer`).
+    Producer,
+    /// Reads KV computed elsewhere instead of computing the prefill (`kv_consumer`).
+    Consumer,
+    /// Either, per request (`kv_both`, what vLLM's NixlConnector runs as).
+    Both,
+}
+
+impl KvRole {
+    /// `producer`, `consumer`, `both`, or vLLM's spelling (`kv_producer`, ...).
+    pub fn parse(s: &str) -> Option<Self> {
+        match s.strip_prefix("kv_").unwrap_or(s) {
+            "producer" => Some(Self::Producer),
+            "consumer" => Some(Self::Consumer),
+            "both" => Some(Self::Both),
+            _ => None,
+        }
+    }
+
+    pub fn produces(self) -> bool {
+        self != Self::Consumer
+    }
+
+    pub fn consumes(self) -> bool {
+        self != Self::Producer
+    }
+}
+
+/// A KV connector (vLLM's NixlConnector): how this server takes part in disaggregated prefill.
+#[derive(Debug, Clone, PartialEq)]
+pub struct KvTransfer {
+    pub role: KvRole,
+    /// How long a producer keeps a request's blocks for a decode server to read; renewed when
+    /// one starts reading (vLLM: 30 s).
+    pub lease: Duration,
+    /// KV cache bytes per token: Llama-3.1-8B in BF16 holds 32 layers x 8 KV heads x 128
+    /// dimensions x 2 (K and V) x 2 bytes = 128 KiB.
+    pub kv_bytes_per_token: u64,
+    /// Bandwidth of the link KV crosses, bytes per second (25 GB/s: 200 Gb/s RDMA).
+    pub link_bytes_per_second: f64,
+}
+
+impl KvTransfer {
+    pub fn new(role: KvRole) -> Self {
+        KvTransfer {
+            role,
+            lease: Duration::from_secs(30),
+            kv_bytes_per_token: 131_072,
+            link_bytes_per_second: 25e9,
+        }
+    }
+
+    /// How long moving `tokens` tokens of KV takes.
+    pub fn transfer_time(&self, tokens: usize) -> Duration {
+        Duration::from_secs_f64(
+            tokens as f64 * self.kv_bytes_per_token as f64 / self.link_bytes_per_second,
+        )
+    }
+}
+
 #[derive(Debug, Clone)]
 pub struct SimConfig {
     /// Where to listen; port 0 picks a free port (see [`crate::SimHandle::addr`]).
@@ -40,6 +103,9 @@ pub struct SimConfig {
     /// Time the port refuses connections after start, as vLLM while it loads weights.
     pub startup_delay: Duration,
     pub embedding_dim: usize,
+    /// A KV connector for disaggregated prefill (`--kv-role`); `None`: `kv_transfer_params`
+    /// are ignored, as by a vLLM started without `--kv-transfer-config`.
+    pub kv_transfer: Option<KvTransfer>,
 }
 
 impl Default for SimConfig {
@@ -63,6 +129,7 @@ impl Default for SimConfig {
             faults: Faults::default(),
             startup_delay: Duration::ZERO,
             embedding_dim: 384,
+            kv_transfer: None,
         }
     }
 }
@@ -111,6 +178,14 @@ impl SimConfig {
                  lower max_model_len or raise kv_cache_tokens",
                 self.num_blocks() * BLOCK_SIZE,
                 self.max_model_len
+            ));
+        }
+        if let Some(kv) = &self.kv_transfer
+            && !(kv.link_bytes_per_second.is_finite() && kv.link_bytes_per_second > 0.0)
+        {
+            return Err(format!(
+                "the KV link bandwidth must be a positive number, got {}",
+                kv.link_bytes_per_second
             ));
         }
         self.faults.validate()

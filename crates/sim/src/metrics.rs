@@ -16,6 +16,25 @@ pub const ITL_BUCKETS: &[f64] = &[
     0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0, 20.0,
     40.0, 80.0,
 ];
+/// vLLM's NIXL transfer-time buckets.
+pub const NIXL_XFER_BUCKETS: &[f64] = &[
+    0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.2, 0.3, 0.5, 0.75, 1.0, 5.0,
+];
+/// vLLM's NIXL bytes-per-transfer buckets: 2^11, 2^13, ... 2^33.
+pub const NIXL_BYTES_BUCKETS: &[f64] = &[
+    2048.0,
+    8192.0,
+    32768.0,
+    131072.0,
+    524288.0,
+    2097152.0,
+    8388608.0,
+    33554432.0,
+    134217728.0,
+    536870912.0,
+    2147483648.0,
+    8589934592.0,
+];
 pub const LATENCY_BUCKETS: &[f64] = &[
     0.3, 0.5, 0.8, 1.0, 1.5, 2.0, 2.5, 5.0, 10.0, 15.0, 20.0, 30.0, 40.0, 50.0, 60.0, 120.0, 240.0,
     480.0, 960.0, 1920.0, 7680.0,
@@ -103,6 +122,12 @@ pub struct EngineMetrics {
     pub running_lora_adapters: Vec<String>,
     pub waiting_lora_adapters: Vec<String>,
     pub created: f64,
+    /// KV transfers pulled from prefill servers (decode side), and their sizes.
+    pub nixl_xfer_time: Histogram,
+    pub nixl_bytes_transferred: Histogram,
+    pub nixl_failed_transfers: u64,
+    /// Requests whose held KV expired unread (prefill side).
+    pub nixl_expired_requests: u64,
 }
 
 impl EngineMetrics {
@@ -132,6 +157,10 @@ impl EngineMetrics {
             running_lora_adapters: Vec::new(),
             waiting_lora_adapters: Vec::new(),
             created: unix_now(),
+            nixl_xfer_time: Histogram::new(NIXL_XFER_BUCKETS),
+            nixl_bytes_transferred: Histogram::new(NIXL_BYTES_BUCKETS),
+            nixl_failed_transfers: 0,
+            nixl_expired_requests: 0,
         }
     }
 
@@ -157,6 +186,8 @@ pub struct Exposition<'a> {
     pub max_loras: usize,
     pub block_size: usize,
     pub prefix_caching: bool,
+    /// Started with a KV connector (`--kv-role`): vLLM then exports its `nixl_*` families.
+    pub kv_connector: bool,
 }
 
 /// Formats a float as Python's prometheus_client does (`12.0`, `1.8432e+06`, `NaN`, `+Inf`).
@@ -382,6 +413,32 @@ impl Exposition<'_> {
             |m| &m.decode,
         );
 
+        if self.kv_connector {
+            self.histogram(
+                &mut out,
+                "vllm:nixl_xfer_time_seconds",
+                "Histogram of transfer duration for NIXL KV Cache transfers.",
+                |m| &m.nixl_xfer_time,
+            );
+            self.histogram(
+                &mut out,
+                "vllm:nixl_bytes_transferred",
+                "Histogram of bytes transferred per NIXL KV Cache transfers.",
+                |m| &m.nixl_bytes_transferred,
+            );
+            self.counter(
+                &mut out,
+                "vllm:nixl_num_failed_transfers",
+                "Number of failed NIXL KV Cache transfers.",
+                |m| m.nixl_failed_transfers,
+            );
+            self.counter(
+                &mut out,
+                "vllm:nixl_num_kv_expired_reqs",
+                "Number of requests that had their KV expire.",
+                |m| m.nixl_expired_requests,
+            );
+        }
         family(
             &mut out,
             "vllm:cache_config_info",
@@ -500,6 +557,7 @@ mod tests {
             max_loras: 1,
             block_size: 16,
             prefix_caching: true,
+            kv_connector: false,
         }
         .render();
         assert!(text.contains("vllm:time_to_first_token_seconds_bucket{le=\"0.005\",engine=\"0\",model_name=\"m\"} 1.0\n"));

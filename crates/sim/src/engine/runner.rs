@@ -42,6 +42,8 @@ pub struct Progress {
 pub struct Outbox {
     state: Mutex<Progress>,
     notify: Notify,
+    /// The KV blocks a finished `hold_blocks` request keeps (set before it is marked finished).
+    held: Mutex<Vec<u32>>,
 }
 
 impl Outbox {
@@ -66,6 +68,11 @@ impl Outbox {
         }
     }
 
+    /// The blocks the finished request holds for a decode server (empty unless `hold_blocks`).
+    pub fn held_blocks(&self) -> Vec<u32> {
+        self.held.lock().clone()
+    }
+
     fn publish(&self, f: impl FnOnce(&mut Progress)) {
         f(&mut self.state.lock());
         self.notify.notify_one();
@@ -80,6 +87,8 @@ enum Command {
         outbox: Arc<Outbox>,
     },
     Abort(ReqId),
+    /// Free the blocks a finished `hold_blocks` request kept.
+    Release(ReqId),
     ResetPrefixCache,
 }
 
@@ -99,6 +108,13 @@ pub struct Submission {
     pub outbox: Arc<Outbox>,
     engine: EngineHandle,
     id: ReqId,
+}
+
+impl Submission {
+    /// The engine's id of this request (what [`EngineHandle::release`] takes).
+    pub fn id(&self) -> ReqId {
+        self.id
+    }
 }
 
 impl Drop for Submission {
@@ -151,6 +167,28 @@ impl EngineHandle {
             engine: self.clone(),
             id,
         }
+    }
+
+    /// Frees the blocks request `id` kept after finishing (`hold_blocks`).
+    pub fn release(&self, id: ReqId) {
+        let _ = self.tx.send(Command::Release(id));
+    }
+
+    /// Records a KV transfer from a prefill server (vLLM's `nixl_*` metrics).
+    pub fn record_transfer(&self, seconds: f64, bytes: f64) {
+        let mut m = self.metrics.lock();
+        m.nixl_xfer_time.observe(seconds);
+        m.nixl_bytes_transferred.observe(bytes);
+    }
+
+    /// Counts a KV transfer that failed (the decode server then computes the prefill itself).
+    pub fn count_failed_transfer(&self) {
+        self.metrics.lock().nixl_failed_transfers += 1;
+    }
+
+    /// Counts a request whose held KV expired before a decode server read it.
+    pub fn count_expired_kv(&self) {
+        self.metrics.lock().nixl_expired_requests += 1;
     }
 
     pub fn reset_prefix_cache(&self) {
@@ -287,6 +325,9 @@ impl Engine {
                     self.metrics.lock().count_finished(FinishReason::Abort);
                 }
             }
+            Command::Release(id) => {
+                self.sched.release(id);
+            }
             Command::ResetPrefixCache => self.sched.reset_prefix_cache(),
         }
     }
@@ -321,6 +362,11 @@ impl Engine {
                 Some(prev) => m.itl.observe((now - prev).as_secs_f64()),
             }
             l.last_token = Some(now);
+            if e.finished
+                && let Some(blocks) = self.sched.held(e.id)
+            {
+                *l.outbox.held.lock() = blocks.to_vec();
+            }
             l.outbox.publish(|p| {
                 p.emitted = e.index + 1;
                 p.finished = e.finished;

@@ -19,6 +19,7 @@ fn spec(base: u32, prompt: usize, output: usize) -> SeqSpec {
         tokens: (base..base + (prompt + output) as u32).collect(),
         prompt_len: prompt,
         hash_salt: 0,
+        ..Default::default()
     }
 }
 

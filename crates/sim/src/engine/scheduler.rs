@@ -29,13 +29,20 @@ pub struct SchedulerConfig {
 
 /// What a request will be: its prompt and the output the model will write (known in advance:
 /// the simulator's output is a deterministic function of the prompt).
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Default)]
 pub struct SeqSpec {
     /// Prompt tokens followed by every output token.
     pub tokens: Vec<u32>,
     pub prompt_len: usize,
     /// Seed of the block-hash chain (vLLM mixes LoRA id and cache salt in here).
     pub hash_salt: u64,
+    /// Leading prompt tokens whose KV arrived from a prefill server (disaggregated prefill): at
+    /// first admission they count as computed, as vLLM's external hits do (and as cached tokens
+    /// in usage). At most the prompt minus one token: the last is computed here for its logits.
+    pub preloaded: usize,
+    /// Keep the blocks when the request finishes, until [`Scheduler::release`]: a prefill
+    /// server holds a request's KV for the decode server to read.
+    pub hold_blocks: bool,
 }
 
 impl SeqSpec {
@@ -138,6 +145,8 @@ pub struct Scheduler {
     pool: BlockPool,
     waiting: VecDeque<Seq>,
     running: Vec<Seq>,
+    /// Blocks of finished requests kept for a decode server to read (`hold_blocks`).
+    held: std::collections::HashMap<ReqId, Vec<BlockId>>,
     pub counters: SchedulerCounters,
 }
 
@@ -149,6 +158,7 @@ impl Scheduler {
             pool,
             waiting: VecDeque::new(),
             running: Vec::new(),
+            held: Default::default(),
             counters: Default::default(),
         }
     }
@@ -187,6 +197,23 @@ impl Scheduler {
             return true;
         }
         false
+    }
+
+    /// The blocks a finished `hold_blocks` request keeps.
+    pub fn held(&self, id: ReqId) -> Option<&[BlockId]> {
+        self.held.get(&id).map(Vec::as_slice)
+    }
+
+    /// Frees the blocks a finished request was holding (read by the decode server, or its lease
+    /// ran out). They stay in the prefix cache until evicted. Returns whether it held any.
+    pub fn release(&mut self, id: ReqId) -> bool {
+        match self.held.remove(&id) {
+            Some(blocks) => {
+                self.pool.free(blocks.iter().rev());
+                true
+            }
+            None => false,
+        }
     }
 
     pub fn has_work(&self) -> bool {
@@ -263,9 +290,19 @@ impl Scheduler {
                 };
                 let hit_blocks = self.find_cached_prefix(&mut seq);
                 let hit_tokens = hit_blocks.len() * BLOCK_SIZE;
-                let need = seq.num_tokens() - hit_tokens;
+                // KV pulled from a prefill server counts once, at first admission (a preempted
+                // request recomputes what its cache no longer holds).
+                let remote = if seq.cached_prompt_tokens.is_none() {
+                    seq.spec
+                        .preloaded
+                        .min(seq.spec.prompt_len.saturating_sub(1))
+                } else {
+                    0
+                };
+                let start = hit_tokens.max(remote);
+                let need = seq.num_tokens() - start;
                 let n = need.min(budget);
-                let fresh = (hit_tokens + n).div_ceil(BLOCK_SIZE) - hit_blocks.len();
+                let fresh = (start + n).div_ceil(BLOCK_SIZE) - hit_blocks.len();
                 self.pool.touch(&hit_blocks);
                 let mut new_blocks = Vec::with_capacity(fresh);
                 if !self.pool.allocate(fresh, &mut new_blocks) {
@@ -276,17 +313,17 @@ impl Scheduler {
                 self.counters.prefix_queries += seq.num_tokens() as u64;
                 self.counters.prefix_hits += hit_tokens as u64;
                 if seq.cached_prompt_tokens.is_none() {
-                    seq.cached_prompt_tokens = Some(hit_tokens.min(seq.spec.prompt_len));
+                    seq.cached_prompt_tokens = Some(start.min(seq.spec.prompt_len));
                 }
                 seq.num_cached_blocks = hit_blocks.len();
                 seq.blocks = hit_blocks;
                 seq.blocks.extend(new_blocks);
-                seq.num_computed = hit_tokens;
-                plan.admitted.push((seq.id, hit_tokens));
+                seq.num_computed = start;
+                plan.admitted.push((seq.id, start));
                 plan.scheduled.push(Scheduled {
                     id: seq.id,
                     num_new_tokens: n,
-                    context_len: hit_tokens,
+                    context_len: start,
                     completes: n == need,
                 });
                 budget -= n;
@@ -334,10 +371,12 @@ impl Scheduler {
             }
         }
         if finished_any {
-            let pool = &mut self.pool;
-            self.running.retain(|seq| {
+            let (pool, held) = (&mut self.pool, &mut self.held);
+            self.running.retain_mut(|seq| {
                 let done = seq.num_output == seq.spec.output_len();
-                if done {
+                if done && seq.spec.hold_blocks {
+                    held.insert(seq.id, std::mem::take(&mut seq.blocks));
+                } else if done {
                     pool.free(seq.blocks.iter().rev());
                 }
                 !done

@@ -16,6 +16,7 @@ fn spec(base: u32, prompt: usize, output: usize) -> SeqSpec {
         tokens,
         prompt_len: prompt,
         hash_salt: 0,
+        ..Default::default()
     }
 }
 
@@ -224,4 +225,58 @@ fn evicted_blocks_no_longer_hit() {
     s.add(3, spec(0, 33, 1));
     let (plan, _) = step(&mut s);
     assert_eq!(plan.admitted, vec![(3, 0)]);
+}
+
+#[test]
+fn a_preloaded_prompt_computes_only_its_last_token_and_reports_it_cached() {
+    let mut s = Scheduler::new(cfg(8, 8192, 100));
+    s.add(
+        1,
+        SeqSpec {
+            preloaded: 100,
+            ..spec(0, 100, 2)
+        },
+    );
+    let (plan, out) = step(&mut s);
+    assert_eq!(
+        plan.admitted,
+        vec![(1, 99)],
+        "the KV of 99 tokens came from elsewhere"
+    );
+    assert_eq!(plan.num_tokens(), 1, "one token computed for its logits");
+    assert_eq!(
+        out.len(),
+        1,
+        "the first token comes after that single-token step"
+    );
+    assert_eq!(s.cached_prompt_tokens(1), Some(99));
+    assert_eq!(
+        s.counters.prefix_hits, 0,
+        "remote KV is not a local prefix hit"
+    );
+    run_to_end(&mut s);
+    // The pulled blocks entered this server's prefix cache: the same prompt now hits locally.
+    s.add(2, spec(0, 100, 1));
+    let (plan, _) = step(&mut s);
+    assert_eq!(plan.admitted, vec![(2, 96)]);
+}
+
+#[test]
+fn held_blocks_outlive_their_request_until_released() {
+    let mut s = Scheduler::new(cfg(8, 8192, 100));
+    s.add(
+        1,
+        SeqSpec {
+            hold_blocks: true,
+            ..spec(0, 64, 1)
+        },
+    );
+    run_to_end(&mut s);
+    let held = s.held(1).expect("kept for the decode server").to_vec();
+    assert_eq!(held.len(), 4, "the 64 prompt tokens' four blocks");
+    assert!(s.kv_usage() > 0.0, "held blocks stay in use");
+    assert!(s.release(1));
+    assert!(!s.release(1), "released once");
+    assert_eq!(s.kv_usage(), 0.0);
+    assert!(s.held(1).is_none());
 }

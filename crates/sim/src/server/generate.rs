@@ -16,6 +16,7 @@ use serde_json::{Value, json};
 use super::Sim;
 use super::body::parse_json;
 use super::errors::ApiError;
+use super::kv_transfer::{self, KvParams};
 use super::stream::{self, Kind};
 use crate::engine::SeqSpec;
 use crate::metrics::FinishReason;
@@ -50,6 +51,8 @@ struct GenerationRequest {
     add_generation_prompt: bool,
     #[serde(default = "yes")]
     add_special_tokens: bool,
+    /// Disaggregated prefill's instructions to the KV connector ([`super::kv_transfer`]).
+    kv_transfer_params: Option<Value>,
 }
 
 fn yes() -> bool {
@@ -152,6 +155,8 @@ pub(crate) fn encode_prompt_value(
 /// Everything needed to answer one generation request.
 pub(crate) struct Generation {
     pub kind: Kind,
+    /// The request's id (`X-Request-Id`, or made up), which KV transfers are keyed by.
+    pub request_id: String,
     pub id: String,
     pub model: String,
     pub created: u64,
@@ -161,6 +166,7 @@ pub(crate) struct Generation {
     /// Index into [`OUTPUT_WORDS`] of each output token.
     pub words: Vec<u8>,
     pub finish: FinishReason,
+    pub kv: KvParams,
 }
 
 impl Generation {
@@ -281,9 +287,12 @@ fn prepare(
         Kind::Chat => "chatcmpl-",
         Kind::Completion => "cmpl-",
     };
+    let request_id = request_id(sim, headers);
     Ok(Generation {
         kind,
-        id: format!("{prefix}{}", request_id(sim, headers)),
+        id: format!("{prefix}{request_id}"),
+        request_id,
+        kv: KvParams::read(req.kv_transfer_params.as_ref()),
         model,
         created: crate::metrics::unix_now() as u64,
         stream: req.stream,
@@ -292,6 +301,7 @@ fn prepare(
             tokens,
             prompt_len,
             hash_salt: salt,
+            ..Default::default()
         },
         words,
         finish,
@@ -348,7 +358,7 @@ async fn generate(sim: Arc<Sim>, headers: HeaderMap, body: Bytes, kind: Kind) ->
         .get("traceparent")
         .and_then(|v| v.to_str().ok())
         .map(str::to_string);
-    let generation = match prepare(&sim, &headers, &body, kind) {
+    let mut generation = match prepare(&sim, &headers, &body, kind) {
         Ok(g) => g,
         Err(e) => return e.into_response(),
     };
@@ -356,19 +366,56 @@ async fn generate(sim: Arc<Sim>, headers: HeaderMap, body: Bytes, kind: Kind) ->
         sim.pick_engine().count_error();
         return e.into_response();
     }
-    let submission = sim
-        .pick_engine()
-        .submit(generation.spec.clone(), generation.finish);
+    let engine = sim.pick_engine_index();
+    let role = sim.cfg.kv_transfer.as_ref().map(|k| k.role);
+    // A prefill for a decode server: keep the KV when done, and say where it is.
+    let producing =
+        role.is_some_and(|r| r.produces()) && generation.kv.do_remote_decode && !generation.stream;
+    generation.spec.hold_blocks = producing;
+    if role.is_some_and(|r| r.consumes()) && generation.kv.do_remote_prefill {
+        match kv_transfer::receive(
+            &sim,
+            engine,
+            &generation.kv,
+            &generation.request_id,
+            generation.prompt_tokens(),
+        )
+        .await
+        {
+            Ok(tokens) => generation.spec.preloaded = tokens,
+            Err(why) => {
+                sim.engines[engine].count_failed_transfer();
+                tracing::info!(request_id = %generation.request_id, "KV transfer failed, computing the prefill here: {why}");
+            }
+        }
+    }
+    let submission = sim.engines[engine].submit(generation.spec.clone(), generation.finish);
     let die_after = sim.faults.borrow().die_after_chunks;
     let request_id = headers.get("x-request-id").cloned();
     let mut response = if generation.stream {
         stream::sse_response(generation, submission, die_after, load)
     } else {
+        // Held blocks nobody will be told about (the client left before the answer) are freed.
+        let mut unclaimed =
+            ReleaseOnDrop(producing.then(|| (&sim.engines[engine], submission.id())));
         let done = submission.outbox.wait_finished().await;
         drop(load);
+        let kv = if producing {
+            unclaimed.0 = None;
+            kv_transfer::hold(
+                &sim,
+                &generation.request_id,
+                engine,
+                submission.id(),
+                submission.outbox.held_blocks(),
+                generation.prompt_tokens(),
+            )
+        } else {
+            Value::Null
+        };
         (
             StatusCode::OK,
-            axum::Json(full_response(&generation, done.cached_tokens)),
+            axum::Json(full_response(&generation, done.cached_tokens, kv)),
         )
             .into_response()
     };
@@ -376,6 +423,22 @@ async fn generate(sim: Arc<Sim>, headers: HeaderMap, body: Bytes, kind: Kind) ->
         response.headers_mut().insert("x-request-id", id);
     }
     response
+}
+
+/// Frees a finished request's held blocks unless disarmed (forgotten) first.
+struct ReleaseOnDrop<'a>(
+    Option<(
+        &'a crate::engine::EngineHandle,
+        crate::engine::scheduler::ReqId,
+    )>,
+);
+
+impl Drop for ReleaseOnDrop<'_> {
+    fn drop(&mut self) {
+        if let Some((engine, id)) = self.0.take() {
+            engine.release(id);
+        }
+    }
 }
 
 pub(crate) fn usage(prompt: usize, completion: usize, cached: usize) -> Value {
@@ -394,7 +457,7 @@ pub(crate) fn finish_str(r: FinishReason) -> &'static str {
     }
 }
 
-fn full_response(g: &Generation, cached: usize) -> Value {
+fn full_response(g: &Generation, cached: usize, kv_transfer_params: Value) -> Value {
     let text = g.text(0..g.words.len());
     let usage = usage(g.prompt_tokens(), g.words.len(), cached);
     match g.kind {
@@ -407,7 +470,7 @@ fn full_response(g: &Generation, cached: usize) -> Value {
                 "logprobs": null, "finish_reason": finish_str(g.finish), "stop_reason": null,
             }],
             "service_tier": null, "system_fingerprint": null, "usage": usage,
-            "prompt_logprobs": null, "kv_transfer_params": null,
+            "prompt_logprobs": null, "kv_transfer_params": kv_transfer_params,
         }),
         Kind::Completion => json!({
             "id": g.id, "object": "text_completion", "created": g.created, "model": g.model,
@@ -415,7 +478,7 @@ fn full_response(g: &Generation, cached: usize) -> Value {
                 "index": 0, "text": text, "logprobs": null, "finish_reason": finish_str(g.finish),
                 "stop_reason": null, "prompt_logprobs": null,
             }],
-            "service_tier": null, "system_fingerprint": null, "usage": usage, "kv_transfer_params": null,
+            "service_tier": null, "system_fingerprint": null, "usage": usage, "kv_transfer_params": kv_transfer_params,
         }),
     }
 }

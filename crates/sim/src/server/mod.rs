@@ -4,6 +4,7 @@
 mod body;
 mod errors;
 mod generate;
+mod kv_transfer;
 mod listener;
 mod misc;
 mod responses;
@@ -43,14 +44,25 @@ pub(crate) struct Sim {
     /// The W3C `traceparent` of the last generation request (vLLM continues the trace from it
     /// when started with `--otlp-traces-endpoint`).
     pub last_traceparent: Mutex<Option<String>>,
+    /// Each engine's id in `kv_transfer_params` (vLLM's `engine_id`, unique per engine).
+    pub engine_ids: Vec<String>,
+    /// KV blocks held for decode servers (`--kv-role producer|both`).
+    pub leases: kv_transfer::Leases,
+    /// Where decode servers reach this one for KV: its own address (`remote_host`/`remote_port`).
+    pub side_channel: SocketAddr,
+    pub side_channel_client: kv_transfer::SideChannelClient,
 }
 
 impl Sim {
     /// The engine a new request goes to: the least loaded (vLLM's data-parallel balancing).
     pub fn pick_engine(&self) -> &EngineHandle {
-        self.engines
-            .iter()
-            .min_by_key(|e| e.load())
+        &self.engines[self.pick_engine_index()]
+    }
+
+    /// The index of [`Sim::pick_engine`]'s choice.
+    pub fn pick_engine_index(&self) -> usize {
+        (0..self.engines.len())
+            .min_by_key(|&i| self.engines[i].load())
             .expect("at least one engine")
     }
 
@@ -68,6 +80,7 @@ impl Sim {
             max_loras: self.cfg.max_loras,
             block_size: crate::engine::blocks::BLOCK_SIZE,
             prefix_caching: self.cfg.prefix_caching,
+            kv_connector: self.cfg.kv_transfer.is_some(),
         }
         .render()
     }
@@ -165,7 +178,19 @@ pub async fn spawn(cfg: SimConfig) -> std::io::Result<SimHandle> {
         .collect();
     let (faults, _) = watch::channel(cfg.faults.clone());
     let shutdown = CancellationToken::new();
+    let engine_ids = (0..cfg.data_parallel)
+        .map(|_| format!("{:032x}", rand::random::<u128>()))
+        .collect();
+    let side_channel = if addr.ip().is_unspecified() {
+        SocketAddr::new(std::net::Ipv4Addr::LOCALHOST.into(), addr.port())
+    } else {
+        addr
+    };
     let sim = Arc::new(Sim {
+        engine_ids,
+        leases: Default::default(),
+        side_channel,
+        side_channel_client: kv_transfer::side_channel_client(),
         rng: Mutex::new(StdRng::seed_from_u64(cfg.seed)),
         created: crate::metrics::unix_now() as u64,
         last_traceparent: Mutex::new(None),

@@ -86,6 +86,7 @@ pub async fn create(
         tokens,
         prompt_len: prompt.len(),
         hash_salt: salt,
+        ..Default::default()
     };
     let done = sim
         .pick_engine()

@@ -10,7 +10,7 @@ use axum::response::Response;
 use axum::routing::{get, post};
 
 use super::errors::{method_not_allowed, route_not_found, unauthorized};
-use super::{Sim, generate, misc, responses};
+use super::{Sim, generate, kv_transfer, misc, responses};
 
 pub fn app(sim: Arc<Sim>) -> Router {
     Router::new()
@@ -33,6 +33,8 @@ pub fn app(sim: Arc<Sim>) -> Router {
         .route("/reset_prefix_cache", post(misc::reset_prefix_cache))
         .route("/sim/faults", get(misc::get_faults).post(misc::set_faults))
         .route("/sim/stats", get(misc::stats))
+        .route("/sim/kv/pull", post(kv_transfer::pull))
+        .route("/sim/kv/done", post(kv_transfer::done))
         .fallback(|| async { route_not_found() })
         .method_not_allowed_fallback(|| async { method_not_allowed() })
         .layer(middleware::from_fn_with_state(sim.clone(), gate))
