@@ -288,6 +288,7 @@ async fn start_router(
             max_concurrent_requests: CAPACITY_SETTING,
             api_key: None,
             models: None,
+            role: Default::default(),
         })
         .collect();
     let settings = Settings {

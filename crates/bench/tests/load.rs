@@ -20,6 +20,7 @@ async fn chat_sessions_through_the_router_hit_the_prefix_cache_and_every_request
             max_concurrent_requests: 16,
             api_key: None,
             models: None,
+            role: Default::default(),
         })
         .collect();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -106,6 +107,7 @@ async fn a_router_with_api_keys_is_loaded_with_api_key() {
                 max_concurrent_requests: 16,
                 api_key: None,
                 models: None,
+                role: Default::default(),
             }],
             settings: Settings {
                 admin_token: Some("bench-admin-token-0123456789".into()),

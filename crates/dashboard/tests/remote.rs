@@ -13,6 +13,7 @@ async fn router() -> (mvllm_sim::SimHandle, mvllm_router::RouterHandle) {
         max_concurrent_requests: 4,
         api_key: None,
         models: None,
+        role: Default::default(),
     }];
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let settings = Settings::default();

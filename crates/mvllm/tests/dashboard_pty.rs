@@ -214,6 +214,7 @@ async fn top_shows_a_router_elsewhere_and_drains_with_d() {
             max_concurrent_requests: 4,
             api_key: None,
             models: None,
+            role: Default::default(),
         })
         .collect();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();

@@ -316,6 +316,7 @@ async fn os_error_text_never_reaches_clients() {
             max_concurrent_requests: 4,
             api_key: None,
             models: Some(vec![MODEL.into()]),
+            role: Default::default(),
         }],
         settings,
     )

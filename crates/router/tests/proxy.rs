@@ -56,6 +56,7 @@ async fn body_query_and_headers_pass_through_and_a_request_id_is_added() {
             max_concurrent_requests: 4,
             api_key: None,
             models: None,
+            role: Default::default(),
         }],
         fast_settings(),
     )
@@ -109,6 +110,7 @@ async fn server_api_key_replaces_the_bearer() {
         max_concurrent_requests: 4,
         api_key: Some("server-key".into()),
         models: None,
+        role: Default::default(),
     };
     let r = router(vec![s], fast_settings()).await;
     let seen: Value = client()
@@ -424,6 +426,7 @@ async fn multipart_audio_is_routed_by_its_model_form_field() {
             max_concurrent_requests: 4,
             api_key: None,
             models: Some(vec!["whisper-1".into()]),
+            role: Default::default(),
         },
         server_of(&other),
     ];

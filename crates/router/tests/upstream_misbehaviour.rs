@@ -29,6 +29,7 @@ fn trusted(url: String) -> ServerConfig {
         max_concurrent_requests: 8,
         api_key: None,
         models: Some(vec![MODEL.into()]),
+        role: Default::default(),
     }
 }
 
@@ -198,6 +199,7 @@ async fn a_server_with_a_hundred_thousand_models_is_capped() {
             max_concurrent_requests: 8,
             api_key: None,
             models: None,
+            role: Default::default(),
         }],
         settings,
     )

@@ -99,6 +99,8 @@ struct AddServer {
     max_concurrent_requests: u32,
     api_key: Option<String>,
     models: Option<Vec<String>>,
+    /// `prefill`, `decode` or `both` (the default).
+    role: Option<String>,
 }
 
 fn default_capacity() -> u32 {
@@ -135,11 +137,21 @@ pub async fn add(State(app): State<Arc<AppState>>, body: Bytes) -> Result<Respon
             "max_concurrent_requests must be >= 1".into(),
         ));
     }
+    let role = match req.role.as_deref() {
+        None => crate::config::ServerRole::default(),
+        Some(r) => crate::config::ServerRole::parse(r).ok_or_else(|| {
+            AdminError(
+                StatusCode::BAD_REQUEST,
+                format!("role `{r}` is not one of \"prefill\", \"decode\", \"both\""),
+            )
+        })?,
+    };
     let cfg = ServerConfig {
         url: url.clone(),
         max_concurrent_requests: req.max_concurrent_requests,
         api_key: req.api_key,
         models: req.models,
+        role,
     };
     app.fleet
         .add_server(cfg)

@@ -93,6 +93,7 @@ mod tests {
             max_concurrent_requests: 1,
             api_key: None,
             models: None,
+            role: Default::default(),
         }
     }
 

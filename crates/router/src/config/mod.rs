@@ -29,6 +29,52 @@ pub struct ServerConfig {
     pub api_key: Option<String>,
     /// Models this server serves, instead of discovering them from its `/v1/models`.
     pub models: Option<Vec<String>>,
+    /// Its part in prefill/decode disaggregation (see [`crate::proxy::disaggregated`]).
+    pub role: ServerRole,
+}
+
+/// What a server does for a request, when the fleet disaggregates prefill from decode. A fleet
+/// where some server is `prefill` or `decode` disaggregates; one of `both` only (the default)
+/// does not.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum ServerRole {
+    /// Anything: whole requests, prefill legs, decode legs (vLLM `kv_both`, or no connector).
+    #[default]
+    Both,
+    /// Prefill legs (vLLM `kv_producer`); whole requests only when no other server serves the
+    /// model.
+    Prefill,
+    /// Decode legs, and whole requests that skip the prefill leg (vLLM `kv_consumer`).
+    Decode,
+}
+
+impl ServerRole {
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "both" => Some(Self::Both),
+            "prefill" => Some(Self::Prefill),
+            "decode" => Some(Self::Decode),
+            _ => None,
+        }
+    }
+
+    /// Takes prefill legs.
+    pub fn prefills(self) -> bool {
+        self != Self::Decode
+    }
+
+    /// Takes decode legs and whole requests.
+    pub fn decodes(self) -> bool {
+        self != Self::Prefill
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Both => "both",
+            Self::Prefill => "prefill",
+            Self::Decode => "decode",
+        }
+    }
 }
 
 /// `[config]`, validated, with defaults filled in.
@@ -83,6 +129,10 @@ pub struct Settings {
     pub queue_size: usize,
     /// Longest wait in that queue before 503.
     pub queue_timeout: Duration,
+    /// Prefill/decode disaggregation: a request whose prompt, less what its decode server is
+    /// believed to hold cached, is shorter than this many tokens skips the prefill leg (the
+    /// decode server computes a short prefill faster than a transfer round trip).
+    pub prefill_leg_min_tokens: u32,
     /// Extra CA certificates (PEM) trusted for `https://` servers, besides the web PKI roots
     /// (needs a restart).
     pub tls_ca_file: Option<std::path::PathBuf>,
@@ -157,6 +207,7 @@ impl Default for Settings {
             max_header_bytes: 64 * 1024,
             queue_size: 0,
             queue_timeout: Duration::from_secs(30),
+            prefill_leg_min_tokens: 256,
             tls_ca_file: None,
             tls_cert_file: None,
             tls_key_file: None,
@@ -206,6 +257,7 @@ pub struct DnsServers {
     pub max_concurrent_requests: u32,
     pub api_key: Option<String>,
     pub models: Option<Vec<String>>,
+    pub role: ServerRole,
 }
 
 impl DnsServers {
@@ -225,6 +277,7 @@ impl DnsServers {
             max_concurrent_requests: self.max_concurrent_requests,
             api_key: self.api_key.clone(),
             models: self.models.clone(),
+            role: self.role,
         }
     }
 }
@@ -370,12 +423,26 @@ impl Config {
                     "`models` entries must be non-empty model names".into(),
                 ));
             }
+            let role = match &s.role {
+                None => ServerRole::default(),
+                Some(r) => ServerRole::parse(r.get_ref()).ok_or_else(|| {
+                    at(
+                        r.span(),
+                        format!(
+                            "role `{}` is not one of \"prefill\", \"decode\", \"both\"{}",
+                            r.get_ref(),
+                            did_you_mean(r.get_ref(), &["prefill", "decode", "both"])
+                        ),
+                    )
+                })?,
+            };
             match (url, dns_name) {
                 (Some(url), _) => servers.push(ServerConfig {
                     url,
                     max_concurrent_requests: capacity,
                     api_key: s.api_key,
                     models: s.models,
+                    role,
                 }),
                 (None, Some((scheme, host, port))) => {
                     let group = DnsServers {
@@ -385,6 +452,7 @@ impl Config {
                         max_concurrent_requests: capacity,
                         api_key: s.api_key,
                         models: s.models,
+                        role,
                     };
                     if dns.iter().any(|d| d.name() == group.name()) {
                         return Err(at(span, format!("duplicate dns `{}`", group.name())));
@@ -667,6 +735,12 @@ fn settings(
             .as_ref()
             .map(|f| resolve_path(file, f.get_ref())),
         queue_size: int(r.queue_size, "queue_size", 0, 0)? as usize,
+        prefill_leg_min_tokens: int(
+            r.prefill_leg_min_tokens,
+            "prefill_leg_min_tokens",
+            d.prefill_leg_min_tokens,
+            0,
+        )?,
         queue_timeout: secs(r.queue_timeout, "queue_timeout", d.queue_timeout, 0.0)?,
         outlier_ejection_time: secs(
             r.outlier_ejection_time,

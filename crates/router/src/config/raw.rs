@@ -25,6 +25,8 @@ pub struct RawServer {
     pub max_concurrent_requests: Option<Spanned<i64>>,
     pub api_key: Option<String>,
     pub models: Option<Vec<String>>,
+    /// `prefill`, `decode` or `both` (prefill/decode disaggregation).
+    pub role: Option<Spanned<String>>,
 }
 
 /// `[config]`: the seed's keys first, then ours.
@@ -64,6 +66,7 @@ pub struct RawSettings {
     pub max_header_bytes: Option<Spanned<i64>>,
     pub queue_size: Option<Spanned<i64>>,
     pub queue_timeout: Option<Spanned<f64>>,
+    pub prefill_leg_min_tokens: Option<Spanned<i64>>,
     pub tls_ca_file: Option<Spanned<String>>,
     pub tls_cert_file: Option<Spanned<String>>,
     pub tls_key_file: Option<Spanned<String>>,

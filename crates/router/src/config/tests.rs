@@ -198,6 +198,7 @@ fn the_shipped_example_loads_and_documents_every_setting() {
         "max_header_bytes",
         "queue_size",
         "queue_timeout",
+        "prefill_leg_min_tokens",
     ] {
         assert!(
             text.contains(&format!("\n{key} = ")),
@@ -321,6 +322,42 @@ fn cors_origins_are_any_by_default_and_checked_when_listed() {
     .unwrap_err();
     assert!(
         e.message.contains("`app.example.com/` is not an origin"),
+        "{e}"
+    );
+}
+
+#[test]
+fn server_roles_are_read_and_a_wrong_one_is_pointed_at() {
+    let c = Config::parse(
+        r#"[servers]
+servers = [
+  { url = "http://p:1", role = "prefill" },
+  { url = "http://d:1", role = "decode" },
+  { url = "http://b:1" },
+  { dns = "decoders.local:8000", role = "decode" },
+]
+"#,
+        "f.toml",
+    )
+    .unwrap();
+    let roles: Vec<_> = c.servers.iter().map(|s| s.role).collect();
+    assert_eq!(
+        roles,
+        [ServerRole::Prefill, ServerRole::Decode, ServerRole::Both]
+    );
+    assert_eq!(c.dns[0].role, ServerRole::Decode);
+    assert_eq!(
+        c.dns[0].server_at("127.0.0.1".parse().unwrap()).role,
+        ServerRole::Decode
+    );
+    let e = Config::parse(
+        "[servers]\nservers = [\n  { url = \"http://p:1\", role = \"prefil\" },\n]\n",
+        "f.toml",
+    )
+    .unwrap_err();
+    assert_eq!((e.line, e.column), (3, 32), "the value is pointed at: {e}");
+    assert!(
+        e.message.contains("`prefil`") && e.message.contains("did you mean `prefill`"),
         "{e}"
     );
 }

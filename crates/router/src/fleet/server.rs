@@ -564,6 +564,7 @@ mod tests {
                 max_concurrent_requests: 4,
                 api_key: None,
                 models: None,
+                role: Default::default(),
             },
             true,
             Arc::default(),

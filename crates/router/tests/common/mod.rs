@@ -52,6 +52,7 @@ pub fn server_of_url(url: String) -> ServerConfig {
         max_concurrent_requests: 8,
         api_key: None,
         models: None,
+        role: Default::default(),
     }
 }
 
