@@ -199,6 +199,7 @@ pub async fn start_with(opts: Options) -> std::io::Result<RouterHandle> {
             .expect("a hex token is a header value"),
         instance,
         body_budget: body_budget::BodyBudget::new(opts.config.settings.max_buffered_body_bytes),
+        decode_policy: routing::build(routing::PolicyKind::Adaptive),
     });
     let stop_accepting = CancellationToken::new();
     let mut tasks = Vec::new();

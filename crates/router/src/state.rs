@@ -37,4 +37,6 @@ pub struct AppState {
     pub via: axum::http::HeaderValue,
     /// The memory request bodies may take together (`max_buffered_body_bytes`).
     pub body_budget: crate::body_budget::BodyBudget,
+    /// Chooses decode servers for disaggregated requests: by load alone (`adaptive`).
+    pub decode_policy: Box<dyn crate::routing::Policy>,
 }

@@ -47,6 +47,11 @@ pub struct ReasonLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct PathLabels {
+    pub path: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct TransitionLabels {
     pub server: String,
     pub to: &'static str,
@@ -82,6 +87,8 @@ pub struct Telemetry {
     pub decisions: Family<DecisionLabels, Counter>,
     pub refusals: Family<ReasonLabels, Counter>,
     pub panic_routed: Counter,
+    /// Requests to a fleet with prefill/decode servers, by the way they were served.
+    pub disaggregated: Family<PathLabels, Counter>,
     in_flight: Family<ServerLabels, Gauge>,
     healthy: Family<ServerLabels, Gauge>,
     draining: Family<ServerLabels, Gauge>,
@@ -121,6 +128,7 @@ impl Telemetry {
             decisions: Family::default(),
             refusals: Family::default(),
             panic_routed: Counter::default(),
+            disaggregated: Family::default(),
             in_flight: Family::default(),
             healthy: Family::default(),
             draining: Family::default(),
@@ -181,6 +189,11 @@ impl Telemetry {
             "panic_routed",
             "Attempts sent to an ejected server because every server was out",
             t.panic_routed.clone(),
+        );
+        r.register(
+            "disaggregated_requests",
+            "Generation requests to a fleet with prefill/decode servers, by path: two_legs, or why they went to a decode server alone (short_prompt, n_above_1, no_prefill_server, prefill_failed, no_kv_transfer_params) or got the prefill server's 4xx (prefill_refused)",
+            t.disaggregated.clone(),
         );
         r.register(
             "client_refusals",

@@ -286,6 +286,11 @@ impl Server {
         self.cfg.store(Arc::new(cfg));
     }
 
+    /// Its part in prefill/decode disaggregation.
+    pub fn role(&self) -> crate::config::ServerRole {
+        self.cfg.load().role
+    }
+
     pub fn api_key(&self) -> Option<String> {
         self.cfg.load().api_key.clone()
     }

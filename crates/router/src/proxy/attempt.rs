@@ -31,6 +31,7 @@ use crate::state::AppState;
 use crate::telemetry;
 
 /// The client's request, as every attempt sends it.
+#[derive(Clone, Copy)]
 pub struct Request<'a> {
     pub parts: &'a axum::http::request::Parts,
     pub body: &'a Bytes,
@@ -41,6 +42,22 @@ pub struct Request<'a> {
     pub via: &'a HeaderValue,
     /// The request's trace span, taken by the answer that is streamed back.
     pub span: &'a crate::otel::SpanSlot,
+    /// Which part of the request this sends (see [`super::disaggregated`]).
+    pub leg: Leg,
+}
+
+/// What an attempt sends of the client's request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Leg {
+    /// All of it, to one server.
+    Whole,
+    /// The prefill, for a decode server to continue: its answer is read by the router, not
+    /// streamed to the client (it leaves the trace span and stored-response ids alone).
+    Prefill,
+    /// The decode, after a prefill elsewhere. `cached_tokens`: what the prefill server reported
+    /// as cached, written over the decode server's count (which includes the transferred KV),
+    /// so usage reads as a single server's.
+    Decode { cached_tokens: Option<u64> },
 }
 
 /// Why an attempt is worth repeating on another server.
@@ -226,19 +243,33 @@ fn respond(
         started: request.started,
         ttfb: request.started.elapsed(),
         retries: attempt,
-        span: request.span.take(),
+        span: match request.leg {
+            Leg::Prefill => None,
+            _ => request.span.take(),
+        },
     };
     let mut body = ProxyBody::new(incoming, guard, settings, sse, log);
     if request.parts.method == axum::http::Method::POST
         && request.parts.uri.path() == "/v1/responses"
         && status.is_success()
+        && request.leg != Leg::Prefill
     {
         body = body.remember_response_id(app.affinity.clone());
     }
     if let Some(p) = prediction.filter(|_| status.is_success() && request.meta.reports_usage) {
         body = body.measure_cache_hits(p, app.fleet.policy());
     }
-    let mut response = Response::from_parts(rparts, Body::new(body));
+    let body = match request.leg {
+        Leg::Decode {
+            cached_tokens: Some(n),
+        } if status.is_success() => {
+            // The count's digits may change the length.
+            rparts.headers.remove(header::CONTENT_LENGTH);
+            Body::new(super::usage_rewrite::CachedTokens::new(body, n))
+        }
+        _ => Body::new(body),
+    };
+    let mut response = Response::from_parts(rparts, body);
     // The fleet is busy and nothing else can take it: the client gets the server's own answer,
     // told when to come back.
     crate::error::ensure_retry_after(&mut response, 1);

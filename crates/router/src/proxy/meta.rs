@@ -25,6 +25,10 @@ pub struct RequestMeta {
     /// The answer will carry `usage` (not streamed, a stream with
     /// `stream_options.include_usage`, or a responses-API request): worth reading at its end.
     pub reports_usage: bool,
+    /// The body is a JSON object (the router can edit it: disaggregated prefill).
+    pub json: bool,
+    /// `n`, the choices asked for, when above 1.
+    pub n: Option<u64>,
 }
 
 impl RequestMeta {
@@ -76,6 +80,8 @@ struct JsonFields<'a> {
     previous_response_id: Option<Value<'a>>,
     #[serde(default, borrow)]
     stream_options: Option<Value<'a>>,
+    #[serde(default, borrow)]
+    n: Option<Value<'a>>,
 }
 
 fn text(v: Option<Value<'_>>) -> Option<String> {
@@ -150,6 +156,12 @@ pub async fn read_meta(
             prompt_cache_key: text(fields.prompt_cache_key),
             user: text(fields.user),
             previous_response_id: text(fields.previous_response_id),
+            json: true,
+            n: fields
+                .n
+                .as_ref()
+                .and_then(|n| n.as_u64())
+                .filter(|&n| n > 1),
         });
     }
     if mime == "multipart/form-data" {
@@ -224,6 +236,7 @@ mod tests {
                 model: Some("m1".into()),
                 stream: true,
                 fingerprint: m.fingerprint.clone(),
+                json: true,
                 ..RequestMeta::default()
             }
         );
@@ -234,10 +247,17 @@ mod tests {
             m,
             RequestMeta {
                 reports_usage: true,
+                json: true,
                 ..RequestMeta::default()
             },
             "a non-streamed answer carries usage"
         );
+        for (body, n) in [(&br#"{"n":3}"#[..], Some(3)), (br#"{"n":1}"#, None)] {
+            let m = read_meta(&json_headers(), &Bytes::from_static(body), true)
+                .await
+                .unwrap();
+            assert_eq!(m.n, n, "n is kept when it asks for several choices");
+        }
         let m = read_meta(
             &json_headers(),
             &Bytes::from_static(br#"{"stream":true,"stream_options":{"include_usage":true}}"#),

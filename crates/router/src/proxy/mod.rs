@@ -9,12 +9,14 @@
 
 mod attempt;
 pub mod body;
+pub mod disaggregated;
 pub mod errors;
 pub mod headers;
 pub mod meta;
 pub mod prompt;
 pub mod read_body;
 pub mod usage;
+pub mod usage_rewrite;
 
 use std::sync::Arc;
 
@@ -208,7 +210,6 @@ async fn send(
         ticket.used();
     }
     let policy = fleet.policy();
-    let max_age = fleet.metrics_max_age();
     let session = meta.session_key(
         parts
             .headers
@@ -226,9 +227,6 @@ async fn send(
             .as_ref()
             .map_or(0.0, |f| f.anchor_tokens() as f64),
     };
-    let mut tried: Vec<usize> = Vec::new();
-    let mut timeouts = 0;
-    let mut last_error = None;
     app.retry_budget.record_request();
     let request = attempt::Request {
         parts: &parts,
@@ -238,9 +236,51 @@ async fn send(
         started,
         via: &app.via,
         span,
+        leg: attempt::Leg::Whole,
     };
+    if pinned.is_none() && disaggregated::fleet_disaggregates(&servers, meta.model.as_deref()) {
+        return disaggregated::send(app, &request, &route, &could_serve).await;
+    }
+    let whole = Dispatch {
+        could_serve: &could_serve,
+        choose: &**policy,
+        predict: true,
+    };
+    dispatch(app, &request, &route, &whole)
+        .await
+        .map_err(|e| e.unwrap_or_else(|| no_server(&meta, pinned.is_some())))
+}
+
+/// Where a request's attempts may go and how the server is chosen.
+pub(crate) struct Dispatch<'a> {
+    /// Servers that could take the request (healthiness and retries are checked apart).
+    pub could_serve: &'a (dyn Fn(&Server) -> bool + Sync),
+    /// Chooses among them (the fleet's policy, or load alone for a decode leg). The fleet's
+    /// policy is always the one told where prompts went (its prefix index).
+    pub choose: &'a dyn crate::routing::Policy,
+    /// Check the fleet policy's prefix prediction against the cached tokens the answer reports
+    /// (not for a decode leg: its server reports the transferred KV as cached).
+    pub predict: bool,
+}
+
+/// Sends the request to a server chosen among those `d` allows, retrying on others while the
+/// retry rules allow it. `Err(None)`: no server could be tried at all.
+pub(crate) async fn dispatch(
+    app: &AppState,
+    request: &attempt::Request<'_>,
+    route: &RouteRequest<'_>,
+    d: &Dispatch<'_>,
+) -> Result<Response, Option<ProxyError>> {
+    let fleet = &app.fleet;
+    let settings = fleet.settings();
+    let servers = fleet.servers();
+    let policy = fleet.policy();
+    let max_age = fleet.metrics_max_age();
+    let mut tried: Vec<usize> = Vec::new();
+    let mut timeouts = 0;
+    let mut last_error = None;
     for attempt in 0..=settings.max_retries {
-        let (choices, panic) = eligible(&servers, &tried, &could_serve);
+        let (choices, panic) = eligible(&servers, &tried, d.could_serve);
         if panic {
             app.telemetry.panic_routed.inc();
             fleet.events.push(
@@ -253,33 +293,33 @@ async fn send(
             .iter()
             .map(|&i| servers[i].candidate(max_age))
             .collect();
-        policy.assess(&route, &mut candidates);
-        let Some(choice) = policy.pick(&route, &candidates, &mut rand::rng()) else {
+        policy.assess(route, &mut candidates);
+        let Some(choice) = d.choose.pick(route, &candidates, &mut rand::rng()) else {
             break;
         };
         let index = choices[choice];
         tried.push(index);
         let server = &servers[index];
-        policy.routed(&route, &candidates[choice]);
-        let prediction = route.prompt.map(|_| Prediction {
+        policy.routed(route, &candidates[choice]);
+        let prediction = route.prompt.filter(|_| d.predict).map(|_| Prediction {
             prompt_tokens: route.prompt_tokens,
             cached_tokens: candidates[choice].cached_tokens,
         });
         server.counters.count_decision(
             &app.telemetry.decisions,
             server.url_shared(),
-            policy.kind().name(),
+            d.choose.kind().name(),
         );
         // A retry is worth deciding on only if there is another server to retry on.
         let may_retry = attempt < settings.max_retries
-            && (choices.len() > 1 || !eligible(&servers, &tried, &could_serve).0.is_empty());
-        let outcome = attempt::run(app, server, &request, attempt, may_retry, prediction).await;
+            && (choices.len() > 1 || !eligible(&servers, &tried, d.could_serve).0.is_empty());
+        let outcome = attempt::run(app, server, request, attempt, may_retry, prediction).await;
         let cause = match outcome {
             attempt::Outcome::Done(r) => {
                 if attempt > 0 && r.is_ok() {
                     app.telemetry.failovers.inc();
                 }
-                return r;
+                return r.map_err(Some);
             }
             attempt::Outcome::Retry(cause) => cause,
         };
@@ -299,7 +339,7 @@ async fn send(
         if matches!(cause, attempt::RetryCause::Timeout) {
             timeouts += 1;
             if timeouts > settings.timeout_retries {
-                return Err(error);
+                return Err(Some(error));
             }
         }
         last_error = Some(error);
@@ -309,15 +349,19 @@ async fn send(
             break;
         }
     }
-    Err(match last_error {
-        Some(e) => e,
-        None if pinned.is_some() => {
-            ProxyError::NoServerAvailable("the server holding this response is unavailable".into())
-        }
-        None => ProxyError::NoServerAvailable(match &meta.model {
-            Some(m) => format!("no healthy server serves `{m}`"),
-            None => "no healthy server".into(),
-        }),
+    Err(last_error)
+}
+
+/// The answer when no server could be tried.
+fn no_server(meta: &RequestMeta, pinned: bool) -> ProxyError {
+    if pinned {
+        return ProxyError::NoServerAvailable(
+            "the server holding this response is unavailable".into(),
+        );
+    }
+    ProxyError::NoServerAvailable(match &meta.model {
+        Some(m) => format!("no healthy server serves `{m}`"),
+        None => "no healthy server".into(),
     })
 }
 
