@@ -131,10 +131,7 @@ pub async fn send(
         .map(|&i| servers[i].candidate(max_age))
         .collect();
     policy.assess(route, &mut candidates);
-    let Some(decoder) = app
-        .decode_policy
-        .pick(route, &candidates, &mut rand::rng())
-    else {
+    let Some(decoder) = app.decode_policy.pick(route, &candidates, &mut rand::rng()) else {
         return alone(Path::NoPrefillServer).await;
     };
     let uncached = route.prompt_tokens - candidates[decoder].cached_tokens;
@@ -204,11 +201,19 @@ pub async fn send(
     )
     .await;
     let Ok(Ok(answer)) = read else {
-        tracing::info!(id = request.id, server = prefill_server.url(), "the prefill answer could not be read; decoding alone");
+        tracing::info!(
+            id = request.id,
+            server = prefill_server.url(),
+            "the prefill answer could not be read; decoding alone"
+        );
         return alone(Path::PrefillFailed).await;
     };
     let Some(prefilled) = Prefilled::read(&answer.to_bytes()) else {
-        tracing::info!(id = request.id, server = prefill_server.url(), "the prefill answer has no kv_transfer_params; decoding alone");
+        tracing::info!(
+            id = request.id,
+            server = prefill_server.url(),
+            "the prefill answer has no kv_transfer_params; decoding alone"
+        );
         return alone(Path::NoKvParams).await;
     };
     let Ok(body) = Api::decode_body(request.body, prefilled.params) else {
@@ -222,7 +227,8 @@ pub async fn send(
         ..*request
     };
     // Decode elsewhere than the prefill, unless that server is the only one left.
-    let elsewhere = |s: &Server| decodes(s) && (s.url() != prefill_server.url() || decoders.len() < 2);
+    let elsewhere =
+        |s: &Server| decodes(s) && (s.url() != prefill_server.url() || decoders.len() < 2);
     count(app, Path::TwoLegs);
     let by_load = Dispatch {
         could_serve: &elsewhere,
@@ -303,7 +309,9 @@ struct Prefilled {
 impl Prefilled {
     fn read(answer: &[u8]) -> Option<Prefilled> {
         let mut answer: Map<String, Value> = serde_json::from_slice(answer).ok()?;
-        let params = answer.remove("kv_transfer_params").filter(Value::is_object)?;
+        let params = answer
+            .remove("kv_transfer_params")
+            .filter(Value::is_object)?;
         let usage = answer.get("usage");
         let cached_tokens = ["prompt_tokens_details", "input_tokens_details"]
             .iter()
@@ -332,14 +340,14 @@ mod tests {
                 "kv_transfer_params":{"do_remote_decode":true,"do_remote_prefill":false,
                     "remote_engine_id":null,"remote_block_ids":null,"remote_host":null,"remote_port":null}})
         );
-        let b: Value = serde_json::from_slice(
-            &Api::Completions
-                .prefill_body(br#"{"prompt":"x"}"#)
-                .unwrap(),
-        )
-        .unwrap();
+        let b: Value =
+            serde_json::from_slice(&Api::Completions.prefill_body(br#"{"prompt":"x"}"#).unwrap())
+                .unwrap();
         assert_eq!(b["max_tokens"], 1);
-        assert!(b.get("max_completion_tokens").is_none(), "added only if present");
+        assert!(
+            b.get("max_completion_tokens").is_none(),
+            "added only if present"
+        );
         let b: Value = serde_json::from_slice(
             &Api::Responses
                 .prefill_body(br#"{"input":"x","max_output_tokens":300}"#)
@@ -354,8 +362,11 @@ mod tests {
     fn the_decode_body_is_the_clients_plus_the_parameters() {
         let params = json!({"do_remote_prefill": true, "remote_block_ids": [1, 2]});
         let b: Value = serde_json::from_slice(
-            &Api::decode_body(br#"{"prompt":"x","stream":true,"max_tokens":9}"#, params.clone())
-                .unwrap(),
+            &Api::decode_body(
+                br#"{"prompt":"x","stream":true,"max_tokens":9}"#,
+                params.clone(),
+            )
+            .unwrap(),
         )
         .unwrap();
         assert_eq!(

@@ -358,6 +358,13 @@ async fn generate(sim: Arc<Sim>, headers: HeaderMap, body: Bytes, kind: Kind) ->
         .get("traceparent")
         .and_then(|v| v.to_str().ok())
         .map(str::to_string);
+    *sim.last_request.lock() = Some((
+        headers
+            .get("x-request-id")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string),
+        body.clone(),
+    ));
     let mut generation = match prepare(&sim, &headers, &body, kind) {
         Ok(g) => g,
         Err(e) => return e.into_response(),

@@ -44,6 +44,9 @@ pub(crate) struct Sim {
     /// The W3C `traceparent` of the last generation request (vLLM continues the trace from it
     /// when started with `--otlp-traces-endpoint`).
     pub last_traceparent: Mutex<Option<String>>,
+    /// The last generation request's `X-Request-Id` and body, for tests to see what a router
+    /// sent.
+    pub last_request: Mutex<Option<(Option<String>, bytes::Bytes)>>,
     /// Each engine's id in `kv_transfer_params` (vLLM's `engine_id`, unique per engine).
     pub engine_ids: Vec<String>,
     /// KV blocks held for decode servers (`--kv-role producer|both`).
@@ -137,6 +140,12 @@ impl SimHandle {
         self.sim.last_traceparent.lock().clone()
     }
 
+    /// The last chat or completion request: its `X-Request-Id` and its body as JSON.
+    pub fn last_request(&self) -> Option<(Option<String>, serde_json::Value)> {
+        let (id, body) = self.sim.last_request.lock().clone()?;
+        Some((id, serde_json::from_slice(&body).unwrap_or_default()))
+    }
+
     /// Generation requests the HTTP side is handling.
     pub fn server_load(&self) -> usize {
         self.sim.server_load.load(Ordering::Relaxed)
@@ -194,6 +203,7 @@ pub async fn spawn(cfg: SimConfig) -> std::io::Result<SimHandle> {
         rng: Mutex::new(StdRng::seed_from_u64(cfg.seed)),
         created: crate::metrics::unix_now() as u64,
         last_traceparent: Mutex::new(None),
+        last_request: Mutex::new(None),
         cfg,
         engines,
         faults,
