@@ -258,7 +258,7 @@ struct Column {
     cell: fn(&ServerStatus, Theme) -> Cell<'static>,
 }
 
-fn columns(show_models: bool) -> Vec<Column> {
+fn columns(show_models: bool, show_roles: bool) -> Vec<Column> {
     let mut cols = vec![
         Column {
             title: "SERVER",
@@ -393,6 +393,21 @@ fn columns(show_models: bool) -> Vec<Column> {
             },
         },
     ];
+    if show_roles {
+        // Prefill/decode disaggregation: which servers compute prompts and which stream tokens.
+        cols.insert(
+            2,
+            Column {
+                title: "ROLE",
+                width: 7,
+                priority: 1,
+                cell: |s, t| match s.role.as_str() {
+                    "both" => Cell::new("both").style(t.dim()),
+                    role => Cell::new(role.to_string()),
+                },
+            },
+        );
+    }
     if show_models {
         cols.push(Column {
             title: "MODELS",
@@ -438,7 +453,8 @@ fn draw_servers(
     let inner_width = area
         .width
         .saturating_sub(2 + HIGHLIGHT.chars().count() as u16);
-    let (cols, spare) = fit_columns(columns(view.show_models), inner_width);
+    let disaggregated = ordered.iter().any(|s| s.role != "both");
+    let (cols, spare) = fit_columns(columns(view.show_models, disaggregated), inner_width);
     // The server column (first) and, if shown, the models column (last) share what is left.
     let has_models = cols.last().is_some_and(|c| c.title == "MODELS");
     let widths: Vec<u16> = cols

@@ -17,6 +17,7 @@ fn server(url: &str, state: ServerState) -> ServerStatus {
     ServerStatus {
         url: url.into(),
         state,
+        role: "both".into(),
         draining: state == ServerState::Draining,
         reason: None,
         models: vec!["meta-llama/Llama-3.1-8B-Instruct".into()],
@@ -298,4 +299,27 @@ fn keys_drain_the_selected_server_and_show_help() {
         view.on_key(KeyEvent::from(KeyCode::Char('q')), &status),
         Action::Quit
     );
+}
+
+#[test]
+fn a_disaggregated_fleet_shows_each_servers_role() {
+    let mut status = fleet();
+    // Without roles, no column for them.
+    let text = screen_text(&draw(&status, &ViewState::new("x", false, false), 120, 32));
+    assert!(!text.contains("ROLE"), "{text}");
+    status.servers[0].role = "prefill".into();
+    status.servers[1].role = "decode".into();
+    for (width, height) in [(120, 32), (80, 24)] {
+        let text = screen_text(&draw(
+            &status,
+            &ViewState::new("x", false, false),
+            width,
+            height,
+        ));
+        assert!(text.contains("ROLE"), "{width}x{height}:\n{text}");
+        let row = |host: &str| text.lines().find(|l| l.contains(host)).unwrap().to_string();
+        assert!(row("gpu-a").contains("prefill"), "{text}");
+        assert!(row("gpu-b").contains("decode"), "{text}");
+        assert!(row("gpu-c").contains("both"), "{text}");
+    }
 }

@@ -74,6 +74,9 @@ pub enum ServerState {
 pub struct ServerStatus {
     pub url: String,
     pub state: ServerState,
+    /// Its part in prefill/decode disaggregation: `prefill`, `decode` or `both`.
+    #[serde(default = "role_both")]
+    pub role: String,
     /// Drained by an operator (also while unhealthy, when `state` says so first).
     pub draining: bool,
     /// Why it is unhealthy (refused, time-out, HTTP 5xx, ...).
@@ -107,6 +110,10 @@ pub struct ServerStatus {
     pub predicted_hit_rate: Option<f64>,
     #[serde(default)]
     pub actual_hit_rate: Option<f64>,
+}
+
+fn role_both() -> String {
+    "both".into()
 }
 
 impl ServerStatus {
@@ -190,6 +197,7 @@ fn server_status(s: &Server, max_age: Duration, policy: &dyn Policy) -> ServerSt
     ServerStatus {
         url: s.url().to_string(),
         state,
+        role: s.role().name().into(),
         draining: s.draining.load(Ordering::Relaxed),
         reason: (state == ServerState::Unhealthy)
             .then(|| s.health.lock().last_error.clone())
