@@ -225,9 +225,15 @@ pub fn run(args: SimArgs) -> ExitCode {
         let mut handles = Vec::new();
         for cfg in configs {
             let speed = cfg.speed;
+            let kv_role = match cfg.kv_transfer.as_ref().map(|k| k.role) {
+                Some(mvllm_sim::config::KvRole::Producer) => ", kv_role producer",
+                Some(mvllm_sim::config::KvRole::Consumer) => ", kv_role consumer",
+                Some(mvllm_sim::config::KvRole::Both) => ", kv_role both",
+                None => "",
+            };
             match mvllm_sim::spawn(cfg.clone()).await {
                 Ok(h) => {
-                    println!("simulated vLLM server at {} (model {}, speed {speed})", h.url(), cfg.model_name());
+                    println!("simulated vLLM server at {} (model {}, speed {speed}{kv_role})", h.url(), cfg.model_name());
                     handles.push(h);
                 }
                 Err(e) => {

@@ -480,3 +480,61 @@ fn bench_overhead_pin_puts_the_router_alone_on_one_cpu() {
     }
     assert!(String::from_utf8_lossy(&out.stdout).contains("pinned: proxies on CPU"));
 }
+
+#[test]
+fn sim_kv_role_is_read_per_instance_and_a_wrong_one_is_refused() {
+    let out = Command::new(BIN)
+        .args([
+            "sim",
+            "--port",
+            "0",
+            "--instances",
+            "2",
+            "--kv-role",
+            "producer,decoder",
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("unknown --kv-role 'decoder'") && err.contains("producer, consumer or both"),
+        "{err}"
+    );
+    let out = Command::new(BIN)
+        .args([
+            "sim",
+            "--port",
+            "0",
+            "--instances",
+            "3",
+            "--kv-role",
+            "producer,consumer",
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("one per instance"));
+    // Good roles: both servers come up, each saying its role.
+    let mut child = Command::new(BIN)
+        .args([
+            "sim",
+            "--port",
+            "0",
+            "--instances",
+            "2",
+            "--kv-role",
+            "kv_producer,consumer",
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut lines = std::io::BufRead::lines(std::io::BufReader::new(child.stdout.take().unwrap()));
+    let first = lines.next().unwrap().unwrap();
+    let second = lines.next().unwrap().unwrap();
+    child.kill().unwrap();
+    child.wait().unwrap();
+    assert!(first.contains("kv_role producer"), "{first}");
+    assert!(second.contains("kv_role consumer"), "{second}");
+}
