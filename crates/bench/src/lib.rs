@@ -4,6 +4,7 @@
 //! [`overhead_suite`]).
 
 pub mod client;
+pub mod disagg_suite;
 pub mod load;
 pub mod overhead_suite;
 pub mod peer_routers;

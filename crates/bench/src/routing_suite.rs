@@ -295,16 +295,27 @@ async fn start_router(
         routing_policy: policy,
         queue_size,
         queue_timeout: Duration::from_secs(30),
-        request_timeout: Duration::from_secs(300),
         ..Settings::default()
     };
+    router_in_process(servers, settings).await
+}
+
+/// A router on a free loopback port in this process, with a request timeout long enough for
+/// a saturated simulated fleet.
+pub(crate) async fn router_in_process(
+    servers: Vec<ServerConfig>,
+    settings: Settings,
+) -> Result<mvllm_router::RouterHandle, String> {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
         .map_err(|e| e.to_string())?;
     mvllm_router::start(
         &mvllm_router::Config {
             servers,
-            settings,
+            settings: Settings {
+                request_timeout: Duration::from_secs(300),
+                ..settings
+            },
             ..Default::default()
         },
         listener,

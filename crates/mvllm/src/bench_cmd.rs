@@ -5,7 +5,9 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use clap::{Args, Subcommand};
-use mvllm_bench::{load, overhead_suite, plot, proxies, routing_suite, sim_suite, soak};
+use mvllm_bench::{
+    disagg_suite, load, overhead_suite, plot, proxies, routing_suite, sim_suite, soak,
+};
 use serde_json::Value;
 
 #[derive(Args, Debug)]
@@ -119,6 +121,22 @@ enum Suite {
         kv_cache_tokens: Option<usize>,
         #[command(flatten)]
         output: Output,
+    },
+    /// Prefill/decode disaggregation: four simulated GPUs co-located vs split into prefill and
+    /// decode servers, on long prompts mixed with long generations (TTFT and ITL p50/p99).
+    Disagg {
+        /// A seconds-long smoke run instead of the full one.
+        #[arg(long)]
+        quick: bool,
+        /// Requests per second to the fleet.
+        #[arg(long, default_value_t = 8.0)]
+        rate: f64,
+        /// Seconds of arrivals per layout (default 60, 10 with --quick).
+        #[arg(long)]
+        seconds: Option<f64>,
+        /// Also write the report as JSON here.
+        #[arg(long)]
+        json: Option<PathBuf>,
     },
     /// Does the simulator match its cost model? (TTFT, ITL vs batch, prefix reuse, scale)
     Sim {
@@ -240,6 +258,21 @@ pub fn run(args: BenchArgs) -> ExitCode {
                     output,
                     Some(plot::overhead as Draw),
                 ))
+            }),
+        Suite::Disagg {
+            quick,
+            rate,
+            seconds,
+            json,
+        } => runtime
+            .block_on(disagg_suite::run(disagg_suite::Options {
+                quick,
+                rate,
+                seconds,
+            }))
+            .map(|r| {
+                let output = Output { json, plot: None };
+                (r, disagg_suite::render as Render, output, None)
             }),
         Suite::Sim { quick, json } => runtime
             .block_on(sim_suite::run(sim_suite::Options { quick }))

@@ -422,3 +422,26 @@ async fn a_fleet_without_prefill_or_decode_servers_is_served_as_before() {
     let metrics = get_text(&format!("{}/metrics", r.url())).await;
     assert!(!metrics.contains("mvllm_disaggregated_requests_total{"));
 }
+
+#[tokio::test]
+async fn roles_given_by_a_reload_apply_to_the_next_request() {
+    let prefill = sim(kv(KvRole::Producer)).await;
+    let decode = sim(kv(KvRole::Consumer)).await;
+    let plain = |s: &SimHandle| with_role(s, ServerRole::Both);
+    let r = router(vec![plain(&prefill), plain(&decode)], fast_settings()).await;
+    let url = format!("{}/v1/chat/completions", r.url());
+    assert_eq!(post(&url, &chat(&long_prompt("before"), 5, false)).await.status(), 200);
+    let summary = r.fleet.apply(&mvllm_router::Config {
+        servers: vec![
+            with_role(&prefill, ServerRole::Prefill),
+            with_role(&decode, ServerRole::Decode),
+        ],
+        settings: fast_settings(),
+        ..Default::default()
+    });
+    assert_eq!(summary.changed.len(), 2, "{summary:?}");
+    assert_eq!(post(&url, &chat(&long_prompt("after"), 5, false)).await.status(), 200);
+    let metrics = get_text(&format!("{}/metrics", r.url())).await;
+    assert_eq!(path_count(&metrics, "two_legs"), 1.0, "only the request after the reload");
+    assert_eq!(decode.engine_metrics()[0].nixl_xfer_time.count(), 1);
+}

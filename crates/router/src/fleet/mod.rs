@@ -58,6 +58,15 @@ pub struct Fleet {
     resolved: parking_lot::Mutex<HashMap<String, Vec<IpAddr>>>,
     /// Wakes the DNS loop when a reload changed the `dns` entries.
     dns_changed: tokio::sync::Notify,
+    /// Some server has the role `prefill` or `decode`: requests may take two legs. Read per
+    /// request, so that a fleet that does not disaggregate pays one load for it.
+    split_roles: std::sync::atomic::AtomicBool,
+}
+
+fn has_split_roles(servers: &[ServerConfig]) -> bool {
+    servers
+        .iter()
+        .any(|c| c.role != crate::config::ServerRole::Both)
 }
 
 /// What a reload changed.
@@ -100,6 +109,7 @@ impl Fleet {
             declared: parking_lot::Mutex::new(config.clone()),
             resolved: parking_lot::Mutex::new(HashMap::new()),
             dns_changed: tokio::sync::Notify::new(),
+            split_roles: has_split_roles(&config.servers).into(),
         })
     }
 
@@ -198,6 +208,10 @@ impl Fleet {
             .map(|s| s.url().to_string())
             .collect();
         let kept_ids = ids(&next);
+        self.split_roles.store(
+            has_split_roles(&config.servers),
+            std::sync::atomic::Ordering::Relaxed,
+        );
         self.servers.store(Arc::new(next));
         for url in &summary.added {
             self.events
@@ -294,6 +308,11 @@ impl Fleet {
     /// The fleet as declared: the listed servers, the `dns` entries and the current `[config]`.
     pub fn current_config(&self) -> Config {
         self.declared.lock().clone()
+    }
+
+    /// Whether some server is a `prefill` or `decode` server (see [`crate::proxy::disaggregated`]).
+    pub fn has_split_roles(&self) -> bool {
+        self.split_roles.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     pub fn servers(&self) -> Arc<Vec<Arc<Server>>> {

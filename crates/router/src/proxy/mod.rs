@@ -5,7 +5,9 @@
 //! that serve the model; if it cannot be reached, times out before answering, or answers
 //! 502/503/504/429, another server not yet tried is picked, up to `max_retries` times, and only
 //! while nothing has been sent to the client. A 4xx is the client's: it is passed through and
-//! never counts against the server. The answer streams back through [`body::ProxyBody`].
+//! never counts against the server. The answer streams back through [`body::ProxyBody`]. In a
+//! fleet with prefill and decode servers, a generation request may instead take two legs, with
+//! bodies the router writes ([`disaggregated`]).
 
 mod attempt;
 pub mod body;
@@ -238,7 +240,10 @@ async fn send(
         span,
         leg: attempt::Leg::Whole,
     };
-    if pinned.is_none() && disaggregated::fleet_disaggregates(&servers, meta.model.as_deref()) {
+    if pinned.is_none()
+        && fleet.has_split_roles()
+        && disaggregated::fleet_disaggregates(&servers, meta.model.as_deref())
+    {
         return disaggregated::send(app, &request, &route, &could_serve).await;
     }
     let whole = Dispatch {
