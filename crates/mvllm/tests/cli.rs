@@ -538,3 +538,32 @@ fn sim_kv_role_is_read_per_instance_and_a_wrong_one_is_refused() {
     assert!(first.contains("kv_role producer"), "{first}");
     assert!(second.contains("kv_role consumer"), "{second}");
 }
+
+/// `bench disagg`, seconds long: every layout serves every request, and only the split ones
+/// take two legs.
+#[test]
+fn bench_disagg_runs_each_layout_and_splits_only_the_disaggregated_ones() {
+    let dir = tempfile::tempdir().unwrap();
+    let json = dir.path().join("disagg.json");
+    let out = Command::new(BIN)
+        .args(["bench", "disagg", "--rate", "4", "--seconds", "2", "--json"])
+        .arg(&json)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("| 2 prefill + 2 decode |"));
+    let report: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    let runs = report["runs"].as_array().unwrap();
+    assert_eq!(runs.len(), 3);
+    for r in runs {
+        assert_eq!(r["errors"], 0, "{r}");
+        assert!(r["requests"].as_u64().unwrap() > 0);
+        let split = r["layout"] != "co-located 4";
+        assert_eq!(r["two_legs"].as_f64().unwrap() > 0.0, split, "{r}");
+    }
+}

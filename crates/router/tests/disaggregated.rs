@@ -430,7 +430,12 @@ async fn roles_given_by_a_reload_apply_to_the_next_request() {
     let plain = |s: &SimHandle| with_role(s, ServerRole::Both);
     let r = router(vec![plain(&prefill), plain(&decode)], fast_settings()).await;
     let url = format!("{}/v1/chat/completions", r.url());
-    assert_eq!(post(&url, &chat(&long_prompt("before"), 5, false)).await.status(), 200);
+    assert_eq!(
+        post(&url, &chat(&long_prompt("before"), 5, false))
+            .await
+            .status(),
+        200
+    );
     let summary = r.fleet.apply(&mvllm_router::Config {
         servers: vec![
             with_role(&prefill, ServerRole::Prefill),
@@ -440,8 +445,17 @@ async fn roles_given_by_a_reload_apply_to_the_next_request() {
         ..Default::default()
     });
     assert_eq!(summary.changed.len(), 2, "{summary:?}");
-    assert_eq!(post(&url, &chat(&long_prompt("after"), 5, false)).await.status(), 200);
+    assert_eq!(
+        post(&url, &chat(&long_prompt("after"), 5, false))
+            .await
+            .status(),
+        200
+    );
     let metrics = get_text(&format!("{}/metrics", r.url())).await;
-    assert_eq!(path_count(&metrics, "two_legs"), 1.0, "only the request after the reload");
+    assert_eq!(
+        path_count(&metrics, "two_legs"),
+        1.0,
+        "only the request after the reload"
+    );
     assert_eq!(decode.engine_metrics()[0].nixl_xfer_time.count(), 1);
 }
