@@ -5,6 +5,8 @@
 #
 #   scripts/instructions-per-request.sh [BINARY] [STREAM_TOKENS]
 #
+# SIM_BIN (default: BINARY) runs the simulated server, so that two routers can be compared
+# against the same one.
 # BINARY defaults to target/release/mvllm (use `cargo build --profile profiling` and
 # target/profiling/mvllm to see where the instructions go: callgrind_annotate on the kept file).
 # STREAM_TOKENS (default 0): 0 sends non-streamed chat completions; N > 0 sends streams of N
@@ -24,7 +26,7 @@ trap 'kill $(jobs -p) 2>/dev/null || true; rm -rf "$WORK"' EXIT
 
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 SIM_PORT="$(free_port)"
-"$BIN" sim --profile instant --port "$SIM_PORT" >"$WORK/sim.log" 2>&1 &
+"${SIM_BIN:-$BIN}" sim --profile instant --port "$SIM_PORT" >"$WORK/sim.log" 2>&1 &
 cat >"$WORK/servers.toml" <<EOF
 [servers]
 servers = [{ url = "http://127.0.0.1:$SIM_PORT", max_concurrent_requests = 64 }]

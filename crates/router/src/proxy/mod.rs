@@ -244,7 +244,9 @@ async fn send(
         && fleet.has_split_roles()
         && disaggregated::fleet_disaggregates(&servers, meta.model.as_deref())
     {
-        return disaggregated::send(app, &request, &route, &could_serve).await;
+        // Boxed: inline, its two legs' futures would grow every request's future (and the
+        // copies made of it), disaggregated or not.
+        return Box::pin(disaggregated::send(app, &request, &route, &could_serve)).await;
     }
     let whole = Dispatch {
         could_serve: &could_serve,
