@@ -196,6 +196,15 @@ async fn two_legs_carry_the_exact_fields_and_usage_reads_as_a_single_server() {
         f.router.fleet.servers().iter().all(|s| s.in_flight() == 0)
     })
     .await;
+    // The status API (and so the dashboard) shows each server's role.
+    let status = get_json(&format!("{}/admin/status", f.router.url())).await;
+    let roles: Vec<&str> = status["servers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["role"].as_str().unwrap())
+        .collect();
+    assert_eq!(roles, ["prefill", "decode"]);
 }
 
 #[tokio::test]
