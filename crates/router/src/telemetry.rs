@@ -192,7 +192,7 @@ impl Telemetry {
         );
         r.register(
             "disaggregated_requests",
-            "Generation requests to a fleet with prefill/decode servers, by path: two_legs, or why they went to a decode server alone (short_prompt, n_above_1, no_prefill_server, prefill_failed, no_kv_transfer_params) or got the prefill server's 4xx (prefill_refused)",
+            "Generation requests to a fleet with prefill/decode servers, by path: two_legs, or why they went to a decode server alone (short_prompt, n_above_1, no_prefill_server, no_decode_server, prefill_failed, no_kv_transfer_params) or got the prefill server's 4xx (prefill_refused)",
             t.disaggregated.clone(),
         );
         r.register(

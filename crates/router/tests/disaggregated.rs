@@ -468,3 +468,25 @@ async fn roles_given_by_a_reload_apply_to_the_next_request() {
     );
     assert_eq!(decode.engine_metrics()[0].nixl_xfer_time.count(), 1);
 }
+
+#[tokio::test]
+async fn with_every_decode_server_down_the_prefill_server_serves_whole_requests() {
+    let f = fleet().await;
+    f.decode.update_faults(|x| x.down = true);
+    eventually(
+        Duration::from_secs(10),
+        "the decode server is out",
+        || async { !f.router.fleet.servers()[1].takes_requests() },
+    )
+    .await;
+    let body = chat(&long_prompt("no decoders"), 5, false);
+    let resp = post(&format!("{}/v1/chat/completions", f.router.url()), &body).await;
+    assert_eq!(resp.status(), 200);
+    assert_eq!(
+        f.prefill.last_request().unwrap().1,
+        body,
+        "one leg, the client's body"
+    );
+    let metrics = get_text(&format!("{}/metrics", f.router.url())).await;
+    assert_eq!(path_count(&metrics, "no_decode_server"), 1.0);
+}

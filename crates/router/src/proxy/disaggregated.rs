@@ -59,6 +59,8 @@ enum Path {
     ManyChoices,
     ShortPrompt,
     NoPrefillServer,
+    /// No decode server is up either: the request gets the usual answer for that.
+    NoDecodeServer,
     PrefillFailed,
     NoKvParams,
     /// The prefill server answered 4xx: the client's error, returned as it is.
@@ -73,6 +75,7 @@ impl Path {
             Self::ManyChoices => "n_above_1",
             Self::ShortPrompt => "short_prompt",
             Self::NoPrefillServer => "no_prefill_server",
+            Self::NoDecodeServer => "no_decode_server",
             Self::PrefillFailed => "prefill_failed",
             Self::NoKvParams => "no_kv_transfer_params",
             Self::PrefillRefused => "prefill_refused",
@@ -122,6 +125,10 @@ pub async fn send(
     };
     if request.meta.n.is_some() {
         return alone(Path::ManyChoices).await;
+    }
+    if !any_decoder {
+        // Only prefill servers are up: they serve whole requests, not two legs to each other.
+        return alone(Path::NoDecodeServer).await;
     }
     // What the decode server (chosen by load) would have to compute itself.
     let decoders = eligible(&servers, &[], decodes).0;
