@@ -15,14 +15,12 @@
 
 use std::time::Duration;
 
-use futures_util::future::join_all;
 use mvllm_router::config::{ServerConfig, ServerRole, Settings};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use serde_json::{Value, json};
-use tokio::time::Instant;
 
-use crate::client::{StreamTiming, http_client, stream_post};
+use crate::client::{StreamTiming, http_client};
 use crate::process::SimProcess;
 use crate::stats::quantile;
 
@@ -108,13 +106,6 @@ fn workload(seed: u64, n: usize) -> Vec<Shape> {
         .collect()
 }
 
-fn body(s: Shape) -> String {
-    let ids: Vec<u32> = (0..s.prompt as u32)
-        .map(|j| 4 + (s.first_id.wrapping_add(j.wrapping_mul(7919))) % 128_000)
-        .collect();
-    json!({"prompt": ids, "max_tokens": s.output, "ignore_eos": true, "stream": true}).to_string()
-}
-
 /// The figures of one kind of request (or all).
 fn figures(samples: &[(&StreamTiming, &Shape)]) -> Value {
     let ttft: Vec<f64> = samples.iter().map(|(t, _)| t.ttft).collect();
@@ -166,24 +157,12 @@ async fn run_layout(layout: &Layout, opts: &Options, seconds: f64) -> Result<Val
     let target = format!("{}/v1/completions", router.url());
     let n = (opts.rate * seconds).round() as usize;
     let shapes = workload(7, n);
-    let mut rng = StdRng::seed_from_u64(11);
-    let start = Instant::now();
-    let mut at = 0.0;
-    let mut tasks = Vec::with_capacity(n);
-    for s in &shapes {
-        at += -(1.0 - rng.random::<f64>()).ln() / opts.rate;
-        let when = start + Duration::from_secs_f64(at);
-        let (client, target, b) = (client.clone(), target.clone(), body(*s));
-        tasks.push(tokio::spawn(async move {
-            tokio::time::sleep_until(when).await;
-            stream_post(&client, &target, b).await
-        }));
-    }
-    let timings: Vec<Result<StreamTiming, String>> = join_all(tasks)
-        .await
-        .into_iter()
-        .map(|r| r.unwrap_or_else(|e| Err(e.to_string())))
+    let bodies = shapes
+        .iter()
+        .map(|s| crate::routing_suite::completion_body(s.prompt, s.output, s.first_id))
         .collect();
+    let (timings, _) =
+        crate::routing_suite::open_loop(&client, &target, bodies, opts.rate, 11).await;
     let metrics = crate::client::get_text(&client, &format!("{}/metrics", router.url()))
         .await
         .unwrap_or_default();

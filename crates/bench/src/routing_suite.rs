@@ -354,10 +354,47 @@ fn workload(seed: u64, n: usize) -> Vec<Shape> {
 }
 
 fn body(s: Shape) -> String {
-    let ids: Vec<u32> = (0..s.prompt as u32)
-        .map(|j| 4 + (s.first_id.wrapping_add(j)) % 128_000)
+    completion_body(s.prompt, s.output, s.first_id)
+}
+
+/// A streamed completion of `output` tokens whose prompt is `prompt` token ids counting up from
+/// `first_id`: distinct first ids share no prefix.
+pub(crate) fn completion_body(prompt: usize, output: usize, first_id: u32) -> String {
+    let ids: Vec<u32> = (0..prompt as u32)
+        .map(|j| 4 + (first_id.wrapping_add(j)) % 128_000)
         .collect();
-    json!({"prompt": ids, "max_tokens": s.output, "ignore_eos": true, "stream": true}).to_string()
+    json!({"prompt": ids, "max_tokens": output, "ignore_eos": true, "stream": true}).to_string()
+}
+
+/// Sends `bodies` to `target` open loop: Poisson arrivals at `rate` per second (drawn from
+/// `seed`), however slow the answers. Returns each one's timing, in order, and the seconds from
+/// the first send to the last answer.
+pub(crate) async fn open_loop(
+    client: &HttpClient,
+    target: &str,
+    bodies: Vec<String>,
+    rate: f64,
+    seed: u64,
+) -> (Vec<Result<StreamTiming, String>>, f64) {
+    let mut rng = StdRng::seed_from_u64(seed);
+    let start = Instant::now();
+    let mut at = 0.0;
+    let mut tasks = Vec::with_capacity(bodies.len());
+    for b in bodies {
+        at += -(1.0 - rng.random::<f64>()).ln() / rate;
+        let when = start + Duration::from_secs_f64(at);
+        let (client, target) = (client.clone(), target.to_string());
+        tasks.push(tokio::spawn(async move {
+            tokio::time::sleep_until(when).await;
+            stream_post(&client, &target, b).await
+        }));
+    }
+    let timings = join_all(tasks)
+        .await
+        .into_iter()
+        .map(|r| r.unwrap_or_else(|e| Err(e.to_string())))
+        .collect();
+    (timings, start.elapsed().as_secs_f64())
 }
 
 /// Requests per second one server completes when saturated with this workload.
@@ -404,27 +441,8 @@ async fn run_policy(
     let target = format!("{}/v1/completions", router.url());
     let n = (rate * seconds).round() as usize;
     let shapes = workload(seed, n);
-    let mut rng = StdRng::seed_from_u64(seed ^ 0xa5a5);
-    let start = Instant::now();
-    let mut at = 0.0;
-    let mut tasks = Vec::with_capacity(n);
-    for s in &shapes {
-        at += -(1.0 - rng.random::<f64>()).ln() / rate;
-        let when = start + Duration::from_secs_f64(at);
-        let client = client.clone();
-        let target = target.clone();
-        let b = body(*s);
-        tasks.push(tokio::spawn(async move {
-            tokio::time::sleep_until(when).await;
-            stream_post(&client, &target, b).await
-        }));
-    }
-    let timings: Vec<Result<StreamTiming, String>> = join_all(tasks)
-        .await
-        .into_iter()
-        .map(|r| r.unwrap_or_else(|e| Err(e.to_string())))
-        .collect();
-    let wall = start.elapsed().as_secs_f64();
+    let bodies = shapes.iter().map(|s| body(*s)).collect();
+    let (timings, wall) = open_loop(client, &target, bodies, rate, seed ^ 0xa5a5).await;
     let shares = server_shares(&router);
     router.shutdown(Duration::from_secs(5)).await;
     Ok(RunResult {

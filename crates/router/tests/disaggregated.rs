@@ -340,6 +340,25 @@ async fn several_choices_and_short_prompts_skip_the_prefill_leg() {
     assert_eq!(generation_requests(&f.prefill), 0);
 }
 
+/// Waits until `server` aborted the one request it had, and the router holds none in flight.
+async fn aborted(f: &Fleet, server: &SimHandle) {
+    eventually(
+        Duration::from_secs(5),
+        "the server aborted the request",
+        || async {
+            server.engine_metrics()[0].finished(FinishReason::Abort) == 1
+                && server.requests_in_engine() == 0
+        },
+    )
+    .await;
+    eventually(
+        Duration::from_secs(5),
+        "router in-flight back to 0",
+        || async { f.router.fleet.servers().iter().all(|s| s.in_flight() == 0) },
+    )
+    .await;
+}
+
 #[tokio::test]
 async fn a_client_that_leaves_during_the_prefill_aborts_it() {
     // A slow prefill server: the prompt takes seconds to compute, in steps of 128 tokens (the
@@ -362,21 +381,7 @@ async fn a_client_that_leaves_during_the_prefill_aborts_it() {
     })
     .await;
     request.abort();
-    eventually(
-        Duration::from_secs(5),
-        "the prefill server aborted the prefill",
-        || async {
-            f.prefill.engine_metrics()[0].finished(FinishReason::Abort) == 1
-                && f.prefill.requests_in_engine() == 0
-        },
-    )
-    .await;
-    eventually(
-        Duration::from_secs(5),
-        "router in-flight back to 0",
-        || async { f.router.fleet.servers().iter().all(|s| s.in_flight() == 0) },
-    )
-    .await;
+    aborted(&f, &f.prefill).await;
     assert!(
         f.decode.last_request().is_none(),
         "no decode leg after the client left"
@@ -396,21 +401,7 @@ async fn a_client_that_leaves_during_the_decode_aborts_it() {
     stream.next().await.unwrap().unwrap();
     assert_eq!(f.decode.requests_in_engine(), 1);
     drop(stream);
-    eventually(
-        Duration::from_secs(5),
-        "the decode server aborted the request",
-        || async {
-            f.decode.engine_metrics()[0].finished(FinishReason::Abort) == 1
-                && f.decode.requests_in_engine() == 0
-        },
-    )
-    .await;
-    eventually(
-        Duration::from_secs(5),
-        "router in-flight back to 0",
-        || async { f.router.fleet.servers().iter().all(|s| s.in_flight() == 0) },
-    )
-    .await;
+    aborted(&f, &f.decode).await;
 }
 
 #[tokio::test]
