@@ -144,41 +144,43 @@ pub fn serve(
             });
             let builder = builder.clone();
             let watcher = graceful.watcher();
-            let tls = tls.clone();
-            let handshake_timeout = limits.header_read_timeout;
-            tokio::spawn(async move {
-                let ended = match tls {
-                    None => {
-                        watcher
-                            .watch(builder.serve_connection(TokioIo::new(tcp), service))
-                            .await
-                    }
-                    Some(acceptor) => {
+            // Plain and TLS connections run as different tasks: a task is as large as its
+            // future, and one future for both would give every plain connection room for a
+            // TLS session it never has.
+            match tls.clone() {
+                None => {
+                    let connection =
+                        watcher.watch(builder.serve_connection(TokioIo::new(tcp), service));
+                    tokio::spawn(async move {
+                        log_end(connection.await);
+                        drop(permit);
+                    });
+                }
+                Some(acceptor) => {
+                    let handshake_timeout = limits.header_read_timeout;
+                    tokio::spawn(async move {
                         match tokio::time::timeout(handshake_timeout, acceptor.accept(tcp)).await {
-                            Ok(Ok(stream)) => {
+                            Ok(Ok(stream)) => log_end(
                                 watcher
                                     .watch(builder.serve_connection(TokioIo::new(stream), service))
-                                    .await
-                            }
-                            Ok(Err(e)) => {
-                                tracing::debug!("TLS handshake failed: {e}");
-                                Ok(())
-                            }
-                            Err(_) => {
-                                tracing::debug!("TLS handshake not finished in time");
-                                Ok(())
-                            }
+                                    .await,
+                            ),
+                            Ok(Err(e)) => tracing::debug!("TLS handshake failed: {e}"),
+                            Err(_) => tracing::debug!("TLS handshake not finished in time"),
                         }
-                    }
-                };
-                if let Err(e) = ended {
-                    tracing::debug!("connection ended: {e}");
+                        drop(permit);
+                    });
                 }
-                drop(permit);
-            });
+            }
         }
         drop(listener);
         graceful.shutdown().await;
         Ok(())
     })
+}
+
+fn log_end(ended: Result<(), hyper::Error>) {
+    if let Err(e) = ended {
+        tracing::debug!("connection ended: {e}");
+    }
 }
