@@ -5,6 +5,7 @@
 
 pub mod client;
 pub mod disagg_suite;
+pub mod hyper_floor;
 pub mod load;
 pub mod overhead_suite;
 pub mod peer_routers;

@@ -206,11 +206,15 @@ pub async fn run(opts: Options) -> Result<Value, String> {
         })
     });
     drop(proxies);
-    let hold = if opts.hold_streams > 0 {
-        Some(crate::stream_hold::run(&client, opts.hold_streams, pin.as_ref()).await?)
-    } else {
-        None
-    };
+    // The holding test, for mvllm and then each proxy given as a command.
+    let mut hold = Vec::new();
+    if opts.hold_streams > 0 {
+        for kind in std::iter::once(&ProxyKind::Mvllm).chain(&opts.extra) {
+            hold.push(
+                crate::stream_hold::run(&client, kind, opts.hold_streams, pin.as_ref()).await?,
+            );
+        }
+    }
     Ok(json!({"memory": memory, "rows": rows, "hold": hold, "pinned": pinned}))
 }
 
@@ -311,7 +315,12 @@ pub fn render(report: &Value) -> String {
             m["peak_rss_mib"].as_f64().unwrap_or(f64::NAN)
         );
     }
-    if let Some(h) = report["hold"].as_object() {
+    for h in report["hold"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(Value::as_object)
+    {
         s += &crate::stream_hold::render(h);
     }
     s

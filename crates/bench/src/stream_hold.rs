@@ -1,7 +1,8 @@
 //! How many concurrent streams mvllm holds, and in what memory.
 //!
 //! A simulated H100 server that admits every stream at once (so that with thousands in its
-//! batch each step is slow and every stream stays open for seconds), mvllm in front of it, and
+//! batch each step is slow and every stream stays open for seconds), a proxy in front of it
+//! (mvllm, then each `--proxy` of the overhead suite), and
 //! `streams` streamed completions opened together here. A sampler reads the router's resident
 //! memory every 50 ms; the figure that matters is its peak while the most streams were open,
 //! less its idle memory, per stream. Every stream must end with `[DONE]`.
@@ -71,6 +72,7 @@ async fn one_stream(
 
 pub async fn run(
     client: &HttpClient,
+    kind: &ProxyKind,
     streams: usize,
     pin: Option<&crate::pinning::Pinning>,
 ) -> Result<Value, String> {
@@ -92,7 +94,7 @@ pub async fn run(
         ],
     )
     .await?;
-    let proxy = ProxyProcess::start(&ProxyKind::Mvllm, client, &sim.urls[0], pin).await?;
+    let proxy = ProxyProcess::start(kind, client, &sim.urls[0], pin).await?;
     let pid = proxy.pid();
     tokio::time::sleep(Duration::from_millis(300)).await;
     let idle = crate::overhead_suite::memory_mib(pid, "VmRSS:").unwrap_or(f64::NAN);
@@ -135,6 +137,7 @@ pub async fn run(
     }
     let errors = counters.errors.load(Ordering::Relaxed);
     let mut out = Map::new();
+    out.insert("proxy".into(), json!(kind.name()));
     out.insert("streams".into(), json!(streams));
     out.insert("fd_limit".into(), json!(fd_limit));
     out.insert("max_open_at_once".into(), json!(max_open));
@@ -153,7 +156,8 @@ pub async fn run(
 pub fn render(h: &Map<String, Value>) -> String {
     let f = |k: &str| h.get(k).and_then(Value::as_f64).unwrap_or(f64::NAN);
     format!(
-        "streams held: {} of {} open at once ({} errors), router RSS {:.1} MiB idle -> {:.1} MiB with them open (peak {:.1}), {:.1} KiB per stream, {:.1} s\n",
+        "{}: streams held: {} of {} open at once ({} errors), RSS {:.1} MiB idle -> {:.1} MiB with them open (peak {:.1}), {:.1} KiB per stream, {:.1} s\n",
+        h.get("proxy").and_then(Value::as_str).unwrap_or("mvllm"),
         h.get("max_open_at_once").unwrap_or(&Value::Null),
         h.get("streams").unwrap_or(&Value::Null),
         h.get("errors").unwrap_or(&Value::Null),

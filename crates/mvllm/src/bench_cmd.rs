@@ -138,6 +138,19 @@ enum Suite {
         #[arg(long)]
         json: Option<PathBuf>,
     },
+    /// A bare proxy on mvllm's own HTTP stack (hyper), with no routing, metrics or limits: the
+    /// least a router on hyper costs. Measure it beside mvllm with `overhead --proxy`.
+    HyperFloor {
+        #[arg(long, default_value = "127.0.0.1")]
+        host: String,
+        /// Where to listen (0: any free port, printed at start).
+        #[arg(long, default_value_t = 0)]
+        port: u16,
+        /// A server's base URL, e.g. http://127.0.0.1:8001; requests go to each in turn.
+        /// Repeatable, or comma-separated.
+        #[arg(long, required = true, value_delimiter = ',')]
+        upstream: Vec<String>,
+    },
     /// Does the simulator match its cost model? (TTFT, ITL vs batch, prefix reuse, scale)
     Sim {
         /// A seconds-long smoke run instead of the full one.
@@ -195,6 +208,27 @@ pub fn run(args: BenchArgs) -> ExitCode {
         }
     };
     let outcome: Result<(Value, Render, Output, Option<Draw>), String> = match args.suite {
+        Suite::HyperFloor {
+            host,
+            port,
+            upstream,
+        } => {
+            let served = runtime.block_on(async {
+                let listener = tokio::net::TcpListener::bind((host.as_str(), port))
+                    .await
+                    .map_err(|e| format!("cannot listen on {host}:{port}: {e}"))?;
+                let at = listener.local_addr().map_err(|e| e.to_string())?;
+                println!("hyper-floor proxy at http://{at}");
+                mvllm_bench::hyper_floor::serve(listener, upstream).await
+            });
+            return match served {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("mvllm bench hyper-floor: {e}");
+                    ExitCode::FAILURE
+                }
+            };
+        }
         Suite::Load {
             url,
             workload,

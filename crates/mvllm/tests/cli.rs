@@ -567,3 +567,72 @@ fn bench_disagg_runs_each_layout_and_splits_only_the_disaggregated_ones() {
         assert_eq!(r["two_legs"].as_f64().unwrap() > 0.0, split, "{r}");
     }
 }
+
+/// `bench hyper-floor` is a working proxy: measured by `bench overhead --proxy` beside mvllm, it
+/// serves every request and holds every stream, and each proxy gets its own holding figure.
+#[test]
+fn bench_overhead_measures_the_hyper_floor_beside_mvllm() {
+    let dir = tempfile::tempdir().unwrap();
+    let json = dir.path().join("overhead.json");
+    let floor =
+        format!("hyper-floor={BIN} bench hyper-floor --port {{port}} --upstream {{backend}}");
+    let out = Command::new(BIN)
+        .args([
+            "bench",
+            "overhead",
+            "--quick",
+            "--no-dashboard",
+            "--no-nginx",
+            "--hold-streams",
+            "20",
+            "--proxy",
+            &floor,
+            "--json",
+        ])
+        .arg(&json)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let report: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    let rows: Vec<_> = report["rows"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|r| r["proxy"] == "hyper-floor")
+        .collect();
+    assert!(
+        rows.iter().any(|r| r["kind"] == "non-streaming"),
+        "{rows:?}"
+    );
+    assert!(
+        rows.iter().any(|r| r["kind"] != "non-streaming"),
+        "{rows:?}"
+    );
+    for row in rows {
+        assert!(row["routed_rps"].as_f64().unwrap() > 0.0, "{row}");
+        assert_eq!(row["errors_routed"], 0, "{row}");
+    }
+    let hold = report["hold"].as_array().unwrap();
+    let proxies: Vec<&str> = hold.iter().map(|h| h["proxy"].as_str().unwrap()).collect();
+    assert_eq!(proxies, ["mvllm", "hyper-floor"]);
+    for h in hold {
+        assert_eq!(h["errors"], 0, "{h}");
+        assert_eq!(h["streams"], 20, "{h}");
+        assert!(h["max_open_at_once"].as_u64().unwrap() > 0, "{h}");
+    }
+}
+
+#[test]
+fn bench_hyper_floor_needs_an_upstream() {
+    let out = Command::new(BIN)
+        .args(["bench", "hyper-floor", "--port", "0"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--upstream"));
+}
