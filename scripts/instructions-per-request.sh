@@ -6,7 +6,10 @@
 #   scripts/instructions-per-request.sh [BINARY] [STREAM_TOKENS]
 #
 # SIM_BIN (default: BINARY) runs the simulated server, so that two routers can be compared
-# against the same one.
+# against the same one. PROXY picks what is measured in front of it: `mvllm` (default, `BINARY
+# run`), `floor` (`BINARY bench hyper-floor`, a bare proxy on the same HTTP stack with no
+# routing: the difference is mvllm's own cost) or `nginx` (one nginx process as a plain reverse
+# proxy, the peers kit's reference).
 # BINARY defaults to target/release/mvllm (use `cargo build --profile profiling` and
 # target/profiling/mvllm to see where the instructions go: callgrind_annotate on the kept file).
 # STREAM_TOKENS (default 0): 0 sends non-streamed chat completions; N > 0 sends streams of N
@@ -42,18 +45,40 @@ EOF
 run() {
   local n="$1" port
   port="$(free_port)"
-  valgrind --tool=callgrind --callgrind-out-file="$WORK/cg.$n" \
-    "$BIN" run --console --log-level error --host 127.0.0.1 --port "$port" --config "$WORK/servers.toml" \
+  local proxy=("$BIN" run --console --log-level error --host 127.0.0.1 --port "$port" --config "$WORK/servers.toml")
+  local ready=/readyz
+  case "${PROXY:-mvllm}" in
+    mvllm) ;;
+    floor)
+      proxy=("$BIN" bench hyper-floor --host 127.0.0.1 --port "$port" --upstream "http://127.0.0.1:$SIM_PORT")
+      ready=/health ;;
+    nginx)
+      local d="$WORK/nginx.$n"
+      mkdir -p "$d"
+      cat >"$d/nginx.conf" <<EOF
+master_process off; daemon off; worker_processes 1; pid $d/pid; error_log $d/error.log warn;
+events { worker_connections 1024; }
+http { access_log off; client_body_temp_path $d/body; proxy_temp_path $d/proxy;
+  fastcgi_temp_path $d/f; uwsgi_temp_path $d/u; scgi_temp_path $d/s;
+  upstream backend { server 127.0.0.1:$SIM_PORT; keepalive 64; }
+  server { listen 127.0.0.1:$port; location / { proxy_pass http://backend; proxy_http_version 1.1;
+    proxy_set_header Connection ""; proxy_buffering off; } } }
+EOF
+      proxy=(nginx -p "$d" -c "$d/nginx.conf" -e "$d/error.log")
+      ready=/health ;;
+    *) echo "PROXY must be mvllm, floor or nginx" >&2; exit 2 ;;
+  esac
+  valgrind --tool=callgrind --callgrind-out-file="$WORK/cg.$n" "${proxy[@]}" \
     >"$WORK/router.$n.log" 2>&1 &
   local pid=$!
-  python3 - "$port" "$n" "$TOKENS" <<'PY'
+  python3 - "$port" "$n" "$TOKENS" "$ready" <<'PY'
 import http.client, json, sys, time
-port, n, tokens = int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3])
+port, n, tokens, ready = int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3]), sys.argv[4]
 deadline = time.time() + 120
 while True:
     try:
         c = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
-        c.request("GET", "/readyz"); r = c.getresponse(); r.read()
+        c.request("GET", ready); r = c.getresponse(); r.read()
         if r.status == 200: break
     except OSError:
         pass
