@@ -423,30 +423,16 @@ fn bench_overhead_pin_puts_the_router_alone_on_one_cpu() {
         eprintln!("skipped: pinned mode needs two CPUs and taskset");
         return;
     }
-    let dir = tempfile::tempdir().unwrap();
-    let json = dir.path().join("overhead.json");
-    let out = Command::new(BIN)
-        .args([
-            "bench",
-            "overhead",
-            "--quick",
-            "--pin",
-            "--no-dashboard",
-            "--no-nginx",
-            "--hold-streams",
-            "0",
-            "--json",
-        ])
-        .arg(&json)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let report: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    let (report, stdout) = bench_report(&[
+        "bench",
+        "overhead",
+        "--quick",
+        "--pin",
+        "--no-dashboard",
+        "--no-nginx",
+        "--hold-streams",
+        "0",
+    ]);
     let pinned = &report["pinned"];
     let router_cpu = pinned["router_cpu"].as_u64().unwrap().to_string();
     assert_eq!(pinned["proxies"]["mvllm"], serde_json::json!([router_cpu]));
@@ -478,7 +464,7 @@ fn bench_overhead_pin_puts_the_router_alone_on_one_cpu() {
         assert!(row["routed_rps"].as_f64().unwrap() > 0.0, "{row}");
         assert_eq!(row["errors_routed"], 0, "{row}");
     }
-    assert!(String::from_utf8_lossy(&out.stdout).contains("pinned: proxies on CPU"));
+    assert!(stdout.contains("pinned: proxies on CPU"));
 }
 
 #[test]
@@ -543,21 +529,8 @@ fn sim_kv_role_is_read_per_instance_and_a_wrong_one_is_refused() {
 /// take two legs.
 #[test]
 fn bench_disagg_runs_each_layout_and_splits_only_the_disaggregated_ones() {
-    let dir = tempfile::tempdir().unwrap();
-    let json = dir.path().join("disagg.json");
-    let out = Command::new(BIN)
-        .args(["bench", "disagg", "--rate", "4", "--seconds", "2", "--json"])
-        .arg(&json)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(String::from_utf8_lossy(&out.stdout).contains("| 2 prefill + 2 decode |"));
-    let report: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    let (report, stdout) = bench_report(&["bench", "disagg", "--rate", "4", "--seconds", "2"]);
+    assert!(stdout.contains("| 2 prefill + 2 decode |"));
     let runs = report["runs"].as_array().unwrap();
     assert_eq!(runs.len(), 3);
     for r in runs {
@@ -572,33 +545,19 @@ fn bench_disagg_runs_each_layout_and_splits_only_the_disaggregated_ones() {
 /// serves every request and holds every stream, and each proxy gets its own holding figure.
 #[test]
 fn bench_overhead_measures_the_hyper_floor_beside_mvllm() {
-    let dir = tempfile::tempdir().unwrap();
-    let json = dir.path().join("overhead.json");
     let floor =
         format!("hyper-floor={BIN} bench hyper-floor --port {{port}} --upstream {{backend}}");
-    let out = Command::new(BIN)
-        .args([
-            "bench",
-            "overhead",
-            "--quick",
-            "--no-dashboard",
-            "--no-nginx",
-            "--hold-streams",
-            "20",
-            "--proxy",
-            &floor,
-            "--json",
-        ])
-        .arg(&json)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let report: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    let (report, _) = bench_report(&[
+        "bench",
+        "overhead",
+        "--quick",
+        "--no-dashboard",
+        "--no-nginx",
+        "--hold-streams",
+        "20",
+        "--proxy",
+        &floor,
+    ]);
     let rows: Vec<_> = report["rows"]
         .as_array()
         .unwrap()
@@ -635,4 +594,24 @@ fn bench_hyper_floor_needs_an_upstream() {
         .unwrap();
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("--upstream"));
+}
+
+/// Runs `mvllm ARGS --json FILE`, which must succeed; returns the JSON report and the terminal
+/// output.
+fn bench_report(args: &[&str]) -> (serde_json::Value, String) {
+    let dir = tempfile::tempdir().unwrap();
+    let json = dir.path().join("report.json");
+    let out = Command::new(BIN)
+        .args(args)
+        .arg("--json")
+        .arg(&json)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let report = serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    (report, String::from_utf8_lossy(&out.stdout).into_owned())
 }
