@@ -1,6 +1,6 @@
 //! Other routers run side by side with mvllm in `mvllm bench routing`, each as a child process
 //! in front of the same simulated servers: vLLM's router (`pip install vllm-router==0.1.17`) and
-//! SGLang's (`pip install sglang-router==0.3.2`, `smg launch`), both with `--policy
+//! SGLang's gateway (`pip install smg==1.13.0`, `smg launch`), both with `--policy
 //! cache_aware`. A router that is not installed is skipped with a note.
 //!
 //! Where they are looked for: `$MVLLM_BENCH_VLLM_ROUTER` / `$MVLLM_BENCH_SGLANG_ROUTER` (the
@@ -76,7 +76,7 @@ pub async fn start(peer: Peer, workers: &[String]) -> Result<Option<PeerProcess>
             peer.name(),
             match peer {
                 Peer::VllmRouter => "vllm-router==0.1.17",
-                Peer::SglangRouter => "sglang-router==0.3.2",
+                Peer::SglangRouter => "smg==1.13.0",
             }
         );
         return Ok(None);

@@ -43,7 +43,22 @@ pub struct Options {
     pub speeds: Option<String>,
     /// Each server's KV cache in tokens (a small one makes eviction matter).
     pub kv_cache_tokens: Option<usize>,
+    /// Mean think time between a conversation's turns, seconds (default [`CHAT_THINK_TIME`]).
+    pub think_time: Option<f64>,
+    /// Seconds of arrivals per cell (default 20, or [`CHAT_SECONDS`] for chat; 2 with `quick`).
+    pub seconds: Option<f64>,
 }
+
+/// Mean think time between the turns of a chat conversation: a person reads the answer and
+/// types the next question, seconds, not the load generator's half second. With it, tens of
+/// conversations are open at once (at 20 req/s: 5 conversations a second, each ~4 turns over
+/// ~12 s, so ~60 open), and a conversation's server has time to become busier than another
+/// between its turns: the case a cache-aware router must get right.
+pub const CHAT_THINK_TIME: f64 = 3.0;
+
+/// Seconds of arrivals per chat cell: long enough that most conversations reach their later
+/// turns (the ones with long histories, where a miss costs most).
+pub const CHAT_SECONDS: f64 = 60.0;
 
 /// One thing `bench routing` compares.
 #[derive(Debug, Clone, PartialEq)]
@@ -116,7 +131,7 @@ fn load_options(
         duration: seconds,
         stream: true,
         model: None,
-        think_time: 0.5,
+        think_time: 0.0,
         seed,
         progress: false,
         replicas: Vec::new(),
@@ -146,6 +161,7 @@ async fn run_workload_contender(
     w: crate::load::Workload,
     request_rate: f64,
     seconds: f64,
+    think_time: f64,
     seed: u64,
 ) -> Result<Option<Value>, String> {
     let sessions = if w == crate::load::Workload::ChatSessions {
@@ -185,6 +201,7 @@ async fn run_workload_contender(
         }
     };
     opts.servers = urls.to_vec();
+    opts.think_time = think_time;
     // Ask the servers for the model: a router may list its own placeholder (SGLang's: "unknown").
     opts.model = Some(crate::load::first_model(&http_client(), &urls[0]).await?);
     reset_prefix_caches(urls).await?;
@@ -483,18 +500,33 @@ fn summarize(policy: &str, r: &RunResult) -> Value {
 
 pub async fn run(opts: Options) -> Result<Value, String> {
     let client = http_client();
-    let (cap_secs, run_secs) = if opts.quick { (2.0, 2.0) } else { (10.0, 20.0) };
+    let chat = opts.workload == Some(crate::load::Workload::ChatSessions);
+    let cap_secs = if opts.quick { 2.0 } else { 10.0 };
+    let run_secs = match (opts.seconds, opts.quick, chat) {
+        (Some(s), _, _) => s,
+        (None, true, _) => 2.0,
+        (None, false, true) => CHAT_SECONDS,
+        (None, false, false) => 20.0,
+    };
+    let think_time = opts.think_time.unwrap_or(CHAT_THINK_TIME);
     let all_fleets = [
         ("heterogeneous", "1.0,1.0,0.5,0.25"),
         ("homogeneous", "1.0"),
+        ("mixed", "1.0,1.0,0.5,0.5"),
     ];
+    // Chat runs on the fleets chat is served by: four alike, or two of them at half speed.
+    let default_fleets = if chat {
+        vec![all_fleets[2], all_fleets[1]]
+    } else {
+        all_fleets[..2].to_vec()
+    };
     let fleets: Vec<(&str, &str)> = match (&opts.fleet, opts.quick) {
         (Some(f), _) => all_fleets.iter().copied().filter(|(n, _)| n == f).collect(),
-        (None, true) => all_fleets[..1].to_vec(),
-        (None, false) => all_fleets.to_vec(),
+        (None, true) => default_fleets[..1].to_vec(),
+        (None, false) => default_fleets,
     };
     if fleets.is_empty() {
-        return Err("--fleet must be heterogeneous or homogeneous".into());
+        return Err("--fleet must be heterogeneous, homogeneous or mixed".into());
     }
     let loads: Vec<f64> = match (&opts.loads, opts.quick) {
         (Some(l), _) => l.clone(),
@@ -594,6 +626,7 @@ pub async fn run(opts: Options) -> Result<Value, String> {
                             w,
                             capacity * load,
                             run_secs,
+                            think_time,
                             seed,
                         )
                         .await?
@@ -617,9 +650,12 @@ pub async fn run(opts: Options) -> Result<Value, String> {
         out.push(json!({"fleet": name, "speeds": speeds, "server_capacity_rps": caps, "fleet_capacity_rps": capacity, "runs": runs}));
     }
     let workload = opts.workload.map_or("streamed completions", |w| w.name());
-    Ok(
-        json!({"sim_args": SIM_ARGS, "kv_cache_tokens": opts.kv_cache_tokens, "max_concurrent_requests": CAPACITY_SETTING, "workload": workload, "fleets": out}),
-    )
+    Ok(json!({
+        "sim_args": SIM_ARGS, "kv_cache_tokens": opts.kv_cache_tokens,
+        "max_concurrent_requests": CAPACITY_SETTING, "workload": workload,
+        "seconds": run_secs, "think_time_s": if chat { Some(think_time) } else { None },
+        "fleets": out,
+    }))
 }
 
 /// The report as a terminal table.

@@ -95,7 +95,8 @@ enum Suite {
         /// A seconds-long smoke run instead of the full one.
         #[arg(long)]
         quick: bool,
-        /// Only this fleet: heterogeneous or homogeneous.
+        /// Only this fleet: heterogeneous (speeds 1,1,0.5,0.25), homogeneous (4 x 1) or mixed
+        /// (1,1,0.5,0.5; with homogeneous, the default for chat-sessions).
         #[arg(long)]
         fleet: Option<String>,
         /// Only these loads, as fractions of capacity (e.g. 0.8 or 0.5,1.0).
@@ -119,6 +120,12 @@ enum Suite {
         /// Each server's KV cache, in tokens (small: eviction matters).
         #[arg(long)]
         kv_cache_tokens: Option<usize>,
+        /// Mean think time between a chat conversation's turns, seconds (default 3).
+        #[arg(long)]
+        think_time: Option<f64>,
+        /// Seconds of arrivals per cell (default 20; 60 for chat-sessions; 2 with --quick).
+        #[arg(long)]
+        seconds: Option<f64>,
         #[command(flatten)]
         output: Output,
     },
@@ -323,6 +330,8 @@ pub fn run(args: BenchArgs) -> ExitCode {
             compare,
             speeds,
             kv_cache_tokens,
+            think_time,
+            seconds,
             output,
         } => workload
             .as_deref()
@@ -338,6 +347,8 @@ pub fn run(args: BenchArgs) -> ExitCode {
                     contenders: compare,
                     speeds,
                     kv_cache_tokens,
+                    think_time,
+                    seconds,
                 }))
             })
             .map(|r| {
