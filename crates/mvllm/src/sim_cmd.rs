@@ -98,6 +98,35 @@ pub struct SimArgs {
     /// Fault: answer /metrics with text that is not Prometheus format.
     #[arg(long)]
     metrics_malformed: bool,
+    /// Publish KV events (what each server's prefix cache stored and evicted) as vLLM's
+    /// `--kv-events-config` does: a ZMQ PUB socket at tcp://HOST:PORT. Instance i (and
+    /// data-parallel rank r) binds PORT + i x data-parallel-size + r; port 0 picks free ports.
+    #[arg(long, value_name = "tcp://HOST:PORT")]
+    kv_events: Option<String>,
+    /// With --kv-events: the ROUTER socket that replays missed batches, offset likewise.
+    #[arg(long, value_name = "tcp://HOST:PORT", requires = "kv_events")]
+    kv_events_replay: Option<String>,
+    /// With --kv-events: the topic of every message.
+    #[arg(long, default_value = "kv-events")]
+    kv_events_topic: String,
+}
+
+/// `endpoint` for instance `i`: its port moved up by `i` engines' worth (port 0 stays 0).
+fn kv_endpoint_for(endpoint: &str, i: usize, engines: usize) -> String {
+    mvllm_sim::config::KvEvents::for_rank(endpoint, i * engines)
+}
+
+fn check_kv_endpoint(flag: &str, e: &str) -> Result<(), String> {
+    let port = e
+        .strip_prefix("tcp://")
+        .and_then(|a| a.rsplit_once(':'))
+        .map(|(_, p)| p);
+    match port.map(str::parse::<u16>) {
+        Some(Ok(_)) => Ok(()),
+        _ => Err(format!(
+            "{flag} '{e}': use tcp://HOST:PORT (port 0 picks a free one)"
+        )),
+    }
 }
 
 impl SimArgs {
@@ -147,6 +176,14 @@ impl SimArgs {
                 })
             })
             .collect::<Result<Vec<_>, _>>()?;
+        for (flag, e) in [
+            ("--kv-events", &self.kv_events),
+            ("--kv-events-replay", &self.kv_events_replay),
+        ] {
+            if let Some(e) = e {
+                check_kv_endpoint(flag, e)?;
+            }
+        }
         let faults = Faults {
             down: false,
             hang: self.hang,
@@ -194,6 +231,17 @@ impl SimArgs {
                             link_bytes_per_second: self.kv_link_gbps * 1e9,
                         },
                     ),
+                    kv_events: self
+                        .kv_events
+                        .as_ref()
+                        .map(|e| mvllm_sim::config::KvEvents {
+                            endpoint: kv_endpoint_for(e, i, self.data_parallel),
+                            replay_endpoint: self
+                                .kv_events_replay
+                                .as_ref()
+                                .map(|r| kv_endpoint_for(r, i, self.data_parallel)),
+                            topic: self.kv_events_topic.clone(),
+                        }),
                 };
                 cfg.validate().map(|()| cfg)
             })
@@ -234,6 +282,10 @@ pub fn run(args: SimArgs) -> ExitCode {
             match mvllm_sim::spawn(cfg.clone()).await {
                 Ok(h) => {
                     println!("simulated vLLM server at {} (model {}, speed {speed}{kv_role})", h.url(), cfg.model_name());
+                    for (rank, (e, r)) in h.kv_event_endpoints().iter().enumerate() {
+                        let replay = r.as_ref().map(|r| format!(", replay {r}")).unwrap_or_default();
+                        println!("  KV events (rank {rank}) at {e}{replay}");
+                    }
                     handles.push(h);
                 }
                 Err(e) => {

@@ -106,6 +106,32 @@ pub struct SimConfig {
     /// A KV connector for disaggregated prefill (`--kv-role`); `None`: `kv_transfer_params`
     /// are ignored, as by a vLLM started without `--kv-transfer-config`.
     pub kv_transfer: Option<KvTransfer>,
+    /// Publish KV events as vLLM's `--kv-events-config` does; `None`: no events.
+    pub kv_events: Option<KvEvents>,
+}
+
+/// Where KV events go (vLLM's `--kv-events-config` with `"publisher": "zmq"`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KvEvents {
+    /// The PUB socket, `tcp://host:port` (port 0: a free one). Engine (data-parallel rank) `r`
+    /// binds `port + r`, as vLLM offsets its endpoint by rank.
+    pub endpoint: String,
+    /// The ROUTER socket answering replay requests, offset by rank likewise.
+    pub replay_endpoint: Option<String>,
+    pub topic: String,
+}
+
+impl KvEvents {
+    /// `endpoint` with its port moved up by `rank` (port 0 stays 0).
+    pub fn for_rank(endpoint: &str, rank: usize) -> String {
+        match endpoint.rsplit_once(':') {
+            Some((base, port)) => match port.parse::<u16>() {
+                Ok(p) if p != 0 && rank > 0 => format!("{base}:{}", p as usize + rank),
+                _ => endpoint.to_string(),
+            },
+            None => endpoint.to_string(),
+        }
+    }
 }
 
 impl Default for SimConfig {
@@ -130,6 +156,7 @@ impl Default for SimConfig {
             startup_delay: Duration::ZERO,
             embedding_dim: 384,
             kv_transfer: None,
+            kv_events: None,
         }
     }
 }

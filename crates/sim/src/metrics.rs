@@ -101,6 +101,8 @@ pub struct EngineMetrics {
     pub waiting: usize,
     pub kv_usage: f64,
     pub num_gpu_blocks: usize,
+    /// Blocks in the prefix cache (what KV events stored and did not remove).
+    pub cached_blocks: usize,
     pub prefix_queries: u64,
     pub prefix_hits: u64,
     pub preemptions: u64,
@@ -137,6 +139,7 @@ impl EngineMetrics {
             waiting: 0,
             kv_usage: 0.0,
             num_gpu_blocks,
+            cached_blocks: 0,
             prefix_queries: 0,
             prefix_hits: 0,
             preemptions: 0,

@@ -9,6 +9,8 @@
 
 use std::collections::{HashMap, VecDeque};
 
+use mvllm_kv_events::{Event, Removed, Stored};
+
 pub type BlockId = u32;
 
 /// Tokens per KV block (vLLM's default).
@@ -30,6 +32,9 @@ pub struct BlockPool {
     cached: HashMap<u64, BlockId>,
     next_stamp: u64,
     prefix_caching: bool,
+    /// What entered and left the cache since the last [`BlockPool::take_events`], in order, as
+    /// vLLM's KV events; `None` when nobody subscribes (`--kv-events` not given).
+    events: Option<Vec<Event>>,
 }
 
 impl BlockPool {
@@ -41,6 +46,7 @@ impl BlockPool {
             cached: HashMap::new(),
             next_stamp: 1,
             prefix_caching,
+            events: None,
         };
         for id in 0..num_blocks as BlockId {
             pool.push_free(id);
@@ -104,6 +110,13 @@ impl BlockPool {
                 && self.cached.get(&h) == Some(&id)
             {
                 self.cached.remove(&h);
+                if let Some(events) = &mut self.events {
+                    events.push(Event::Removed(Removed {
+                        block_hashes: vec![h],
+                        medium: Some("GPU".into()),
+                        group_idx: Some(0),
+                    }));
+                }
             }
             block.ref_cnt = 1;
             block.free_stamp = 0;
@@ -132,6 +145,18 @@ impl BlockPool {
 
     /// Registers a full block under its chained hash so later requests can reuse it.
     pub fn cache(&mut self, id: BlockId, hash: u64) {
+        self.cache_block(id, hash, None);
+    }
+
+    /// [`BlockPool::cache`], recording a `BlockStored` event for a hash new to the cache: the
+    /// block's `tokens` and its `parent` (the hash of the block before it; `None` for a first
+    /// block). Consecutive blocks of one sequence join one event, as in vLLM.
+    pub fn cache_block(
+        &mut self,
+        id: BlockId,
+        hash: u64,
+        stored: Option<(Option<u64>, &[u32], Option<&str>)>,
+    ) {
         if !self.prefix_caching {
             return;
         }
@@ -140,7 +165,38 @@ impl BlockPool {
             return;
         }
         block.hash = Some(hash);
-        self.cached.entry(hash).or_insert(id);
+        let std::collections::hash_map::Entry::Vacant(e) = self.cached.entry(hash) else {
+            return;
+        };
+        e.insert(id);
+        let (Some(events), Some((parent, tokens, lora))) = (&mut self.events, stored) else {
+            return;
+        };
+        if let Some(Event::Stored(last)) = events.last_mut()
+            && parent.is_some()
+            && last.block_hashes.last().copied() == parent
+            && last.lora_name.as_deref() == lora
+        {
+            last.block_hashes.push(hash);
+            last.token_ids.extend_from_slice(tokens);
+            if let Some(k) = &mut last.extra_keys {
+                k.push(None);
+            }
+            return;
+        }
+        events.push(Event::Stored(Stored {
+            block_hashes: vec![hash],
+            parent_block_hash: parent,
+            token_ids: tokens.to_vec(),
+            block_size: BLOCK_SIZE as u32,
+            lora_id: None,
+            medium: Some("GPU".into()),
+            lora_name: lora.map(str::to_string),
+            extra_keys: Some(vec![None]),
+            group_idx: Some(0),
+            kv_cache_spec_kind: Some("full_attention".into()),
+            kv_cache_spec_sliding_window: None,
+        }));
     }
 
     /// Forgets every cached hash (vLLM's `/reset_prefix_cache`; a restarted server).
@@ -149,6 +205,24 @@ impl BlockPool {
         for b in &mut self.blocks {
             b.hash = None;
         }
+        if let Some(events) = &mut self.events {
+            events.push(Event::AllCleared);
+        }
+    }
+
+    /// Starts recording KV events.
+    pub fn record_events(&mut self) {
+        self.events.get_or_insert_with(Vec::new);
+    }
+
+    /// The events recorded since the last call (empty when not recording).
+    pub fn take_events(&mut self) -> Vec<Event> {
+        self.events.as_mut().map(std::mem::take).unwrap_or_default()
+    }
+
+    /// Blocks the prefix cache holds now (what a subscriber to its events should count).
+    pub fn num_cached(&self) -> usize {
+        self.cached.len()
     }
 
     fn push_free(&mut self, id: BlockId) {

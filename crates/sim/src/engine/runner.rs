@@ -128,6 +128,17 @@ impl Drop for Submission {
 impl EngineHandle {
     /// Starts an engine task on the current runtime.
     pub fn spawn(cfg: SchedulerConfig, profile: Profile, speed: f64) -> Self {
+        Self::spawn_publishing(cfg, profile, speed, None)
+    }
+
+    /// [`EngineHandle::spawn`], publishing the engine's KV events after every step.
+    pub fn spawn_publishing(
+        mut cfg: SchedulerConfig,
+        profile: Profile,
+        speed: f64,
+        kv_events: Option<mvllm_kv_events::Publisher>,
+    ) -> Self {
+        cfg.kv_events = kv_events.is_some();
         let (tx, rx) = mpsc::unbounded_channel();
         let metrics = Arc::new(Mutex::new(EngineMetrics::new(cfg.num_blocks)));
         let load = Arc::new(AtomicUsize::new(0));
@@ -146,6 +157,7 @@ impl EngineHandle {
             load,
             live: HashMap::new(),
             emitted: Vec::new(),
+            kv_events,
         };
         tokio::spawn(engine.run(rx));
         handle
@@ -229,6 +241,8 @@ struct Engine {
     load: Arc<AtomicUsize>,
     live: HashMap<ReqId, Live>,
     emitted: Vec<Emitted>,
+    /// Where the engine's KV events go, one batch per step that stored or removed blocks.
+    kv_events: Option<mvllm_kv_events::Publisher>,
 }
 
 impl Engine {
@@ -290,6 +304,7 @@ impl Engine {
             let done = Instant::now();
             let mut emitted = std::mem::take(&mut self.emitted);
             self.sched.finish_step(&plan, &mut emitted);
+            self.publish_kv_events();
             self.deliver(&emitted, done, step, done - start);
             emitted.clear();
             self.emitted = emitted;
@@ -328,7 +343,16 @@ impl Engine {
             Command::Release(id) => {
                 self.sched.release(id);
             }
-            Command::ResetPrefixCache => self.sched.reset_prefix_cache(),
+            Command::ResetPrefixCache => {
+                self.sched.reset_prefix_cache();
+                self.publish_kv_events();
+            }
+        }
+    }
+
+    fn publish_kv_events(&mut self) {
+        if let Some(p) = &self.kv_events {
+            p.publish(self.sched.take_kv_events());
         }
     }
 
@@ -337,6 +361,7 @@ impl Engine {
         m.running = self.sched.num_running();
         m.waiting = self.sched.num_waiting();
         m.kv_usage = self.sched.kv_usage();
+        m.cached_blocks = self.sched.num_cached_blocks();
         let c = &self.sched.counters;
         m.prefix_queries = c.prefix_queries;
         m.prefix_hits = c.prefix_hits;

@@ -25,6 +25,8 @@ pub struct SchedulerConfig {
     pub max_num_batched_tokens: usize,
     pub num_blocks: usize,
     pub prefix_caching: bool,
+    /// Record vLLM's KV events (stored, removed, cleared) for a publisher.
+    pub kv_events: bool,
 }
 
 /// What a request will be: its prompt and the output the model will write (known in advance:
@@ -43,6 +45,8 @@ pub struct SeqSpec {
     /// Keep the blocks when the request finishes, until [`Scheduler::release`]: a prefill
     /// server holds a request's KV for the decode server to read.
     pub hold_blocks: bool,
+    /// The LoRA adapter the request runs (its blocks' `lora_name` in KV events).
+    pub lora_name: Option<String>,
 }
 
 impl SeqSpec {
@@ -152,7 +156,10 @@ pub struct Scheduler {
 
 impl Scheduler {
     pub fn new(cfg: SchedulerConfig) -> Self {
-        let pool = BlockPool::new(cfg.num_blocks, cfg.prefix_caching);
+        let mut pool = BlockPool::new(cfg.num_blocks, cfg.prefix_caching);
+        if cfg.kv_events {
+            pool.record_events();
+        }
         Scheduler {
             cfg,
             pool,
@@ -233,6 +240,14 @@ impl Scheduler {
     }
     pub fn reset_prefix_cache(&mut self) {
         self.pool.reset_prefix_cache();
+    }
+    /// KV events since the last call (see [`BlockPool::take_events`]).
+    pub fn take_kv_events(&mut self) -> Vec<mvllm_kv_events::Event> {
+        self.pool.take_events()
+    }
+    /// Blocks in the prefix cache.
+    pub fn num_cached_blocks(&self) -> usize {
+        self.pool.num_cached()
     }
     /// Prompt tokens of `id` that came from the prefix cache at its first admission.
     pub fn cached_prompt_tokens(&self, id: ReqId) -> Option<usize> {
@@ -354,7 +369,10 @@ impl Scheduler {
             while seq.num_cached_blocks < full {
                 let k = seq.num_cached_blocks;
                 let h = seq.block_hash(k);
-                self.pool.cache(seq.blocks[k], h);
+                let parent = k.checked_sub(1).map(|p| seq.hashes[p]);
+                let tokens = &seq.spec.tokens[k * BLOCK_SIZE..(k + 1) * BLOCK_SIZE];
+                let stored = (parent, tokens, seq.spec.lora_name.as_deref());
+                self.pool.cache_block(seq.blocks[k], h, Some(stored));
                 seq.num_cached_blocks += 1;
             }
             if s.completes && seq.num_computed == seq.num_tokens() {

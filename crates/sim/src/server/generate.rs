@@ -288,6 +288,7 @@ fn prepare(
         Kind::Completion => "cmpl-",
     };
     let request_id = request_id(sim, headers);
+    let lora_name = (salt != 0).then(|| model.clone());
     Ok(Generation {
         kind,
         id: format!("{prefix}{request_id}"),
@@ -301,6 +302,7 @@ fn prepare(
             tokens,
             prompt_len,
             hash_salt: salt,
+            lora_name,
             ..Default::default()
         },
         words,

@@ -49,6 +49,8 @@ pub(crate) struct Sim {
     pub last_request: Mutex<Option<(Option<String>, bytes::Bytes)>>,
     /// Each engine's id in `kv_transfer_params` (vLLM's `engine_id`, unique per engine).
     pub engine_ids: Vec<String>,
+    /// Each engine's KV-event endpoints (PUB, replay), ports resolved.
+    pub kv_event_endpoints: Vec<(String, Option<String>)>,
     /// KV blocks held for decode servers (`--kv-role producer|both`).
     pub leases: kv_transfer::Leases,
     /// Where decode servers reach this one for KV: its own address (`remote_host`/`remote_port`).
@@ -151,6 +153,21 @@ impl SimHandle {
         self.sim.server_load.load(Ordering::Relaxed)
     }
 
+    /// Each engine's KV-event PUB endpoint and replay endpoint, ports resolved (empty without
+    /// `kv_events`).
+    pub fn kv_event_endpoints(&self) -> &[(String, Option<String>)] {
+        &self.sim.kv_event_endpoints
+    }
+
+    /// Blocks in the prefix caches of all engines, as of their last step.
+    pub fn cached_blocks(&self) -> usize {
+        self.sim
+            .engines
+            .iter()
+            .map(|e| e.metrics().cached_blocks)
+            .sum()
+    }
+
     /// Stops listening and cuts every connection.
     pub fn shutdown(&self) {
         self.shutdown.cancel();
@@ -176,10 +193,37 @@ pub async fn spawn(cfg: SimConfig) -> std::io::Result<SimHandle> {
         max_num_batched_tokens: cfg.max_num_batched_tokens,
         num_blocks: cfg.num_blocks(),
         prefix_caching: cfg.prefix_caching,
+        kv_events: false,
     };
-    let engines = (0..cfg.data_parallel)
-        .map(|_| EngineHandle::spawn(sched.clone(), cfg.profile.clone(), cfg.speed))
-        .collect();
+    let mut engines = Vec::with_capacity(cfg.data_parallel);
+    let mut kv_event_endpoints = Vec::new();
+    for rank in 0..cfg.data_parallel {
+        let publisher = match &cfg.kv_events {
+            Some(k) => {
+                let mut p = mvllm_kv_events::PublisherConfig::new(
+                    crate::config::KvEvents::for_rank(&k.endpoint, rank),
+                );
+                p.replay_endpoint = k
+                    .replay_endpoint
+                    .as_deref()
+                    .map(|r| crate::config::KvEvents::for_rank(r, rank));
+                p.topic = k.topic.clone();
+                p.data_parallel_rank = rank as i64;
+                let p = mvllm_kv_events::Publisher::bind(p).await.map_err(|e| {
+                    std::io::Error::new(std::io::ErrorKind::AddrInUse, e.to_string())
+                })?;
+                kv_event_endpoints.push((p.endpoint.clone(), p.replay_endpoint.clone()));
+                Some(p)
+            }
+            None => None,
+        };
+        engines.push(EngineHandle::spawn_publishing(
+            sched.clone(),
+            cfg.profile.clone(),
+            cfg.speed,
+            publisher,
+        ));
+    }
     let loras = cfg
         .loras
         .iter()
@@ -196,6 +240,7 @@ pub async fn spawn(cfg: SimConfig) -> std::io::Result<SimHandle> {
         addr
     };
     let sim = Arc::new(Sim {
+        kv_event_endpoints,
         engine_ids,
         leases: Default::default(),
         side_channel,
