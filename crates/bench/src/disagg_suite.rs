@@ -150,6 +150,7 @@ async fn run_layout(layout: &Layout, opts: &Options, seconds: f64) -> Result<Val
             api_key: None,
             models: None,
             role,
+            kv_events: None,
         })
         .collect();
     let router = crate::routing_suite::router_in_process(servers, Settings::default()).await?;

@@ -306,6 +306,7 @@ async fn start_router(
             api_key: None,
             models: None,
             role: Default::default(),
+            kv_events: None,
         })
         .collect();
     let settings = Settings {

@@ -21,6 +21,7 @@ async fn chat_sessions_through_the_router_hit_the_prefix_cache_and_every_request
             api_key: None,
             models: None,
             role: Default::default(),
+            kv_events: None,
         })
         .collect();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -108,6 +109,7 @@ async fn a_router_with_api_keys_is_loaded_with_api_key() {
                 api_key: None,
                 models: None,
                 role: Default::default(),
+                kv_events: None,
             }],
             settings: Settings {
                 admin_token: Some("bench-admin-token-0123456789".into()),

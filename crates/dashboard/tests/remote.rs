@@ -14,6 +14,7 @@ async fn router() -> (mvllm_sim::SimHandle, mvllm_router::RouterHandle) {
         api_key: None,
         models: None,
         role: Default::default(),
+        kv_events: None,
     }];
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let settings = Settings::default();

@@ -440,7 +440,7 @@ pub fn demo(args: DemoArgs) -> ExitCode {
         }
         let servers = sims
             .iter()
-            .map(|s| ServerConfig { url: s.url(), max_concurrent_requests: 64, api_key: None, models: None, role: Default::default() })
+            .map(|s| ServerConfig { url: s.url(), max_concurrent_requests: 64, api_key: None, models: None, role: Default::default(), kv_events: None })
             .collect();
         for (s, speed) in sims.iter().zip([1.0, 1.0, 0.5]) {
             tracing::info!("simulated vLLM server at {} (speed {speed})", s.url());

@@ -215,6 +215,7 @@ async fn top_shows_a_router_elsewhere_and_drains_with_d() {
             api_key: None,
             models: None,
             role: Default::default(),
+            kv_events: None,
         })
         .collect();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();

@@ -110,6 +110,16 @@ pub struct ServerStatus {
     pub predicted_hit_rate: Option<f64>,
     #[serde(default)]
     pub actual_hit_rate: Option<f64>,
+    /// `exact` (from the server's KV events) or `approximate` (learned from routing).
+    #[serde(default = "approximate")]
+    pub cache_state: String,
+    /// Blocks in its prefix cache, from its KV events (`None` without them).
+    #[serde(default)]
+    pub cached_blocks: Option<u64>,
+}
+
+fn approximate() -> String {
+    "approximate".into()
 }
 
 fn role_both() -> String {
@@ -219,5 +229,11 @@ fn server_status(s: &Server, max_age: Duration, policy: &dyn Policy) -> ServerSt
         prefix_index_bytes: prefix.bytes as u64,
         predicted_hit_rate: prefix.predicted_hit_rate,
         actual_hit_rate: prefix.actual_hit_rate,
+        cache_state: s.kv.state().name().into(),
+        cached_blocks: s
+            .config()
+            .kv_events
+            .is_some()
+            .then(|| s.kv.cached_blocks() as u64),
     }
 }

@@ -42,6 +42,14 @@ pub struct ServerLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct KvEventLabels {
+    pub server: String,
+    /// `batches`, `malformed`, `gaps`, `replays`, `replay_failures`, `restarts`,
+    /// `over_budget`, `orphans`, `unknown_removed`.
+    pub what: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ReasonLabels {
     pub reason: &'static str,
 }
@@ -99,6 +107,9 @@ pub struct Telemetry {
     prefix_index_bytes: Family<ServerLabels, Gauge>,
     prefix_predicted: Family<ServerLabels, FGauge>,
     prefix_actual: Family<ServerLabels, FGauge>,
+    cache_exact: Family<ServerLabels, Gauge>,
+    cached_blocks: Family<ServerLabels, Gauge>,
+    kv_events: Family<KvEventLabels, Gauge>,
     /// Client requests, errors, retries and time to first token over the last minutes.
     pub live: parking_lot::Mutex<Window>,
     pub started: std::time::Instant,
@@ -139,6 +150,9 @@ impl Telemetry {
             prefix_index_bytes: Family::default(),
             prefix_predicted: Family::default(),
             prefix_actual: Family::default(),
+            cache_exact: Family::default(),
+            cached_blocks: Family::default(),
+            kv_events: Family::default(),
             live: parking_lot::Mutex::new(Window::new(FLEET_WINDOW_SECONDS)),
             started: std::time::Instant::now(),
             registry: Registry::default(),
@@ -242,7 +256,51 @@ impl Telemetry {
             "Share of prompt tokens the server itself reports as prefix-cache hits, over the same window",
             t.prefix_actual.clone(),
         );
+        r.register(
+            "server_cache_exact",
+            "1 when the router knows the server's prefix cache exactly from its KV events, 0 when it approximates it",
+            t.cache_exact.clone(),
+        );
+        r.register(
+            "server_cached_blocks",
+            "Blocks in the server's prefix cache, as its KV events say",
+            t.cached_blocks.clone(),
+        );
+        r.register(
+            "server_kv_events",
+            "KV-event stream counts since start, by what: batches applied, malformed messages dropped, gaps, replays, replay failures, publisher restarts, stores over budget, orphan blocks, unknown removals",
+            t.kv_events.clone(),
+        );
         Telemetry { registry, ..t }
+    }
+
+    fn render_kv(&self, s: &crate::fleet::server::Server, l: &ServerLabels) {
+        let kv = &s.kv;
+        self.cache_exact
+            .get_or_create(l)
+            .set(i64::from(kv.is_exact()));
+        self.cached_blocks
+            .get_or_create(l)
+            .set(kv.cached_blocks() as i64);
+        let c = &kv.counters;
+        for (what, v) in [
+            ("batches", &c.batches),
+            ("malformed", &c.malformed),
+            ("gaps", &c.gaps),
+            ("replays", &c.replays),
+            ("replay_failures", &c.replay_failures),
+            ("restarts", &c.restarts),
+            ("over_budget", &c.over_budget),
+            ("orphans", &c.orphans),
+            ("unknown_removed", &c.unknown_removed),
+        ] {
+            self.kv_events
+                .get_or_create(&KvEventLabels {
+                    server: l.server.clone(),
+                    what,
+                })
+                .set(v.load(Ordering::Relaxed) as i64);
+        }
     }
 
     /// The exposition text, with per-server gauges refreshed from `fleet`.
@@ -261,6 +319,9 @@ impl Telemetry {
             f.clear();
         }
         self.prefix_index_bytes.clear();
+        self.cache_exact.clear();
+        self.cached_blocks.clear();
+        self.kv_events.clear();
         let max_age = fleet.metrics_max_age();
         let policy = fleet.policy();
         for s in fleet.servers().iter() {
@@ -283,6 +344,9 @@ impl Telemetry {
                 self.running.get_or_create(&l).set(m.running);
                 self.waiting.get_or_create(&l).set(m.waiting);
                 self.kv_usage.get_or_create(&l).set(m.kv_usage);
+            }
+            if s.config().kv_events.is_some() {
+                self.render_kv(s, &l);
             }
             let Some(prefix) = policy.report(s.id()) else {
                 continue;

@@ -317,6 +317,7 @@ async fn os_error_text_never_reaches_clients() {
             api_key: None,
             models: Some(vec![MODEL.into()]),
             role: Default::default(),
+            kv_events: None,
         }],
         settings,
     )

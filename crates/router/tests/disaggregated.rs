@@ -32,6 +32,7 @@ fn kv(role: KvRole) -> SimConfig {
 fn with_role(s: &SimHandle, role: ServerRole) -> ServerConfig {
     ServerConfig {
         role,
+        kv_events: None,
         models: Some(vec![MODEL.into()]),
         ..server_of(s)
     }

@@ -57,6 +57,7 @@ async fn body_query_and_headers_pass_through_and_a_request_id_is_added() {
             api_key: None,
             models: None,
             role: Default::default(),
+            kv_events: None,
         }],
         fast_settings(),
     )
@@ -111,6 +112,7 @@ async fn server_api_key_replaces_the_bearer() {
         api_key: Some("server-key".into()),
         models: None,
         role: Default::default(),
+        kv_events: None,
     };
     let r = router(vec![s], fast_settings()).await;
     let seen: Value = client()
@@ -427,6 +429,7 @@ async fn multipart_audio_is_routed_by_its_model_form_field() {
             api_key: None,
             models: Some(vec!["whisper-1".into()]),
             role: Default::default(),
+            kv_events: None,
         },
         server_of(&other),
     ];

@@ -30,6 +30,7 @@ fn trusted(url: String) -> ServerConfig {
         api_key: None,
         models: Some(vec![MODEL.into()]),
         role: Default::default(),
+        kv_events: None,
     }
 }
 
@@ -200,6 +201,7 @@ async fn a_server_with_a_hundred_thousand_models_is_capped() {
             api_key: None,
             models: None,
             role: Default::default(),
+            kv_events: None,
         }],
         settings,
     )

@@ -152,6 +152,7 @@ pub async fn add(State(app): State<Arc<AppState>>, body: Bytes) -> Result<Respon
         api_key: req.api_key,
         models: req.models,
         role,
+        kv_events: None,
     };
     app.fleet
         .add_server(cfg)

@@ -175,6 +175,9 @@ pub async fn load_stats(State(app): State<Arc<AppState>>) -> Json<Value> {
                     "actual_hit_rate": prefix.actual_hit_rate,
                     "resets": prefix.resets,
                 },
+                "cache_state": s.kv.state().name(),
+                "cached_blocks": s.config().kv_events.is_some().then(|| s.kv.cached_blocks()),
+                "kv_events": s.config().kv_events.as_ref().map(|_| kv_events_json(&s.kv)),
                 "metrics_fresh": fresh.is_some(),
                 "metrics_error": scrape.last_error,
                 "detailed_metrics": {
@@ -209,6 +212,23 @@ const DEFAULT_MAX_FDS: u64 = 65535;
 
 /// Load as a percentage of capacity, capped at 100 as the seed's was (a server can hold more
 /// than its `max_concurrent_requests` in its own queue).
+/// A server's KV-event stream: why its state is approximate (if it is) and its counts.
+fn kv_events_json(kv: &crate::fleet::kv_state::KvState) -> Value {
+    use std::sync::atomic::Ordering::Relaxed;
+    let c = &kv.counters;
+    json!({
+        "reason": Some(kv.reason()).filter(|r| !r.is_empty()),
+        "batches": c.batches.load(Relaxed),
+        "malformed": c.malformed.load(Relaxed),
+        "gaps": c.gaps.load(Relaxed),
+        "replays": c.replays.load(Relaxed),
+        "replay_failures": c.replay_failures.load(Relaxed),
+        "restarts": c.restarts.load(Relaxed),
+        "over_budget": c.over_budget.load(Relaxed),
+        "index_bytes": kv.index.lock().bytes(),
+    })
+}
+
 fn utilization(load: u64, capacity: u64) -> f64 {
     if capacity == 0 {
         0.0

@@ -94,6 +94,7 @@ mod tests {
             api_key: None,
             models: None,
             role: Default::default(),
+            kv_events: None,
         }
     }
 

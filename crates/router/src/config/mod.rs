@@ -31,6 +31,21 @@ pub struct ServerConfig {
     pub models: Option<Vec<String>>,
     /// Its part in prefill/decode disaggregation (see [`crate::proxy::disaggregated`]).
     pub role: ServerRole,
+    /// Where it publishes its KV events (vLLM's `--kv-events-config`): with it, the router
+    /// knows what the server caches instead of guessing (see [`crate::fleet::kv_state`]).
+    pub kv_events: Option<KvEventsSource>,
+}
+
+/// A server's KV-event publisher, as `kv_events = "tcp://host:port"` (and optionally
+/// `kv_events_replay`, `kv_events_topic`) in its `[[servers]]` entry.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KvEventsSource {
+    /// The PUB socket to subscribe to.
+    pub endpoint: String,
+    /// The ROUTER socket that replays missed batches (`None`: gaps cannot be filled).
+    pub replay: Option<String>,
+    /// Only messages with this topic (vLLM's `topic`; empty: all).
+    pub topic: String,
 }
 
 /// What a server does for a request, when the fleet disaggregates prefill from decode. A fleet
@@ -166,6 +181,10 @@ pub struct Settings {
     pub cors_allow_origins: Vec<String>,
     /// How often `dns` server entries are resolved again.
     pub dns_refresh_interval: Duration,
+    /// A server's KV events count as silent (its cache state approximate) after this long
+    /// without one while it was sent requests; after a loss, events must flow this long before
+    /// the state is exact again.
+    pub kv_events_silent_after: Duration,
     /// A DNS server to ask instead of the system's resolver (`/etc/resolv.conf`), for `dns`
     /// entries and server host names alike.
     pub dns_server: Option<std::net::SocketAddr>,
@@ -221,6 +240,7 @@ impl Default for Settings {
             session_header: "x-session-id".into(),
             cors_allow_origins: vec!["*".into()],
             dns_refresh_interval: Duration::from_secs(10),
+            kv_events_silent_after: Duration::from_secs(10),
             dns_server: None,
         }
     }
@@ -278,8 +298,39 @@ impl DnsServers {
             api_key: self.api_key.clone(),
             models: self.models.clone(),
             role: self.role,
+            kv_events: None,
         }
     }
+}
+
+/// A server entry's `kv_events` keys, checked: TCP endpoints with the server's own address.
+fn kv_events_source(
+    s: &raw::RawServer,
+    is_dns: bool,
+    at: &dyn Fn(std::ops::Range<usize>, String) -> ConfigError,
+) -> Result<Option<KvEventsSource>, ConfigError> {
+    let Some(endpoint) = &s.kv_events else {
+        if let Some(r) = &s.kv_events_replay {
+            return Err(at(r.span(), "`kv_events_replay` needs `kv_events`".into()));
+        }
+        return Ok(None);
+    };
+    if is_dns {
+        return Err(at(
+            endpoint.span(),
+            "`kv_events` needs a `url` entry: a `dns` entry stands for several servers, each with its own publisher".into(),
+        ));
+    }
+    let check = |e: &Spanned<String>| {
+        mvllm_kv_events::zmtp::tcp_address(e.get_ref())
+            .map(|_| e.get_ref().clone())
+            .map_err(|why| at(e.span(), why))
+    };
+    Ok(Some(KvEventsSource {
+        endpoint: check(endpoint)?,
+        replay: s.kv_events_replay.as_ref().map(check).transpose()?,
+        topic: s.kv_events_topic.clone().unwrap_or_default(),
+    }))
 }
 
 /// Reads `dns = "..."`: `host:port`, optionally with `http://` or `https://` (default http).
@@ -369,6 +420,7 @@ impl Config {
         for s in raw.servers {
             let span = s.span();
             let s = s.into_inner();
+            let kv_events = kv_events_source(&s, s.dns.is_some(), &at)?;
             let (url, dns_name) = match (&s.url, &s.dns) {
                 (Some(url), None) => (
                     Some(normalize_url(url.get_ref()).map_err(|m| at(url.span(), m))?),
@@ -443,6 +495,7 @@ impl Config {
                     api_key: s.api_key,
                     models: s.models,
                     role,
+                    kv_events,
                 }),
                 (None, Some((scheme, host, port))) => {
                     let group = DnsServers {
@@ -847,6 +900,12 @@ fn settings(
             r.dns_refresh_interval,
             "dns_refresh_interval",
             d.dns_refresh_interval,
+            0.05,
+        )?,
+        kv_events_silent_after: secs(
+            r.kv_events_silent_after,
+            "kv_events_silent_after",
+            d.kv_events_silent_after,
             0.05,
         )?,
         dns_server: match r.dns_server {

@@ -27,6 +27,10 @@ pub struct RawServer {
     pub models: Option<Vec<String>>,
     /// `prefill`, `decode` or `both` (prefill/decode disaggregation).
     pub role: Option<Spanned<String>>,
+    /// `tcp://host:port` of the server's KV-event publisher, its replay socket, its topic.
+    pub kv_events: Option<Spanned<String>>,
+    pub kv_events_replay: Option<Spanned<String>>,
+    pub kv_events_topic: Option<String>,
 }
 
 /// `[config]`: the seed's keys first, then ours.
@@ -80,6 +84,7 @@ pub struct RawSettings {
     pub session_header: Option<Spanned<String>>,
     pub cors_allow_origins: Option<Spanned<Vec<String>>>,
     pub dns_refresh_interval: Option<Spanned<f64>>,
+    pub kv_events_silent_after: Option<Spanned<f64>>,
     pub dns_server: Option<Spanned<String>>,
 }
 

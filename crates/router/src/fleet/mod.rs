@@ -7,6 +7,8 @@ pub mod check;
 pub mod dns;
 pub mod events;
 pub mod health;
+pub mod kv_state;
+pub mod kv_subscriber;
 pub mod observer;
 pub mod probe;
 pub mod prom;
@@ -96,7 +98,7 @@ impl Fleet {
             .map(|c| Arc::new(Server::new(c.clone(), active, wait_queue.clone())))
             .collect();
         let policy = routing::build(config.settings.routing_policy);
-        policy.fleet_changed(&ids(&servers), config.settings.prefix_index_bytes);
+        share_index_memory(&servers, &*policy, config);
         Arc::new(Fleet {
             servers: ArcSwap::from_pointee(servers),
             policy: ArcSwap::from_pointee(policy),
@@ -207,7 +209,6 @@ impl Fleet {
             .filter(|s| !config.servers.iter().any(|c| c.url == s.url()))
             .map(|s| s.url().to_string())
             .collect();
-        let kept_ids = ids(&next);
         self.split_roles.store(
             has_split_roles(&config.servers),
             std::sync::atomic::Ordering::Relaxed,
@@ -236,8 +237,7 @@ impl Fleet {
                     .store(Arc::new(routing::build(config.settings.routing_policy)));
             }
         }
-        self.policy()
-            .fleet_changed(&kept_ids, config.settings.prefix_index_bytes);
+        share_index_memory(&self.servers(), &**self.policy(), config);
         for s in added {
             let fleet = self.clone();
             tokio::spawn(async move {
@@ -458,6 +458,7 @@ impl Fleet {
     /// Starts the health, metrics and model loops; they stop when `shutdown` is cancelled.
     pub fn spawn_loops(self: &Arc<Self>, shutdown: CancellationToken) {
         dns::spawn(self.clone(), shutdown.clone());
+        kv_subscriber::spawn(self.clone(), shutdown.clone());
         self.spawn_loop(
             shutdown.clone(),
             ProbeKind::Health,
@@ -523,6 +524,25 @@ impl Fleet {
 }
 
 pub use server::ProbeKind;
+
+/// Gives each server's indexes their share of `prefix_index_bytes`: with KV events, half goes
+/// to the exact indexes (split among the servers that publish), half to the policy's learned
+/// ones (the fallback), so that all stay within the budget.
+fn share_index_memory(servers: &[Arc<Server>], policy: &dyn Policy, config: &Config) {
+    let bytes = config.settings.prefix_index_bytes;
+    let exact_servers = config
+        .servers
+        .iter()
+        .filter(|c| c.kv_events.is_some())
+        .count();
+    let learned = if exact_servers > 0 { bytes / 2 } else { bytes };
+    let exact_share =
+        bytes / 2 / exact_servers.max(1) / routing::exact_index::BYTES_PER_EXACT_BLOCK;
+    for s in servers {
+        s.kv.index.lock().set_budget(exact_share);
+    }
+    policy.fleet_changed(&ids(servers), learned);
+}
 
 fn ids(servers: &[Arc<Server>]) -> Vec<routing::ServerId> {
     servers.iter().map(|s| s.id()).collect()

@@ -158,6 +158,8 @@ pub struct Server {
     pending_prefill: AtomicU64,
     /// A hash of the URL: the server's id in rendezvous hashing, the same on every replica.
     id: u64,
+    /// What its KV events say it caches, and whether that can be trusted now.
+    pub kv: super::kv_state::KvState,
 }
 
 /// The background probes each server gets.
@@ -223,6 +225,7 @@ impl Server {
             probes_running: Default::default(),
             counters: Default::default(),
             pending_prefill: AtomicU64::new(0),
+            kv: Default::default(),
             id: xxhash_rust::xxh3::xxh3_64(cfg.url.as_bytes()),
             url: Arc::from(cfg.url.as_str()),
             target,
@@ -412,6 +415,8 @@ impl Server {
             id: self.id,
             pending_prefill_tokens: self.pending_prefill.load(Ordering::Relaxed) as f64,
             cached_tokens: 0.0,
+            held_tokens: 0.0,
+            exact_tokens: None,
             capacity: f64::from(self.capacity()),
             in_flight: self.in_flight() as f64,
             awaiting_first_byte: self.awaiting_first_byte() as f64,
@@ -570,6 +575,7 @@ mod tests {
                 api_key: None,
                 models: None,
                 role: Default::default(),
+                kv_events: None,
             },
             true,
             Arc::default(),

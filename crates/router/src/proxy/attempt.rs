@@ -256,8 +256,8 @@ fn respond(
     {
         body = body.remember_response_id(app.affinity.clone());
     }
-    if let Some(p) = prediction.filter(|_| status.is_success() && request.meta.reports_usage) {
-        body = body.measure_cache_hits(p, app.fleet.policy());
+    if let Some(p) = prediction.filter(|_| status.is_success()) {
+        body = body.measure_cache_hits(p, app.fleet.policy(), request.meta.reports_usage);
     }
     let body = match request.leg {
         Leg::Decode {

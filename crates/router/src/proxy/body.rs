@@ -44,7 +44,15 @@ pub struct RequestLog {
 
 /// What the policy predicted for a request, the response's end (where the server reports what
 /// it had cached), and the policy to tell.
-type CacheHitTap = (Prediction, Box<Tail>, Arc<Box<dyn Policy>>);
+/// What a response's end tells the policy: the prediction made for it, the body's tail (where
+/// usage is, when the request asked for it), and the data frames counted (a stream's events,
+/// about one token each: the answer's length when usage does not say).
+struct CacheHitTap {
+    prediction: Prediction,
+    tail: Option<Box<Tail>>,
+    frames: u32,
+    policy: Arc<Box<dyn Policy>>,
+}
 
 pub struct ProxyBody {
     inner: Incoming,
@@ -100,12 +108,19 @@ impl ProxyBody {
     }
 
     /// Tells `policy` the cached tokens the response reports, beside what it predicted.
+    /// `reports_usage`: the body ends with `usage` (else only its length is measured).
     pub fn measure_cache_hits(
         mut self,
         prediction: Prediction,
         policy: Arc<Box<dyn Policy>>,
+        reports_usage: bool,
     ) -> Self {
-        self.cache_hits = Some((prediction, Box::default(), policy));
+        self.cache_hits = Some(CacheHitTap {
+            prediction,
+            tail: reports_usage.then(Box::default),
+            frames: 0,
+            policy,
+        });
         self
     }
 
@@ -131,16 +146,24 @@ impl ProxyBody {
     fn finish(&mut self) {
         self.ended = true;
         self.outcome = "completed";
-        if let Some((prediction, tail, policy)) = self.cache_hits.take()
-            && let Some(usage) = tail.usage()
+        if let Some(tap) = self.cache_hits.take()
             && let Some(guard) = &self.guard
         {
-            policy.ended(
+            let usage = tap.tail.as_ref().and_then(|t| t.usage());
+            // Without usage, a stream's events less its first (the role) and last ([DONE]).
+            let completion = usage
+                .and_then(|u| u.completion_tokens)
+                .unwrap_or(if self.sse {
+                    tap.frames.saturating_sub(2) as u64
+                } else {
+                    0
+                });
+            tap.policy.ended(
                 guard.server().id(),
                 &Ended {
-                    prediction,
-                    prompt_tokens: usage.prompt_tokens as f64,
-                    cached_tokens: usage.cached_tokens as f64,
+                    prediction: tap.prediction,
+                    usage: usage.map(|u| (u.prompt_tokens as f64, u.cached_tokens as f64)),
+                    completion_tokens: completion as f64,
                 },
             );
         }
@@ -205,8 +228,11 @@ impl Body for ProxyBody {
                     }
                     this.scan(data);
                     this.remember_tail(data);
-                    if let Some((_, tail, _)) = &mut this.cache_hits {
-                        tail.push(data);
+                    if let Some(tap) = &mut this.cache_hits {
+                        tap.frames += 1;
+                        if let Some(tail) = &mut tap.tail {
+                            tail.push(data);
+                        }
                     }
                 }
                 if this.inner.is_end_stream() {

@@ -183,9 +183,10 @@ pub async fn send(
         prefill_server.url_shared(),
         policy.kind().name(),
     );
-    let prediction = route.prompt.map(|_| Prediction {
+    let prediction = route.prompt.map(|p| Prediction {
         prompt_tokens: route.prompt_tokens,
         cached_tokens: candidates[choice].cached_tokens,
+        last_block: p.blocks.last().copied(),
     });
     let answer = match attempt::run(app, prefill_server, &leg, 0, false, prediction).await {
         attempt::Outcome::Done(Ok(resp)) => resp,

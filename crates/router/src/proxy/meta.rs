@@ -29,6 +29,9 @@ pub struct RequestMeta {
     pub json: bool,
     /// `n`, the choices asked for, when above 1.
     pub n: Option<u64>,
+    /// The prompt as token ids, when the request gave them (a completion's `prompt: [ids]`):
+    /// matched against servers' KV events (see [`crate::fleet::kv_state`]).
+    pub prompt_token_ids: Option<Vec<u32>>,
 }
 
 impl RequestMeta {
@@ -142,6 +145,7 @@ pub async fn read_meta(
             instructions: fields.instructions.as_ref(),
             input: fields.input.as_ref(),
         });
+        let prompt_token_ids = fields.prompt.as_ref().and_then(token_ids);
         let stream = fields.stream.unwrap_or(false);
         let include_usage = fields
             .stream_options
@@ -162,6 +166,7 @@ pub async fn read_meta(
                 .as_ref()
                 .and_then(|n| n.as_u64())
                 .filter(|&n| n > 1),
+            prompt_token_ids,
         });
     }
     if mime == "multipart/form-data" {
@@ -191,6 +196,24 @@ pub async fn read_meta(
     Err(ProxyError::BadRequest(format!(
         "unsupported Content-Type '{ct}': send application/json (or multipart/form-data for audio)"
     )))
+}
+
+/// A prompt of token ids (`[1, 2, 3]`, or one such list in a list), as ids.
+fn token_ids(prompt: &Value<'_>) -> Option<Vec<u32>> {
+    let Value::Array(items) = prompt else {
+        return None;
+    };
+    let items = match items.as_slice() {
+        [Value::Array(inner)] => inner,
+        _ => items,
+    };
+    if items.is_empty() {
+        return None;
+    }
+    items
+        .iter()
+        .map(|v| v.as_u64().and_then(|t| u32::try_from(t).ok()))
+        .collect()
 }
 
 async fn read_text(field: multer::Field<'_>) -> Result<String, ProxyError> {

@@ -284,6 +284,10 @@ pub(crate) async fn dispatch(
     let policy = fleet.policy();
     let max_age = fleet.metrics_max_age();
     let mut tried: Vec<usize> = Vec::new();
+    let mut chains = crate::fleet::kv_state::PromptChains::new(
+        request.meta.prompt_token_ids.as_deref(),
+        request.meta.model.as_deref(),
+    );
     let mut timeouts = 0;
     let mut last_error = None;
     for attempt in 0..=settings.max_retries {
@@ -300,6 +304,9 @@ pub(crate) async fn dispatch(
             .iter()
             .map(|&i| servers[i].candidate(max_age))
             .collect();
+        for (c, &i) in candidates.iter_mut().zip(&choices) {
+            c.exact_tokens = chains.held_tokens(&servers[i].kv);
+        }
         policy.assess(route, &mut candidates);
         let Some(choice) = d.choose.pick(route, &candidates, &mut rand::rng()) else {
             break;
@@ -308,9 +315,11 @@ pub(crate) async fn dispatch(
         tried.push(index);
         let server = &servers[index];
         policy.routed(route, &candidates[choice]);
-        let prediction = route.prompt.filter(|_| d.predict).map(|_| Prediction {
+        chains.routed(&server.kv);
+        let prediction = route.prompt.filter(|_| d.predict).map(|p| Prediction {
             prompt_tokens: route.prompt_tokens,
             cached_tokens: candidates[choice].cached_tokens,
+            last_block: p.blocks.last().copied(),
         });
         server.counters.count_decision(
             &app.telemetry.decisions,

@@ -17,6 +17,8 @@ pub const TAIL_BYTES: usize = 2048;
 pub struct Usage {
     pub prompt_tokens: u64,
     pub cached_tokens: u64,
+    /// The answer's length (`completion_tokens`, or `output_tokens` for responses).
+    pub completion_tokens: Option<u64>,
 }
 
 /// The last [`TAIL_BYTES`] of a response body.
@@ -50,12 +52,18 @@ impl Tail {
             LazyLock::new(|| FinderRev::new(b"\"prompt_tokens\":"));
         static INPUT: LazyLock<FinderRev<'static>> =
             LazyLock::new(|| FinderRev::new(b"\"input_tokens\":"));
+        static COMPLETION: LazyLock<FinderRev<'static>> =
+            LazyLock::new(|| FinderRev::new(b"\"completion_tokens\":"));
+        static OUTPUT: LazyLock<FinderRev<'static>> =
+            LazyLock::new(|| FinderRev::new(b"\"output_tokens\":"));
         let text = &self.bytes;
         let cached = last_number(text, &CACHED)?;
         let prompt = last_number(text, &PROMPT).or_else(|| last_number(text, &INPUT))?;
-        (prompt > 0 && cached <= prompt).then_some(Usage {
+        (prompt > 0 && cached <= prompt).then(|| Usage {
             prompt_tokens: prompt,
             cached_tokens: cached,
+            completion_tokens: last_number(text, &COMPLETION)
+                .or_else(|| last_number(text, &OUTPUT)),
         })
     }
 }
@@ -105,7 +113,8 @@ mod tests {
             u,
             Some(Usage {
                 prompt_tokens: 1200,
-                cached_tokens: 1024
+                cached_tokens: 1024,
+                completion_tokens: Some(10),
             })
         );
     }
@@ -117,13 +126,15 @@ mod tests {
             "data: {\"choices\":[],\"usage\":{\"prompt_tokens\": 300,\"completion_tokens\":2,\"prompt_tokens_details\":{\"cached_tokens\": 288}}}\n\n",
             "data: [DONE]\n\n",
         ];
-        assert_eq!(tail_of(&stream).usage().unwrap().cached_tokens, 288);
+        let u = tail_of(&stream).usage().unwrap();
+        assert_eq!((u.cached_tokens, u.completion_tokens), (288, Some(2)));
         let responses = r#"{"usage":{"input_tokens":50,"input_tokens_details":{"cached_tokens":32},"output_tokens":4}}"#;
         assert_eq!(
             tail_of(&[responses]).usage(),
             Some(Usage {
                 prompt_tokens: 50,
-                cached_tokens: 32
+                cached_tokens: 32,
+                completion_tokens: Some(4),
             })
         );
     }

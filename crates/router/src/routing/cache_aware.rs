@@ -53,11 +53,54 @@ pub const TOLERANCE: f64 = 3.0;
 /// `bench routing --workload chat-sessions --compare cache_aware,cache_aware-x2`).
 pub const COLD_TOLERANCE: f64 = 6.0;
 
+fn xf(k: &str, d: f64) -> f64 {
+    std::env::var(k)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(d)
+}
+fn ptpr() -> f64 {
+    static V: std::sync::LazyLock<f64> =
+        std::sync::LazyLock::new(|| xf("X_PTPR", PREFILL_TOKENS_PER_REQUEST));
+    *V
+}
+fn xfull() -> f64 {
+    static V: std::sync::LazyLock<f64> = std::sync::LazyLock::new(|| xf("X_FULL", 0.75));
+    *V
+}
+fn xmin() -> f64 {
+    static V: std::sync::LazyLock<f64> = std::sync::LazyLock::new(|| xf("X_MIN", 0.25));
+    *V
+}
+
+/// Prefill tokens worth one queued request, at the fleet's load: a request in flight delays
+/// others' first tokens little while batches have room, so at low load the cache weighs more.
+pub fn prefill_tokens_per_request(candidates: &[Candidate]) -> f64 {
+    let u = candidates
+        .iter()
+        .map(adaptive_score)
+        .fold(f64::INFINITY, f64::min);
+    let u = if u.is_finite() { u } else { 1.0 };
+    ptpr() * (u / xfull()).clamp(xmin(), 1.0)
+}
+fn tol() -> f64 {
+    static V: std::sync::LazyLock<f64> = std::sync::LazyLock::new(|| {
+        std::env::var("X_TOL")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(TOLERANCE)
+    });
+    *V
+}
+
 /// The estimated cost of sending `request` to `c` (see the module doc).
 pub fn cost(request: &RouteRequest<'_>, c: &Candidate) -> f64 {
+    cost_at(request, c, PREFILL_TOKENS_PER_REQUEST)
+}
+
+fn cost_at(request: &RouteRequest<'_>, c: &Candidate, ptpr: f64) -> f64 {
     let uncached = (request.prompt_tokens - c.cached_tokens).max(0.0);
-    adaptive_score(c)
-        + (uncached + c.pending_prefill_tokens) / (PREFILL_TOKENS_PER_REQUEST * c.capacity)
+    adaptive_score(c) + (uncached + c.pending_prefill_tokens) / (ptpr * c.capacity)
 }
 
 /// Rendezvous (highest random weight) hashing: the server a key belongs to, the same on every
@@ -68,9 +111,13 @@ pub fn weight(key: u64, server: u64) -> u64 {
 
 /// The choice among `candidates` (not empty) for `request`, as assessed (see the module doc).
 pub fn choose(request: &RouteRequest<'_>, candidates: &[Candidate], cursor: &AtomicUsize) -> usize {
-    let costs: Vec<f64> = candidates.iter().map(|c| cost(request, c)).collect();
+    let ptpr = prefill_tokens_per_request(candidates);
+    let costs: Vec<f64> = candidates
+        .iter()
+        .map(|c| cost_at(request, c, ptpr))
+        .collect();
     let Some(key) = request.affinity else {
-        return lowest(candidates, cursor, |c| cost(request, c));
+        return lowest(candidates, cursor, |c| cost_at(request, c, ptpr));
     };
     let (best, best_i) = costs
         .iter()
@@ -80,14 +127,17 @@ pub fn choose(request: &RouteRequest<'_>, candidates: &[Candidate], cursor: &Ato
     let cold = candidates
         .iter()
         .all(|c| c.cached_tokens < request.anchor_tokens);
-    let tolerance = if cold { COLD_TOLERANCE } else { TOLERANCE };
+    let tolerance = if cold { COLD_TOLERANCE } else { tol() };
     let slack = tolerance / candidates[best_i].capacity;
-    // Among those, the one holding the most of the prompt, then the key's rendezvous server.
+    // Among those, the one holding the most of the prompt (a shared preamble credited), then
+    // the one really holding most (a new conversation goes where its system prompt is cached,
+    // rather than prefilling it on yet another server), then the key's rendezvous server.
     (0..candidates.len())
         .filter(|&i| costs[i] <= best + slack + 1e-12)
         .max_by_key(|&i| {
             (
                 candidates[i].cached_tokens as u64,
+                candidates[i].held_tokens as u64,
                 weight(key, candidates[i].id),
             )
         })
@@ -171,11 +221,18 @@ impl Policy for CacheAware {
             // A preamble shared by conversations (a system prompt) counts as held everywhere:
             // it costs each server one prefill, once, so it must not pull every conversation
             // that shares it onto the one server that happened to see it first.
-            let held = servers
-                .get(&c.id)
-                .map_or(0, |s| s.lock().index.matched(&prompt.blocks))
-                .max(prompt.preamble_blocks);
-            c.cached_tokens = ((held * BLOCK_TOKENS) as f64).min(request.prompt_tokens);
+            let tokens =
+                |blocks: usize| ((blocks * BLOCK_TOKENS) as f64).min(request.prompt_tokens);
+            c.held_tokens = match c.exact_tokens {
+                // Known from the server's own KV events.
+                Some(t) => t.min(request.prompt_tokens),
+                None => tokens(
+                    servers
+                        .get(&c.id)
+                        .map_or(0, |s| s.lock().index.matched(&prompt.blocks)),
+                ),
+            };
+            c.cached_tokens = c.held_tokens.max(tokens(prompt.preamble_blocks));
         }
     }
 
@@ -202,6 +259,7 @@ impl Policy for CacheAware {
         s.calibration.routed(Prediction {
             prompt_tokens: request.prompt_tokens,
             cached_tokens: to.cached_tokens,
+            last_block: prompt.blocks.last().copied(),
         });
     }
 
@@ -210,8 +268,13 @@ impl Policy for CacheAware {
             return;
         };
         let mut s = state.lock();
-        if s.calibration
-            .answered(e.prediction, e.prompt_tokens, e.cached_tokens)
+        if let Some(last) = e.prediction.last_block
+            && e.completion_tokens >= 1.0
+        {
+            s.index.credit(last, e.completion_tokens as u32);
+        }
+        if let Some((prompt, cached)) = e.usage
+            && s.calibration.answered(e.prediction, prompt, cached)
         {
             s.forget_far_off(server);
         }
@@ -476,9 +539,10 @@ mod tests {
                     prediction: Prediction {
                         prompt_tokens: 1600.0,
                         cached_tokens: c[0].cached_tokens,
+                        last_block: None,
                     },
-                    prompt_tokens: 1600.0,
-                    cached_tokens: 0.0,
+                    usage: Some((1600.0, 0.0)),
+                    completion_tokens: 0.0,
                 },
             );
         }

@@ -9,6 +9,7 @@
 
 pub mod cache_aware;
 pub mod classic;
+pub mod exact_index;
 pub mod fingerprint;
 pub mod policy;
 pub mod prefix_index;
@@ -116,8 +117,15 @@ pub struct Candidate {
     pub overloaded: bool,
     /// `None` when the last scrape failed or is too old to trust.
     pub scraped: Option<Scraped>,
-    /// Tokens of this request's prompt the server is believed to hold in its prefix cache.
+    /// Tokens of this request's prompt the server is believed to hold in its prefix cache,
+    /// for its cost: a preamble shared by conversations counts as held everywhere.
     pub cached_tokens: f64,
+    /// Of those, the tokens it is known or believed to hold itself (no preamble credit): the
+    /// tie-break between servers of like cost.
+    pub held_tokens: f64,
+    /// What the server's KV events say it holds of the prompt (`None`: not known exactly; the
+    /// policy's learned index decides).
+    pub exact_tokens: Option<f64>,
     /// Prompt tokens not cached, of this router's requests to the server still in prefill.
     pub pending_prefill_tokens: f64,
 }

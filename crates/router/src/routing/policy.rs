@@ -37,9 +37,11 @@ pub struct RouteRequest<'a> {
 pub struct Ended {
     /// What the policy predicted for it when it was routed.
     pub prediction: Prediction,
-    /// The server's own count of the prompt's tokens, and of those served from its cache.
-    pub prompt_tokens: f64,
-    pub cached_tokens: f64,
+    /// The server's own count of the prompt's tokens, and of those served from its cache
+    /// (`None`: the response did not report usage).
+    pub usage: Option<(f64, f64)>,
+    /// The answer's length in tokens (from usage, or a stream's events; 0 when unknown).
+    pub completion_tokens: f64,
 }
 
 /// Something that happened to a server, that a policy's state about it may depend on.

@@ -20,7 +20,9 @@ pub const BYTES_PER_BLOCK: usize = 64;
 
 #[derive(Debug)]
 pub struct PrefixIndex {
-    blocks: LruCache<u64, ()>,
+    /// Each block, with the tokens of an answer that continued the chain from it (0: none, or
+    /// not the last block of a prompt; see [`PrefixIndex::credit`]).
+    blocks: LruCache<u64, u32>,
     /// Blocks allowed by this server's share of the memory budget.
     budget_blocks: usize,
     /// Blocks the server's KV cache holds (`None` until its metrics say).
@@ -57,6 +59,10 @@ impl PrefixIndex {
     /// blocks are recorded last to first, so an earlier block is always more recent than a later
     /// one and eviction takes chains from their end: presence is monotonic along a chain, and a
     /// binary search finds its end.
+    ///
+    /// Past the last block held, the answer the server wrote after that prompt counts too (it
+    /// caches the blocks it generates, and a conversation's next turn quotes the answer): as
+    /// many further blocks as the answer's tokens fill.
     pub fn matched(&self, blocks: &[u64]) -> usize {
         let (mut lo, mut hi) = (0, blocks.len());
         while lo < hi {
@@ -67,7 +73,19 @@ impl PrefixIndex {
                 hi = mid;
             }
         }
-        lo
+        let answer = lo
+            .checked_sub(1)
+            .and_then(|last| self.blocks.peek(&blocks[last]))
+            .map_or(0, |&tokens| tokens as usize / BLOCK_TOKENS);
+        lo + answer.min(blocks.len() - lo)
+    }
+
+    /// The server wrote an answer of `tokens` tokens after a prompt whose last full block is
+    /// `last` (see [`PrefixIndex::matched`]). Nothing if that block is no longer held.
+    pub fn credit(&mut self, last: u64, tokens: u32) {
+        if let Some(t) = self.blocks.peek_mut(&last) {
+            *t = tokens;
+        }
     }
 
     /// Records a prompt sent to the server (it will hold these blocks after its prefill).
@@ -78,7 +96,7 @@ impl PrefixIndex {
         }
         // Beyond the limit, only the prompt's first `limit` blocks can be held.
         for &b in blocks[..blocks.len().min(limit)].iter().rev() {
-            self.blocks.put(b, ());
+            self.blocks.put(b, 0);
         }
         self.shrink();
     }
@@ -128,6 +146,8 @@ pub const CALIBRATION_MARGIN: f64 = 0.5;
 pub struct Prediction {
     pub prompt_tokens: f64,
     pub cached_tokens: f64,
+    /// The routed prompt's last full block: where its answer continues the chain.
+    pub last_block: Option<u64>,
 }
 
 /// One window's tally: prompt tokens and the tokens among them counted as cached.
@@ -241,6 +261,7 @@ mod tests {
     const NINETY_PERCENT: Prediction = Prediction {
         prompt_tokens: 20_000.0,
         cached_tokens: 18_000.0,
+        last_block: None,
     };
 
     #[test]
@@ -268,6 +289,7 @@ mod tests {
         let small = Prediction {
             prompt_tokens: 1000.0,
             cached_tokens: 900.0,
+            last_block: None,
         };
         for _ in 0..16 {
             assert!(!c.answered(small, 1010.0, 912.0));
@@ -298,6 +320,24 @@ mod tests {
         assert_eq!(idx.matched(&b), 6);
         assert_eq!(idx.matched(&chain(50, 3)), 0);
         assert_eq!(idx.matched(&[]), 0);
+    }
+
+    #[test]
+    fn the_answer_after_a_prompt_counts_as_held_by_its_server() {
+        let mut idx = PrefixIndex::new(1000);
+        let turn1 = chain(0, 10);
+        idx.record(&turn1);
+        // The next turn: the first prompt, the 50-token answer (3 blocks), a new question.
+        let turn2 = chain(0, 20);
+        assert_eq!(idx.matched(&turn2), 10, "before the answer is known");
+        idx.credit(9, 50);
+        assert_eq!(idx.matched(&turn2), 13, "the answer's full blocks");
+        assert_eq!(idx.matched(&chain(0, 11)), 11, "never past the prompt");
+        // A prompt branching off inside the first one gets no credit.
+        assert_eq!(idx.matched(&chain(0, 5)), 5);
+        // Recording the next turn replaces the credit by its own blocks.
+        idx.record(&turn2);
+        assert_eq!(idx.matched(&chain(0, 30)), 20);
     }
 
     #[test]

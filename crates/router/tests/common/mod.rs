@@ -53,6 +53,7 @@ pub fn server_of_url(url: String) -> ServerConfig {
         api_key: None,
         models: None,
         role: Default::default(),
+        kv_events: None,
     }
 }
 

@@ -1,0 +1,262 @@
+//! The router subscribed to simulated servers' KV events over real ZMQ sockets on loopback:
+//! its per-server block counts equal the servers' own, a repeated prompt goes where the events
+//! say it is cached, and a publisher that dies, restarts, goes silent or sends garbage turns
+//! that server's state approximate (never crashing anything) and back to exact.
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+use mvllm_router::config::{KvEventsSource, ServerConfig};
+use mvllm_router::routing::PolicyKind;
+use mvllm_sim::SimConfig;
+use mvllm_sim::config::KvEvents;
+use serde_json::{Value, json};
+use zeromq::{Socket, SocketSend};
+
+fn publishing(kv_port: u16, replay_port: u16, addr: std::net::SocketAddr) -> SimConfig {
+    SimConfig {
+        addr,
+        kv_events: Some(KvEvents {
+            endpoint: format!("tcp://127.0.0.1:{kv_port}"),
+            replay_endpoint: Some(format!("tcp://127.0.0.1:{replay_port}")),
+            topic: "kv-events".into(),
+        }),
+        kv_cache_tokens: 4096,
+        max_model_len: 2048,
+        ..SimConfig::instant()
+    }
+}
+
+fn subscribed(s: &mvllm_sim::SimHandle) -> ServerConfig {
+    let (pub_at, replay) = s.kv_event_endpoints()[0].clone();
+    ServerConfig {
+        kv_events: Some(KvEventsSource {
+            endpoint: pub_at,
+            replay,
+            topic: "kv-events".into(),
+        }),
+        ..server_of(s)
+    }
+}
+
+fn settings() -> mvllm_router::Settings {
+    mvllm_router::Settings {
+        routing_policy: PolicyKind::CacheAware,
+        kv_events_silent_after: Duration::from_millis(300),
+        ..fast_settings()
+    }
+}
+
+async fn load_stats(r: &mvllm_router::RouterHandle) -> Vec<Value> {
+    get_json(&format!("{}/load-stats", r.url())).await["servers"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
+}
+
+/// Waits until server `i` reports `state` in `/load-stats`.
+async fn wait_state(r: &mvllm_router::RouterHandle, i: usize, state: &str) {
+    eventually(
+        Duration::from_secs(20),
+        &format!("server {i} {state}"),
+        || async { load_stats(r).await[i]["cache_state"] == state },
+    )
+    .await;
+}
+
+fn completion(first: u32, len: u32) -> Value {
+    let ids: Vec<u32> = (first..first + len).collect();
+    json!({"model": MODEL, "prompt": ids, "max_tokens": 16, "ignore_eos": true})
+}
+
+/// Waits until the router's block count for each server equals the server's own.
+async fn counts_agree(r: &mvllm_router::RouterHandle, sims: &[mvllm_sim::SimHandle]) {
+    eventually(
+        Duration::from_secs(20),
+        "the router's block counts equal the servers'",
+        || async {
+            let stats = load_stats(r).await;
+            sims.iter()
+                .enumerate()
+                .all(|(i, s)| stats[i]["cached_blocks"].as_u64() == Some(s.cached_blocks() as u64))
+        },
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn the_routers_block_counts_equal_the_servers_and_routing_follows_them() {
+    let a = sim(publishing(0, 0, "127.0.0.1:0".parse().unwrap())).await;
+    let b = sim(publishing(0, 0, "127.0.0.1:0".parse().unwrap())).await;
+    let sims = [a, b];
+    let r = router(sims.iter().map(subscribed).collect(), settings()).await;
+    wait_state(&r, 0, "exact").await;
+    wait_state(&r, 1, "exact").await;
+    // Prompts of every size, several sharing prefixes; the small caches evict.
+    for i in 0..30u32 {
+        let resp = post(
+            &format!("{}/v1/completions", r.url()),
+            &completion(1000 * (i % 7), 100 + 37 * (i % 11)),
+        )
+        .await;
+        assert_eq!(resp.status(), 200);
+    }
+    counts_agree(&r, &sims).await;
+    assert!(sims.iter().any(|s| s.cached_blocks() > 0));
+    // A long prompt, then the same again: it goes where the events say it is, and hits.
+    let long = completion(77_000, 900);
+    post(&format!("{}/v1/completions", r.url()), &long).await;
+    counts_agree(&r, &sims).await;
+    let again: Value = post(&format!("{}/v1/completions", r.url()), &long)
+        .await
+        .json()
+        .await
+        .unwrap();
+    let cached = again["usage"]["prompt_tokens_details"]["cached_tokens"]
+        .as_u64()
+        .unwrap_or(0);
+    assert!(cached >= 800, "the repeat hit the cache: {again}");
+    let text = get_text(&format!("{}/metrics", r.url())).await;
+    assert!(text.contains("mvllm_server_cache_exact{server="), "{text}");
+    assert!(text.contains("mvllm_server_cached_blocks{server="));
+    let status = get_json(&format!("{}/admin/status", r.url())).await;
+    assert_eq!(status["servers"][0]["cache_state"], "exact", "{status}");
+}
+
+#[tokio::test]
+async fn a_killed_and_restarted_publisher_goes_approximate_then_exact_with_counts_right() {
+    let s = sim(publishing(0, 0, "127.0.0.1:0".parse().unwrap())).await;
+    let addr = s.addr();
+    let (pub_at, replay_at) = s.kv_event_endpoints()[0].clone();
+    let port = |e: &str| e.rsplit(':').next().unwrap().parse::<u16>().unwrap();
+    let (kv_port, replay_port) = (port(&pub_at), port(replay_at.as_deref().unwrap()));
+    let r = router(vec![subscribed(&s)], settings()).await;
+    wait_state(&r, 0, "exact").await;
+    for i in 0..5 {
+        post(
+            &format!("{}/v1/completions", r.url()),
+            &completion(i * 500, 300),
+        )
+        .await;
+    }
+    counts_agree(&r, std::slice::from_ref(&s)).await;
+    assert!(s.cached_blocks() > 0);
+    // The server dies: the publisher with it.
+    drop(s);
+    wait_state(&r, 0, "approximate").await;
+    let reason = load_stats(&r).await[0]["kv_events"]["reason"].clone();
+    assert!(reason.is_string(), "{reason}");
+    // It comes back on the same ports with an empty cache and its sequence from 0.
+    let s = sim(publishing(kv_port, replay_port, addr)).await;
+    wait_state(&r, 0, "exact").await;
+    for i in 0..3 {
+        let resp = post(
+            &format!("{}/v1/completions", r.url()),
+            &completion(9000 + i * 500, 200),
+        )
+        .await;
+        assert_eq!(resp.status(), 200);
+    }
+    counts_agree(&r, std::slice::from_ref(&s)).await;
+    let kv = &load_stats(&r).await[0]["kv_events"];
+    assert!(kv["restarts"].as_u64() >= Some(1), "{kv}");
+}
+
+#[tokio::test]
+async fn a_silent_or_garbage_sending_publisher_is_counted_and_never_trusted() {
+    let s = sim(SimConfig::instant()).await;
+    // A "publisher" of our own at the address the router subscribes to.
+    let mut rogue = zeromq::PubSocket::new();
+    let at = rogue.bind("tcp://127.0.0.1:0").await.unwrap().to_string();
+    let cfg = ServerConfig {
+        kv_events: Some(KvEventsSource {
+            endpoint: at,
+            replay: None,
+            topic: String::new(),
+        }),
+        ..server_of(&s)
+    };
+    let r = router(vec![cfg], settings()).await;
+    // Without a replay socket, events must flow for a while before the state is exact: send
+    // garbage meanwhile (a bad payload, a bad shape, a bad sequence number).
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    let mut seq = 0u64;
+    loop {
+        seq += 1;
+        let frames: Vec<bytes::Bytes> = match seq % 3 {
+            0 => vec![
+                "t".into(),
+                bytes::Bytes::copy_from_slice(&seq.to_be_bytes()),
+                vec![0xc1, 0xff, 0x00].into(),
+            ],
+            1 => vec!["only one frame".into()],
+            _ => vec!["t".into(), "short".into(), "p".into()],
+        };
+        let _ = rogue
+            .send(zeromq::ZmqMessage::try_from(frames).unwrap())
+            .await;
+        let malformed = load_stats(&r).await[0]["kv_events"]["malformed"]
+            .as_u64()
+            .unwrap_or(0);
+        if malformed >= 3 {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "garbage counted as malformed"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // Requests flow, the router is fine, and the state is not exact: nothing valid came.
+    for _ in 0..6 {
+        let resp = post(
+            &format!("{}/v1/chat/completions", r.url()),
+            &chat("hello there", 4, false),
+        )
+        .await;
+        assert_eq!(resp.status(), 200);
+    }
+    let stats = load_stats(&r).await;
+    assert_eq!(stats[0]["cache_state"], "approximate", "{stats:?}");
+    assert_eq!(stats[0]["cached_blocks"], 0);
+    // Valid batches flow (each an AllBlocksCleared): exact after they have for a while.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    let mut seq = 1000u64;
+    loop {
+        seq += 1;
+        let payload = mvllm_kv_events::encode(&mvllm_kv_events::Batch {
+            ts: 0.0,
+            events: vec![mvllm_kv_events::Event::AllCleared],
+            data_parallel_rank: Some(0),
+        });
+        let frames: Vec<bytes::Bytes> = vec![
+            "t".into(),
+            bytes::Bytes::copy_from_slice(&seq.to_be_bytes()),
+            payload.into(),
+        ];
+        let _ = rogue
+            .send(zeromq::ZmqMessage::try_from(frames).unwrap())
+            .await;
+        if load_stats(&r).await[0]["cache_state"] == "exact" {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "exact once valid events flow"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // Then it falls silent while requests go to the server.
+    for _ in 0..6 {
+        post(
+            &format!("{}/v1/chat/completions", r.url()),
+            &chat("hello there", 4, false),
+        )
+        .await;
+    }
+    wait_state(&r, 0, "approximate").await;
+    let reason = load_stats(&r).await[0]["kv_events"]["reason"].clone();
+    assert!(reason.as_str().unwrap().contains("silent"), "{reason}");
+}
