@@ -9,6 +9,8 @@ use tokio::process::{Child, Command};
 pub struct SimProcess {
     pub child: Child,
     pub urls: Vec<String>,
+    /// Each instance's KV-event endpoint and replay endpoint (with `--kv-events`).
+    pub kv_events: Vec<(String, Option<String>)>,
 }
 
 impl SimProcess {
@@ -29,12 +31,25 @@ impl SimProcess {
         let stdout = child.stdout.take().ok_or("no stdout")?;
         let mut lines = BufReader::new(stdout).lines();
         let mut urls = Vec::new();
-        while urls.len() < instances {
+        let mut kv_events = Vec::new();
+        let want_kv = if args.contains(&"--kv-events") {
+            instances
+        } else {
+            0
+        };
+        while urls.len() < instances || kv_events.len() < want_kv {
             let line = lines
                 .next_line()
                 .await
                 .map_err(|e| e.to_string())?
                 .ok_or("simulator exited early")?;
+            if let Some(rest) = line.trim_start().strip_prefix("KV events (rank 0) at ") {
+                let (at, replay) = match rest.split_once(", replay ") {
+                    Some((a, r)) => (a.to_string(), Some(r.to_string())),
+                    None => (rest.to_string(), None),
+                };
+                kv_events.push((at, replay));
+            }
             if let Some(rest) = line.strip_prefix("simulated vLLM server at ") {
                 urls.push(
                     rest.split_whitespace()
@@ -45,7 +60,11 @@ impl SimProcess {
             }
         }
         tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
-        Ok(SimProcess { child, urls })
+        Ok(SimProcess {
+            child,
+            urls,
+            kv_events,
+        })
     }
 
     /// User plus system CPU seconds the process has used (Linux `/proc`), if readable.

@@ -66,6 +66,8 @@ pub enum Contender {
     Policy(PolicyKind),
     /// Two mvllm replicas with this policy; the client alternates between them.
     Replicas(PolicyKind),
+    /// This policy with every server's KV events subscribed (`POLICY-exact`).
+    Exact(PolicyKind),
     /// No router: each conversation (or document) pinned to a server by the client.
     Oracle,
     Peer(crate::peer_routers::Peer),
@@ -85,9 +87,12 @@ impl Contender {
         if let Some(p) = s.strip_suffix("-x2").and_then(PolicyKind::parse) {
             return Ok(Contender::Replicas(p));
         }
+        if let Some(p) = s.strip_suffix("-exact").and_then(PolicyKind::parse) {
+            return Ok(Contender::Exact(p));
+        }
         PolicyKind::parse(s).map(Contender::Policy).ok_or_else(|| {
             format!(
-                "unknown contender `{s}`: a policy, POLICY-x2, oracle, vllm-router or sglang-router"
+                "unknown contender `{s}`: a policy, POLICY-x2, POLICY-exact, oracle, vllm-router or sglang-router"
             )
         })
     }
@@ -96,6 +101,7 @@ impl Contender {
         match self {
             Contender::Policy(p) => p.name().into(),
             Contender::Replicas(p) => format!("{}-x2", p.name()),
+            Contender::Exact(p) => format!("{}-exact", p.name()),
             Contender::Oracle => "oracle".into(),
             Contender::Peer(p) => p.name().into(),
         }
@@ -138,6 +144,7 @@ fn load_options(
         pin_to: Vec::new(),
         servers: Vec::new(),
         api_key: None,
+        as_tokens: false,
     }
 }
 
@@ -156,7 +163,7 @@ async fn workload_capacity(
 /// One cell with a load-generator workload: through one or two in-process routers, a peer
 /// router, or straight to the servers (the oracle). `Ok(None)`: a peer that is not installed.
 async fn run_workload_contender(
-    urls: &[String],
+    sim: &SimProcess,
     contender: &Contender,
     w: crate::load::Workload,
     request_rate: f64,
@@ -164,6 +171,7 @@ async fn run_workload_contender(
     think_time: f64,
     seed: u64,
 ) -> Result<Option<Value>, String> {
+    let urls = &sim.urls[..];
     let sessions = if w == crate::load::Workload::ChatSessions {
         request_rate / MEAN_TURNS
     } else {
@@ -180,11 +188,23 @@ async fn run_workload_contender(
                 1
             };
             for _ in 0..n {
-                routers.push(start_router(urls, *p, 0).await?);
+                routers.push(start_router(urls, *p, 0, &[]).await?);
             }
             let mut o = load_options(routers[0].url(), w, arrivals, seconds, seed);
             o.replicas = routers[1..].iter().map(|r| r.url()).collect();
             o
+        }
+        Contender::Exact(p) => {
+            routers.push(start_router(urls, *p, 0, &sim.kv_events).await?);
+            // Every server's cache state exact before the first request.
+            let deadline = Instant::now() + Duration::from_secs(30);
+            while !routers[0].fleet.servers().iter().all(|s| s.kv.is_exact()) {
+                if Instant::now() > deadline {
+                    return Err("the servers' KV events did not become exact in 30 s".into());
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            load_options(routers[0].url(), w, arrivals, seconds, seed)
         }
         Contender::Oracle => {
             let mut o = load_options(urls[0].clone(), w, arrivals, seconds, seed);
@@ -202,6 +222,9 @@ async fn run_workload_contender(
     };
     opts.servers = urls.to_vec();
     opts.think_time = think_time;
+    // With KV events in the run, every contender sends token ids (a router without a
+    // tokenizer matches events only on those), so that all see the same requests.
+    opts.as_tokens = !sim.kv_events.is_empty();
     // Ask the servers for the model: a router may list its own placeholder (SGLang's: "unknown").
     opts.model = Some(crate::load::first_model(&http_client(), &urls[0]).await?);
     reset_prefix_caches(urls).await?;
@@ -297,16 +320,24 @@ async fn start_router(
     urls: &[String],
     policy: PolicyKind,
     queue_size: usize,
+    kv_events: &[(String, Option<String>)],
 ) -> Result<mvllm_router::RouterHandle, String> {
     let servers = urls
         .iter()
-        .map(|u| ServerConfig {
+        .enumerate()
+        .map(|(i, u)| ServerConfig {
             url: u.clone(),
             max_concurrent_requests: CAPACITY_SETTING,
             api_key: None,
             models: None,
             role: Default::default(),
-            kv_events: None,
+            kv_events: kv_events.get(i).map(|(endpoint, replay)| {
+                mvllm_router::config::KvEventsSource {
+                    endpoint: endpoint.clone(),
+                    replay: replay.clone(),
+                    topic: "kv-events".into(),
+                }
+            }),
         })
         .collect();
     let settings = Settings {
@@ -455,7 +486,7 @@ async fn run_policy(
     seconds: f64,
     seed: u64,
 ) -> Result<RunResult, String> {
-    let router = start_router(urls, policy, queue_size).await?;
+    let router = start_router(urls, policy, queue_size, &[]).await?;
     let target = format!("{}/v1/completions", router.url());
     let n = (rate * seconds).round() as usize;
     let shapes = workload(seed, n);
@@ -577,6 +608,17 @@ pub async fn run(opts: Options) -> Result<Value, String> {
         if let (Some(kv), Some(len)) = (&kv, &max_len) {
             args.extend_from_slice(&["--kv-cache-tokens", kv, "--max-model-len", len]);
         }
+        let exact = contenders
+            .iter()
+            .any(|(c, _)| matches!(c, Contender::Exact(_)));
+        if exact {
+            args.extend_from_slice(&[
+                "--kv-events",
+                "tcp://127.0.0.1:0",
+                "--kv-events-replay",
+                "tcp://127.0.0.1:0",
+            ]);
+        }
         let sim = SimProcess::start(4, &args).await?;
         let caps: Vec<f64> = match opts.workload {
             None => {
@@ -622,7 +664,7 @@ pub async fn run(opts: Options) -> Result<Value, String> {
                     }
                     (Some(w), c) => {
                         match run_workload_contender(
-                            &sim.urls,
+                            &sim,
                             c,
                             w,
                             capacity * load,

@@ -92,6 +92,7 @@ fn chat_sessions(url: String) -> load::Options {
         pin_to: Vec::new(),
         servers: Vec::new(),
         api_key: None,
+        as_tokens: false,
     }
 }
 
@@ -132,6 +133,7 @@ async fn a_router_with_api_keys_is_loaded_with_api_key() {
     );
     let report = load::run(load::Options {
         api_key: Some(key.into()),
+        as_tokens: false,
         ..chat_sessions(router.url())
     })
     .await

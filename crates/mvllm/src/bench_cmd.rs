@@ -267,6 +267,7 @@ pub fn run(args: BenchArgs) -> ExitCode {
                 pin_to: Vec::new(),
                 servers: Vec::new(),
                 api_key,
+                as_tokens: false,
             };
             let r = runtime.block_on(load::run(opts))?;
             Ok((r, load::render as Render, output, Some(plot::load as Draw)))

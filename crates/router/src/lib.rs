@@ -22,6 +22,7 @@ pub mod state;
 pub mod status;
 pub mod telemetry;
 pub mod tls;
+pub mod tokenizer;
 pub mod upstream;
 
 use std::net::SocketAddr;

@@ -260,3 +260,81 @@ async fn a_silent_or_garbage_sending_publisher_is_counted_and_never_trusted() {
     let reason = load_stats(&r).await[0]["kv_events"]["reason"].clone();
     assert!(reason.as_str().unwrap().contains("silent"), "{reason}");
 }
+
+/// With the model's tokenizer configured, a chat sent as text is tokenized (chat template and
+/// all) and goes to the server whose KV events hold its blocks.
+#[tokio::test]
+async fn a_chat_goes_where_the_events_say_its_tokens_are_cached() {
+    use mvllm_kv_events::{Event, Publisher, PublisherConfig, Stored};
+    use mvllm_testkit::tokenizer::*;
+    let dir = tempfile::tempdir().unwrap();
+    write_word_tokenizer(dir.path()).unwrap();
+    let sims = [
+        sim(SimConfig::instant()).await,
+        sim(SimConfig::instant()).await,
+    ];
+    let mut publishers = Vec::new();
+    let mut servers = Vec::new();
+    for s in &sims {
+        let mut cfg = PublisherConfig::new("tcp://127.0.0.1:0");
+        cfg.replay_endpoint = Some("tcp://127.0.0.1:0".into());
+        let p = Publisher::bind(cfg).await.unwrap();
+        servers.push(ServerConfig {
+            kv_events: Some(KvEventsSource {
+                endpoint: p.endpoint.clone(),
+                replay: p.replay_endpoint.clone(),
+                topic: String::new(),
+            }),
+            ..server_of(s)
+        });
+        publishers.push(p);
+    }
+    let r = router(
+        servers,
+        mvllm_router::Settings {
+            tokenizers: vec![(MODEL.to_string(), dir.path().to_path_buf())],
+            ..settings()
+        },
+    )
+    .await;
+    wait_state(&r, 0, "exact").await;
+    wait_state(&r, 1, "exact").await;
+    let mut held = [0u64; 2];
+    for k in 0..8u32 {
+        // A conversation of 60 words: its template-rendered tokens fill 3 blocks of 16.
+        let content: String = (0..60).map(|i| format!("w{} ", k * 100 + i)).collect();
+        let mut tokens = vec![BOS, USER];
+        tokens.extend(word_ids(&content));
+        let holder = (k % 2) as usize;
+        let blocks = tokens.len() / 16;
+        publishers[holder].publish(vec![Event::Stored(Stored {
+            block_hashes: (0..blocks as u64)
+                .map(|b| 1000 * u64::from(k + 1) + b)
+                .collect(),
+            parent_block_hash: None,
+            token_ids: tokens[..16 * blocks].to_vec(),
+            block_size: 16,
+            medium: Some("GPU".into()),
+            ..Stored::default()
+        })]);
+        held[holder] += blocks as u64;
+        let want = held[holder];
+        eventually(Duration::from_secs(10), "the store applied", || async {
+            load_stats(&r).await[holder]["cached_blocks"].as_u64() == Some(want)
+        })
+        .await;
+        let before = finished(&sims[holder]);
+        let body = json!({"model": MODEL, "messages": [{"role": "user", "content": content}], "max_tokens": 2});
+        assert_eq!(
+            post(&format!("{}/v1/chat/completions", r.url()), &body)
+                .await
+                .status(),
+            200
+        );
+        assert_eq!(
+            finished(&sims[holder]),
+            before + 1,
+            "conversation {k} went to its holder"
+        );
+    }
+}

@@ -5,6 +5,7 @@
 
 pub mod dns;
 pub mod tls;
+pub mod tokenizer;
 
 use std::future::Future;
 use std::time::Duration;

@@ -62,6 +62,10 @@ pub struct Options {
     pub servers: Vec<String>,
     /// Sent as `Authorization: Bearer` with every request.
     pub api_key: Option<String>,
+    /// Send each turn as a completion whose prompt is the chat's token ids (the simulator's
+    /// tokenizer and chat template): what a router matches against KV events without a
+    /// tokenizer of its own.
+    pub as_tokens: bool,
 }
 
 /// One request's outcome.
@@ -82,6 +86,7 @@ struct Run {
     /// The endpoints requests go to: alternating, or by a session's key when `pinned`.
     endpoints: Vec<String>,
     pinned: bool,
+    as_tokens: bool,
     next_endpoint: std::sync::atomic::AtomicUsize,
     model: String,
     stream: bool,
@@ -105,14 +110,25 @@ impl Run {
                 let u: f64 = rng.random_range(f64::EPSILON..1.0);
                 tokio::time::sleep(Duration::from_secs_f64(-u.ln() * self.think_time)).await;
             }
-            let body = chat_body(
-                &self.model,
-                s.system.as_deref(),
-                &history,
-                user,
-                *max_tokens,
-                self.stream,
-            );
+            let body = if self.as_tokens {
+                workload::token_body(
+                    &self.model,
+                    s.system.as_deref(),
+                    &history,
+                    user,
+                    *max_tokens,
+                    self.stream,
+                )
+            } else {
+                chat_body(
+                    &self.model,
+                    s.system.as_deref(),
+                    &history,
+                    user,
+                    *max_tokens,
+                    self.stream,
+                )
+            };
             let sent = self.started.elapsed().as_secs_f64();
             let which = if self.pinned {
                 (s.key % self.endpoints.len() as u64) as usize
@@ -217,19 +233,25 @@ pub async fn run(opts: Options) -> Result<Value, String> {
         indicatif::ProgressBar::hidden()
     };
     let started = Instant::now();
+    let route = if opts.as_tokens {
+        "/v1/completions"
+    } else {
+        "/v1/chat/completions"
+    };
     let run = Arc::new(Run {
         client: client.clone(),
         endpoints: if opts.pin_to.is_empty() {
             std::iter::once(&url)
                 .chain(&opts.replicas)
-                .map(|u| format!("{}/v1/chat/completions", u.trim_end_matches('/')))
+                .map(|u| format!("{}{route}", u.trim_end_matches('/')))
                 .collect()
         } else {
             opts.pin_to
                 .iter()
-                .map(|u| format!("{}/v1/chat/completions", u.trim_end_matches('/')))
+                .map(|u| format!("{}{route}", u.trim_end_matches('/')))
                 .collect()
         },
+        as_tokens: opts.as_tokens,
         pinned: !opts.pin_to.is_empty(),
         next_endpoint: std::sync::atomic::AtomicUsize::new(0),
         model: model.clone(),

@@ -166,6 +166,45 @@ pub fn chat_body(
     .to_string()
 }
 
+/// [`chat_body`]'s conversation as a completion of its token ids, as the simulator tokenizes
+/// and templates it (the generation prompt included).
+pub fn token_body(
+    model: &str,
+    system: Option<&str>,
+    history: &[(String, String)],
+    user: &str,
+    max_tokens: u32,
+    stream: bool,
+) -> String {
+    use mvllm_sim::tokenizer::{ChatTurn, encode_chat};
+    let mut turns = Vec::with_capacity(2 * history.len() + 2);
+    if let Some(s) = system {
+        turns.push(ChatTurn {
+            role: "system",
+            content: s,
+        });
+    }
+    for (q, a) in history {
+        turns.push(ChatTurn {
+            role: "user",
+            content: q,
+        });
+        turns.push(ChatTurn {
+            role: "assistant",
+            content: a,
+        });
+    }
+    turns.push(ChatTurn {
+        role: "user",
+        content: user,
+    });
+    json!({
+        "model": model, "prompt": encode_chat(&turns, true), "max_tokens": max_tokens,
+        "ignore_eos": true, "stream": stream,
+    })
+    .to_string()
+}
+
 /// `n` pseudo-words of three letters, each about one token.
 fn words(rng: &mut StdRng, n: usize) -> String {
     const LETTERS: &[u8] = b"abcdefghijklmnopqrstuvwxyz";

@@ -185,6 +185,9 @@ pub struct Settings {
     /// without one while it was sent requests; after a loss, events must flow this long before
     /// the state is exact again.
     pub kv_events_silent_after: Duration,
+    /// Per model, a directory holding its tokenizer (`[models."NAME"] tokenizer = "..."`):
+    /// requests for it are tokenized and matched exactly against KV events.
+    pub tokenizers: Vec<(String, std::path::PathBuf)>,
     /// A DNS server to ask instead of the system's resolver (`/etc/resolv.conf`), for `dns`
     /// entries and server host names alike.
     pub dns_server: Option<std::net::SocketAddr>,
@@ -241,6 +244,7 @@ impl Default for Settings {
             cors_allow_origins: vec!["*".into()],
             dns_refresh_interval: Duration::from_secs(10),
             kv_events_silent_after: Duration::from_secs(10),
+            tokenizers: Vec::new(),
             dns_server: None,
         }
     }
@@ -517,6 +521,7 @@ impl Config {
         }
         let mut settings = settings(raw.config, file, &at)?;
         settings.auth = auth::auth_settings(raw.auth, file, &at)?;
+        settings.tokenizers = tokenizer_dirs(raw.models, file, &at)?;
         if let Some(why) = settings.insecure_admin() {
             return Err(ConfigError {
                 file: file.to_string(),
@@ -908,6 +913,8 @@ fn settings(
             d.kv_events_silent_after,
             0.05,
         )?,
+        // Read from `[models]`, after `[config]`.
+        tokenizers: Vec::new(),
         dns_server: match r.dns_server {
             None => None,
             Some(v) => Some(
@@ -963,6 +970,30 @@ fn settings(
             }
         },
     })
+}
+
+/// `[models."NAME"] tokenizer = "DIR"`: each directory must hold a `tokenizer.json`.
+fn tokenizer_dirs(
+    models: std::collections::BTreeMap<String, raw::RawModel>,
+    file: &str,
+    at: &dyn Fn(std::ops::Range<usize>, String) -> ConfigError,
+) -> Result<Vec<(String, std::path::PathBuf)>, ConfigError> {
+    let mut out = Vec::new();
+    for (name, m) in models {
+        let Some(dir) = m.tokenizer else { continue };
+        let path = resolve_path(file, dir.get_ref());
+        if !path.join("tokenizer.json").is_file() {
+            return Err(at(
+                dir.span(),
+                format!(
+                    "model `{name}`: no tokenizer.json in `{}` (give the model's directory)",
+                    path.display()
+                ),
+            ));
+        }
+        out.push((name, path));
+    }
+    Ok(out)
 }
 
 /// A path from the config, relative to the config file's directory.

@@ -14,6 +14,16 @@ pub struct RawFile {
     pub config: RawSettings,
     #[serde(default)]
     pub auth: super::auth::RawAuth,
+    /// `[models."NAME"]`: what the router knows of a model.
+    #[serde(default)]
+    pub models: std::collections::BTreeMap<String, RawModel>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawModel {
+    /// A directory with the model's `tokenizer.json` (and `tokenizer_config.json`).
+    pub tokenizer: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Deserialize)]

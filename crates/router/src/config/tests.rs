@@ -199,6 +199,7 @@ fn the_shipped_example_loads_and_documents_every_setting() {
         "queue_size",
         "queue_timeout",
         "prefill_leg_min_tokens",
+        "kv_events_silent_after",
     ] {
         assert!(
             text.contains(&format!("\n{key} = ")),
@@ -360,4 +361,69 @@ servers = [
         e.message.contains("`prefil`") && e.message.contains("did you mean `prefill`"),
         "{e}"
     );
+}
+
+#[test]
+fn the_readmes_example_config_is_valid() {
+    let readme =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../../README.md")).unwrap();
+    let start = readme.find("```toml\n").expect("a toml block") + "```toml\n".len();
+    let text = &readme[start..start + readme[start..].find("```").unwrap()];
+    let c = Config::parse(text, "README.md").unwrap();
+    assert_eq!(c.servers.len(), 3);
+    assert!(c.servers[2].kv_events.is_some());
+    assert!(
+        text.lines().count() <= 22,
+        "the front page's config stays short"
+    );
+}
+
+#[test]
+fn kv_events_and_tokenizers_are_checked_where_they_are_written() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("tokenizer.json"), "{}").unwrap();
+    let good = format!(
+        "[[servers]]\nurl = \"http://a:8000\"\nkv_events = \"tcp://a:5557\"\nkv_events_replay = \"tcp://a:5558\"\n\n[models.\"m\"]\ntokenizer = \"{}\"\n",
+        dir.path().display()
+    );
+    let c = Config::parse(&good, "servers.toml").unwrap();
+    let kv = c.servers[0].kv_events.as_ref().unwrap();
+    assert_eq!(
+        (kv.endpoint.as_str(), kv.replay.as_deref()),
+        ("tcp://a:5557", Some("tcp://a:5558"))
+    );
+    assert_eq!(
+        c.settings.tokenizers,
+        vec![("m".to_string(), dir.path().to_path_buf())]
+    );
+    for (text, says) in [
+        (
+            "[[servers]]\nurl = \"http://a:8000\"\nkv_events = \"tcp://*:5557\"\n",
+            "where vLLM binds",
+        ),
+        (
+            "[[servers]]\nurl = \"http://a:8000\"\nkv_events = \"http://a:5557\"\n",
+            "tcp://HOST:PORT",
+        ),
+        (
+            "[[servers]]\nurl = \"http://a:8000\"\nkv_events_replay = \"tcp://a:1\"\n",
+            "needs `kv_events`",
+        ),
+        (
+            "[[servers]]\ndns = \"a:8000\"\nkv_events = \"tcp://a:1\"\n",
+            "needs a `url` entry",
+        ),
+        (
+            "[[servers]]\nurl = \"http://a:8000\"\n[models.\"m\"]\ntokenizer = \"/nonexistent\"\n",
+            "no tokenizer.json",
+        ),
+        (
+            "[[servers]]\nurl = \"http://a:8000\"\n[models.\"m\"]\ntokeniser = \"/x\"\n",
+            "tokeniser",
+        ),
+    ] {
+        let e = Config::parse(text, "servers.toml").unwrap_err();
+        assert!(e.to_string().contains(says), "{text}: {e}");
+        assert!(e.line > 0, "{e}");
+    }
 }

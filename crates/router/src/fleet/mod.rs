@@ -38,6 +38,8 @@ pub use server::{InFlight, Models, Server};
 /// for proxying, access control, the retry budget, metrics) lives in the app's state.
 pub struct Fleet {
     servers: ArcSwap<Vec<Arc<Server>>>,
+    /// Each configured model's tokenizer (`[models."NAME"] tokenizer`), loaded.
+    tokenizers: ArcSwap<Tokenizers>,
     settings: ArcSwap<Settings>,
     /// The routing policy in force, with its state about each server.
     policy: ArcSwap<Box<dyn Policy>>,
@@ -100,6 +102,7 @@ impl Fleet {
         let policy = routing::build(config.settings.routing_policy);
         share_index_memory(&servers, &*policy, config);
         Arc::new(Fleet {
+            tokenizers: ArcSwap::from_pointee(load_tokenizers(&config.settings, &Vec::new())),
             servers: ArcSwap::from_pointee(servers),
             policy: ArcSwap::from_pointee(policy),
             prober,
@@ -228,6 +231,11 @@ impl Fleet {
         let old_settings = self.settings();
         if *old_settings != config.settings {
             summary.settings_changed = true;
+            if old_settings.tokenizers != config.settings.tokenizers {
+                let kept = self.tokenizers.load_full();
+                self.tokenizers
+                    .store(Arc::new(load_tokenizers(&config.settings, &kept)));
+            }
             if old_settings.connect_timeout != config.settings.connect_timeout {
                 tracing::warn!("connect_timeout changes apply after a restart");
             }
@@ -321,6 +329,15 @@ impl Fleet {
 
     pub fn settings(&self) -> Arc<Settings> {
         self.settings.load_full()
+    }
+
+    /// `model`'s tokenizer, if one is configured and loaded.
+    pub fn tokenizer(&self, model: &str) -> Option<Arc<crate::tokenizer::ModelTokenizer>> {
+        self.tokenizers
+            .load()
+            .iter()
+            .find(|(m, _, _)| m == model)
+            .map(|(_, _, t)| t.clone())
     }
 
     pub fn policy(&self) -> Arc<Box<dyn Policy>> {
@@ -524,6 +541,32 @@ impl Fleet {
 }
 
 pub use server::ProbeKind;
+
+/// Each model's tokenizer, by name, with the directory it came from.
+pub type Tokenizers = Vec<(
+    String,
+    std::path::PathBuf,
+    Arc<crate::tokenizer::ModelTokenizer>,
+)>;
+
+/// Loads the tokenizers `settings` name, reusing those of `kept` from the same directory. One
+/// that cannot be loaded is logged and left out: its model is matched approximately.
+fn load_tokenizers(settings: &Settings, kept: &Tokenizers) -> Tokenizers {
+    let mut out = Vec::new();
+    for (model, dir) in &settings.tokenizers {
+        if let Some((_, _, t)) = kept.iter().find(|(m, d, _)| m == model && d == dir) {
+            out.push((model.clone(), dir.clone(), t.clone()));
+            continue;
+        }
+        match crate::tokenizer::ModelTokenizer::load(dir) {
+            Ok(t) => out.push((model.clone(), dir.clone(), Arc::new(t))),
+            Err(e) => {
+                tracing::error!(%model, error = %e, "tokenizer not loaded: the model's prompts are matched approximately")
+            }
+        }
+    }
+    out
+}
 
 /// Gives each server's indexes their share of `prefix_index_bytes`: with KV events, half goes
 /// to the exact indexes (split among the servers that publish), half to the policy's learned

@@ -181,7 +181,7 @@ async fn send(
     app: &AppState,
     parts: axum::http::request::Parts,
     body: Bytes,
-    meta: RequestMeta,
+    mut meta: RequestMeta,
     request_id: &str,
     started: Instant,
     span: &crate::otel::SpanSlot,
@@ -189,6 +189,14 @@ async fn send(
     let fleet = &app.fleet;
     let settings = fleet.settings();
     let servers = fleet.servers();
+    // A text prompt is matched exactly against KV events when its model's tokenizer is known
+    // and some server's events are trusted; otherwise tokenizing would buy nothing.
+    if meta.prompt_token_ids.is_none()
+        && servers.iter().any(|s| s.kv.is_exact())
+        && let Some(t) = meta.model.as_deref().and_then(|m| fleet.tokenizer(m))
+    {
+        meta.prompt_token_ids = t.request_tokens(&body);
+    }
     if let Some(model) = &meta.model
         && !servers.iter().any(|s| s.serves(model))
     {
