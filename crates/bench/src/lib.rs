@@ -18,3 +18,4 @@ pub mod sim_suite;
 pub mod soak;
 pub mod stats;
 pub mod stream_hold;
+pub mod tokenize_suite;

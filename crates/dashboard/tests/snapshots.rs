@@ -37,6 +37,8 @@ fn server(url: &str, state: ServerState) -> ServerStatus {
         prefix_index_bytes: 0,
         predicted_hit_rate: None,
         actual_hit_rate: None,
+        cache_state: "approximate".into(),
+        cached_blocks: None,
     }
 }
 

@@ -158,6 +158,20 @@ enum Suite {
         #[arg(long, required = true, value_delimiter = ',')]
         upstream: Vec<String>,
     },
+    /// What matching a request to exact KV blocks costs: the chat template, the tokenizer and
+    /// the block chain for a conversation of --tokens tokens, with a model's tokenizer.
+    Tokenize {
+        /// The model's directory (tokenizer.json, tokenizer_config.json).
+        #[arg(long)]
+        tokenizer: PathBuf,
+        #[arg(long, default_value_t = 2000)]
+        tokens: usize,
+        #[arg(long, default_value_t = 200)]
+        iterations: usize,
+        /// Also write the report as JSON here.
+        #[arg(long)]
+        json: Option<PathBuf>,
+    },
     /// Does the simulator match its cost model? (TTFT, ITL vs batch, prefix reuse, scale)
     Sim {
         /// A seconds-long smoke run instead of the full one.
@@ -316,6 +330,25 @@ pub fn run(args: BenchArgs) -> ExitCode {
                 let output = Output { json, plot: None };
                 (r, disagg_suite::render as Render, output, None)
             }),
+        Suite::Tokenize {
+            tokenizer,
+            tokens,
+            iterations,
+            json,
+        } => mvllm_bench::tokenize_suite::run(mvllm_bench::tokenize_suite::Options {
+            tokenizer,
+            tokens,
+            iterations,
+        })
+        .map(|r| {
+            let output = Output { json, plot: None };
+            (
+                r,
+                mvllm_bench::tokenize_suite::render as Render,
+                output,
+                None,
+            )
+        }),
         Suite::Sim { quick, json } => runtime
             .block_on(sim_suite::run(sim_suite::Options { quick }))
             .map(|r| {

@@ -117,7 +117,7 @@ impl ModelTokenizer {
     /// A completion's text prompt, as vLLM tokenizes it (special tokens added).
     pub fn encode_text(&self, text: &str) -> Result<Vec<u32>, TokenizerError> {
         self.tokenizer
-            .encode(text, true)
+            .encode_fast(text, true)
             .map(|e| e.get_ids().to_vec())
             .map_err(|e| TokenizerError::Encode(e.to_string()))
     }
@@ -127,7 +127,7 @@ impl ModelTokenizer {
     pub fn encode_chat(&self, messages: &Value) -> Result<Vec<u32>, TokenizerError> {
         let text = self.render_chat(messages)?;
         self.tokenizer
-            .encode(text.as_str(), false)
+            .encode_fast(text.as_str(), false)
             .map(|e| e.get_ids().to_vec())
             .map_err(|e| TokenizerError::Encode(e.to_string()))
     }

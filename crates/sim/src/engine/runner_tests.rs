@@ -10,6 +10,7 @@ fn engine(max_num_seqs: usize, budget: usize, num_blocks: usize) -> EngineHandle
         max_num_batched_tokens: budget,
         num_blocks,
         prefix_caching: true,
+        kv_events: false,
     };
     EngineHandle::spawn(cfg, Profile::h100_llama8b(), 1.0)
 }

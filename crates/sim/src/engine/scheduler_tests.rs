@@ -6,6 +6,7 @@ fn cfg(max_num_seqs: usize, budget: usize, num_blocks: usize) -> SchedulerConfig
         max_num_batched_tokens: budget,
         num_blocks,
         prefix_caching: true,
+        kv_events: false,
     }
 }
 
