@@ -22,6 +22,9 @@ use crate::client::{HttpClient, StreamTiming, http_client, stream_post};
 use crate::process::SimProcess;
 use crate::stats::{mean, quantile};
 
+mod contender;
+pub use contender::{Contender, contenders};
+
 #[derive(Debug, Clone, Default)]
 pub struct Options {
     pub quick: bool,
@@ -59,66 +62,6 @@ pub const CHAT_THINK_TIME: f64 = 3.0;
 /// Seconds of arrivals per chat cell: long enough that most conversations reach their later
 /// turns (the ones with long histories, where a miss costs most).
 pub const CHAT_SECONDS: f64 = 60.0;
-
-/// One thing `bench routing` compares.
-#[derive(Debug, Clone, PartialEq)]
-pub enum Contender {
-    Policy(PolicyKind),
-    /// Two mvllm replicas with this policy; the client alternates between them.
-    Replicas(PolicyKind),
-    /// This policy with every server's KV events subscribed (`POLICY-exact`).
-    Exact(PolicyKind),
-    /// No router: each conversation (or document) pinned to a server by the client.
-    Oracle,
-    Peer(crate::peer_routers::Peer),
-}
-
-impl Contender {
-    pub fn parse(s: &str) -> Result<Contender, String> {
-        if s == "oracle" {
-            return Ok(Contender::Oracle);
-        }
-        if let Some(p) = crate::peer_routers::Peer::ALL
-            .iter()
-            .find(|p| p.name() == s)
-        {
-            return Ok(Contender::Peer(*p));
-        }
-        if let Some(p) = s.strip_suffix("-x2").and_then(PolicyKind::parse) {
-            return Ok(Contender::Replicas(p));
-        }
-        if let Some(p) = s.strip_suffix("-exact").and_then(PolicyKind::parse) {
-            return Ok(Contender::Exact(p));
-        }
-        PolicyKind::parse(s).map(Contender::Policy).ok_or_else(|| {
-            format!(
-                "unknown contender `{s}`: a policy, POLICY-x2, POLICY-exact, oracle, vllm-router or sglang-router"
-            )
-        })
-    }
-
-    pub fn name(&self) -> String {
-        match self {
-            Contender::Policy(p) => p.name().into(),
-            Contender::Replicas(p) => format!("{}-x2", p.name()),
-            Contender::Exact(p) => format!("{}-exact", p.name()),
-            Contender::Oracle => "oracle".into(),
-            Contender::Peer(p) => p.name().into(),
-        }
-    }
-}
-
-/// What runs by default with a workload: the classic policies, the cache-aware one alone and on
-/// two replicas, the oracle, and the peers' cache-aware routers.
-const WORKLOAD_CONTENDERS: &[&str] = &[
-    "round_robin",
-    "adaptive",
-    "cache_aware",
-    "cache_aware-x2",
-    "oracle",
-    "vllm-router",
-    "sglang-router",
-];
 
 /// Mean turns of a chat session (2..=6), to turn a request rate into a session rate.
 const MEAN_TURNS: f64 = 4.0;
@@ -565,36 +508,7 @@ pub async fn run(opts: Options) -> Result<Value, String> {
         (None, true) => vec![0.8],
         (None, false) => vec![0.5, 0.8, 1.0],
     };
-    let contenders: Vec<(Contender, usize)> = match (&opts.contenders, opts.queue) {
-        (_, Some(q)) => vec![
-            (Contender::Policy(PolicyKind::Adaptive), 0),
-            (Contender::Policy(PolicyKind::Adaptive), q),
-        ],
-        (Some(names), None) => names
-            .iter()
-            .map(|n| Contender::parse(n).map(|c| (c, 0)))
-            .collect::<Result<_, _>>()?,
-        (None, None) if opts.workload.is_some() => WORKLOAD_CONTENDERS
-            .iter()
-            .map(|n| Contender::parse(n).map(|c| (c, 0)))
-            .collect::<Result<_, _>>()?,
-        (None, None) => [
-            PolicyKind::RoundRobin,
-            PolicyKind::Mvllm,
-            PolicyKind::LeastLoad,
-            PolicyKind::Adaptive,
-            PolicyKind::CacheAware,
-        ]
-        .map(|p| (Contender::Policy(p), 0))
-        .to_vec(),
-    };
-    if opts.workload.is_none()
-        && contenders
-            .iter()
-            .any(|(c, _)| !matches!(c, Contender::Policy(_)))
-    {
-        return Err("replicas, the oracle and peer routers need --workload".into());
-    }
+    let contenders = contenders(&opts)?;
     let mut out = Vec::new();
     let kv = opts.kv_cache_tokens.map(|k| k.to_string());
     // A sequence must fit the cache: a small cache comes with a shorter context.

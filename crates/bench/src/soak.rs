@@ -68,17 +68,25 @@ fn counter_sum(text: &str, name: &str) -> f64 {
         .sum()
 }
 
-pub async fn run(opts: Options) -> Result<Value, String> {
+/// Four simulated servers and the router in front of them, as child processes.
+async fn fleet_behind_router(
+    client: &crate::client::HttpClient,
+) -> Result<(SimProcess, ProxyProcess), String> {
     crate::stream_hold::raise_fd_limit();
-    let client = http_client();
     let sims = SimProcess::start(4, &["--max-num-seqs", "64", "--speed", "4"]).await?;
     let backend = sims.urls[0].clone();
-    let router = ProxyProcess::start(&ProxyKind::Mvllm, &client, &backend, None).await?;
+    let router = ProxyProcess::start(&ProxyKind::Mvllm, client, &backend, None).await?;
     // The proxy starts with one server; put all four in through the admin API.
     for url in &sims.urls[1..] {
         let body = json!({"url": url, "max_concurrent_requests": 64}).to_string();
-        post_json(&client, &format!("{}/admin/servers", router.url), &body).await?;
+        post_json(client, &format!("{}/admin/servers", router.url), &body).await?;
     }
+    Ok((sims, router))
+}
+
+pub async fn run(opts: Options) -> Result<Value, String> {
+    let client = http_client();
+    let (sims, router) = fleet_behind_router(&client).await?;
     let model = crate::load::first_model(&client, &router.url).await?;
     let pid = router.pid();
     let rss = || crate::overhead_suite::memory_mib(pid, "VmRSS:").unwrap_or(f64::NAN);

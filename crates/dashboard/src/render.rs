@@ -18,6 +18,9 @@ use ratatui::widgets::{Block, Borders, Cell, Clear, Paragraph, Row, Sparkline, T
 use crate::format;
 use crate::view::ViewState;
 
+mod columns;
+use columns::{columns, fit_columns};
+
 /// Styles that carry meaning, or none at all without colour.
 #[derive(Clone, Copy)]
 struct Theme {
@@ -249,199 +252,6 @@ fn sparkline(
     );
 }
 
-/// One column of the server table.
-struct Column {
-    title: &'static str,
-    width: u16,
-    /// Lower is kept longer when the terminal is narrow.
-    priority: u8,
-    cell: fn(&ServerStatus, Theme) -> Cell<'static>,
-}
-
-fn columns(show_models: bool, show_roles: bool) -> Vec<Column> {
-    let mut cols = vec![
-        Column {
-            title: "SERVER",
-            width: 16,
-            priority: 0,
-            cell: |_, _| Cell::new(""), // filled in with the width it gets
-        },
-        Column {
-            title: "STATE",
-            width: 5,
-            priority: 0,
-            cell: |s, t| match s.state {
-                ServerState::Healthy => Cell::new("up").style(t.good()),
-                ServerState::Draining => Cell::new("drain").style(t.warn()),
-                ServerState::Unhealthy => Cell::new("DOWN").style(t.bad()),
-            },
-        },
-        Column {
-            title: "LOAD",
-            width: 11,
-            priority: 1,
-            cell: |s, t| {
-                let u = s.utilisation();
-                Cell::new(format!(
-                    "{} {:>4}",
-                    format::bar(u, 6),
-                    format::percent(Some(u))
-                ))
-                .style(t.level(u))
-            },
-        },
-        Column {
-            title: "INFL/CAP",
-            width: 8,
-            priority: 2,
-            cell: |s, _| Cell::new(format!("{}/{}", s.in_flight, s.capacity)),
-        },
-        Column {
-            title: "RUN/WAIT",
-            width: 8,
-            priority: 3,
-            cell: |s, t| {
-                let style = if s.waiting.unwrap_or(0.0) > 0.0 {
-                    t.warn()
-                } else {
-                    Style::new()
-                };
-                Cell::new(format!(
-                    "{}/{}",
-                    format::count(s.running),
-                    format::count(s.waiting)
-                ))
-                .style(style)
-            },
-        },
-        Column {
-            title: "KV",
-            width: 4,
-            priority: 4,
-            cell: |s, t| {
-                let style = s.kv_usage.map_or(Style::new(), |kv| match kv {
-                    kv if kv > 0.95 => t.bad(),
-                    kv if kv > 0.8 => t.warn(),
-                    _ => Style::new(),
-                });
-                Cell::new(format::percent(s.kv_usage)).style(style)
-            },
-        },
-        Column {
-            title: "REQ/S",
-            width: 5,
-            priority: 5,
-            cell: |s, _| Cell::new(format::rate(s.requests_per_second)),
-        },
-        Column {
-            title: "TTFT 50/95",
-            width: 11,
-            priority: 6,
-            cell: |s, _| {
-                Cell::new(format!(
-                    "{}/{}",
-                    format::latency(s.ttft_p50),
-                    format::latency(s.ttft_p95)
-                ))
-            },
-        },
-        Column {
-            title: "ERR",
-            width: 4,
-            priority: 7,
-            cell: |s, t| {
-                let style = if s.errors_last_minute > 0 {
-                    t.bad()
-                } else {
-                    Style::new()
-                };
-                Cell::new(s.errors_last_minute.to_string()).style(style)
-            },
-        },
-        Column {
-            title: "TOK/S",
-            width: 6,
-            priority: 8,
-            cell: |s, _| Cell::new(s.output_tokens_per_second.map_or("-".into(), format::rate)),
-        },
-        Column {
-            title: "HIT P/A",
-            width: 9,
-            priority: 10,
-            cell: |s, t| {
-                // The prefix index's predicted hit rate next to the one the server reported: far
-                // apart means the index is wrong about this server.
-                let off = matches!((s.predicted_hit_rate, s.actual_hit_rate), (Some(p), Some(a)) if p - a > 0.2);
-                Cell::new(format!(
-                    "{}/{}",
-                    format::percent(s.predicted_hit_rate),
-                    format::percent(s.actual_hit_rate)
-                ))
-                .style(if off { t.warn() } else { Style::new() })
-            },
-        },
-        Column {
-            title: "AGE",
-            width: 5,
-            priority: 9,
-            cell: |s, t| match (s.scrape_age_seconds, &s.scrape_error) {
-                (_, Some(_)) => Cell::new("err").style(t.bad()),
-                (None, None) => Cell::new("-").style(t.dim()),
-                (Some(a), None) => {
-                    Cell::new(format::age(a)).style(if a > 5.0 { t.warn() } else { t.dim() })
-                }
-            },
-        },
-    ];
-    if show_roles {
-        // Prefill/decode disaggregation: which servers compute prompts and which stream tokens.
-        cols.insert(
-            2,
-            Column {
-                title: "ROLE",
-                width: 7,
-                priority: 1,
-                cell: |s, t| match s.role.as_str() {
-                    "both" => Cell::new("both").style(t.dim()),
-                    role => Cell::new(role.to_string()),
-                },
-            },
-        );
-    }
-    if show_models {
-        cols.push(Column {
-            title: "MODELS",
-            width: 14,
-            priority: 11,
-            cell: |s, _| Cell::new(s.models.join(", ")),
-        });
-    }
-    cols
-}
-
-/// The columns that fit in `width`, most important first, in display order; the first
-/// (server) column takes what is left.
-fn fit_columns(all: Vec<Column>, width: u16) -> (Vec<Column>, u16) {
-    let mut by_priority: Vec<usize> = (0..all.len()).collect();
-    by_priority.sort_by_key(|&i| all[i].priority);
-    let mut keep = vec![false; all.len()];
-    let mut used = 0u16;
-    for i in by_priority {
-        let extra = all[i].width + u16::from(used > 0);
-        if used + extra <= width || all[i].priority == 0 {
-            used += extra;
-            keep[i] = true;
-        }
-    }
-    let spare = width.saturating_sub(used);
-    let kept: Vec<Column> = all
-        .into_iter()
-        .zip(keep)
-        .filter_map(|(c, k)| k.then_some(c))
-        .collect();
-    (kept, spare)
-}
-
 fn draw_servers(
     frame: &mut Frame,
     area: Rect,
@@ -454,7 +264,11 @@ fn draw_servers(
         .width
         .saturating_sub(2 + HIGHLIGHT.chars().count() as u16);
     let disaggregated = ordered.iter().any(|s| s.role != "both");
-    let (cols, spare) = fit_columns(columns(view.show_models, disaggregated), inner_width);
+    let publishing = ordered.iter().any(|s| s.cached_blocks.is_some());
+    let (cols, spare) = fit_columns(
+        columns(view.show_models, disaggregated, publishing),
+        inner_width,
+    );
     // The server column (first) and, if shown, the models column (last) share what is left.
     let has_models = cols.last().is_some_and(|c| c.title == "MODELS");
     let widths: Vec<u16> = cols

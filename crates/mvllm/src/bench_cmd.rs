@@ -228,64 +228,77 @@ pub fn run(args: BenchArgs) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let outcome: Result<(Value, Render, Output, Option<Draw>), String> = match args.suite {
+    let suite = match args.suite {
         Suite::HyperFloor {
             host,
             port,
             upstream,
-        } => {
-            let served = runtime.block_on(async {
-                let listener = tokio::net::TcpListener::bind((host.as_str(), port))
-                    .await
-                    .map_err(|e| format!("cannot listen on {host}:{port}: {e}"))?;
-                let at = listener.local_addr().map_err(|e| e.to_string())?;
-                println!("hyper-floor proxy at http://{at}");
-                mvllm_bench::hyper_floor::serve(listener, upstream).await
-            });
-            return match served {
-                Ok(()) => ExitCode::SUCCESS,
-                Err(e) => {
-                    eprintln!("mvllm bench hyper-floor: {e}");
-                    ExitCode::FAILURE
-                }
-            };
+        } => return hyper_floor(&runtime, &host, port, upstream),
+        Suite::Plot { suite, report, out } => return plot_report(&suite, &report, &out),
+        other => other,
+    };
+    let outcome = run_suite(suite, &runtime);
+    let (report, render, output, draw) = match outcome {
+        Ok(o) => o,
+        Err(e) => {
+            eprintln!("mvllm bench: {e}");
+            return ExitCode::FAILURE;
         }
-        Suite::Load {
-            url,
-            workload,
-            rate,
-            concurrency,
-            duration,
-            no_stream,
-            model,
-            think_time,
-            seed,
-            api_key,
-            output,
-        } => load::Workload::parse(&workload).and_then(|workload| {
-            let opts = load::Options {
-                url,
-                workload,
-                arrivals: match rate {
-                    Some(r) if r > 0.0 => load::Arrivals::Rate(r),
-                    Some(r) => return Err(format!("--rate {r}: must be above 0")),
-                    None => load::Arrivals::Concurrency(concurrency.unwrap_or(8).max(1)),
-                },
-                duration,
-                stream: !no_stream,
-                model,
-                think_time,
-                seed,
-                progress: true,
-                replicas: Vec::new(),
-                pin_to: Vec::new(),
-                servers: Vec::new(),
-                api_key,
-                as_tokens: false,
-            };
-            let r = runtime.block_on(load::run(opts))?;
-            Ok((r, load::render as Render, output, Some(plot::load as Draw)))
-        }),
+    };
+    print!("{}", render(&report));
+    if let Some(path) = &output.json
+        && let Err(e) = std::fs::write(
+            path,
+            serde_json::to_string_pretty(&report).unwrap_or_default(),
+        )
+    {
+        eprintln!("mvllm bench: cannot write {}: {e}", path.display());
+        return ExitCode::FAILURE;
+    }
+    if let (Some(path), Some(draw)) = (&output.plot, draw) {
+        if let Err(e) = draw(&report, path) {
+            eprintln!("mvllm bench: {e}");
+            return ExitCode::FAILURE;
+        }
+        println!("plot: {}", path.display());
+    }
+    ExitCode::SUCCESS
+}
+
+/// `mvllm bench hyper-floor`: serves until stopped.
+fn hyper_floor(
+    runtime: &tokio::runtime::Runtime,
+    host: &str,
+    port: u16,
+    upstream: Vec<String>,
+) -> ExitCode {
+    let served = runtime.block_on(async {
+        let listener = tokio::net::TcpListener::bind((host, port))
+            .await
+            .map_err(|e| format!("cannot listen on {host}:{port}: {e}"))?;
+        let at = listener.local_addr().map_err(|e| e.to_string())?;
+        println!("hyper-floor proxy at http://{at}");
+        mvllm_bench::hyper_floor::serve(listener, upstream).await
+    });
+    match served {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("mvllm bench hyper-floor: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Runs one suite (all but `hyper-floor`): its report, how to print and draw it, where to write it.
+fn run_suite(
+    suite: Suite,
+    runtime: &tokio::runtime::Runtime,
+) -> Result<(Value, Render, Output, Option<Draw>), String> {
+    match suite {
+        Suite::HyperFloor { .. } | Suite::Plot { .. } => {
+            Err("hyper-floor and plot make no report".into())
+        }
+        s @ Suite::Load { .. } => load_suite(s, runtime),
         Suite::Overhead {
             quick,
             no_dashboard,
@@ -405,49 +418,73 @@ pub fn run(args: BenchArgs) -> ExitCode {
                 seed,
             }))
             .map(|r| (r, soak::render as Render, Output { json, plot: None }, None)),
-        Suite::Plot { suite, report, out } => {
-            let drawn = drawer(&suite).and_then(|draw| {
-                let text = std::fs::read_to_string(&report)
-                    .map_err(|e| format!("cannot read {}: {e}", report.display()))?;
-                let value: Value = serde_json::from_str(&text)
-                    .map_err(|e| format!("{}: not a JSON report: {e}", report.display()))?;
-                draw(&value, &out)
-            });
-            return match drawn {
-                Ok(()) => {
-                    println!("wrote {}", out.display());
-                    ExitCode::SUCCESS
-                }
-                Err(e) => {
-                    eprintln!("mvllm bench plot: {e}");
-                    ExitCode::FAILURE
-                }
-            };
+    }
+}
+
+/// `mvllm bench plot`: draws a saved report.
+fn plot_report(suite: &str, report: &std::path::Path, out: &std::path::Path) -> ExitCode {
+    let drawn = drawer(suite).and_then(|draw| {
+        let text = std::fs::read_to_string(report)
+            .map_err(|e| format!("cannot read {}: {e}", report.display()))?;
+        let value: Value = serde_json::from_str(&text)
+            .map_err(|e| format!("{}: not a JSON report: {e}", report.display()))?;
+        draw(&value, out)
+    });
+    match drawn {
+        Ok(()) => {
+            println!("wrote {}", out.display());
+            ExitCode::SUCCESS
         }
-    };
-    let (report, render, output, draw) = match outcome {
-        Ok(o) => o,
         Err(e) => {
-            eprintln!("mvllm bench: {e}");
-            return ExitCode::FAILURE;
+            eprintln!("mvllm bench plot: {e}");
+            ExitCode::FAILURE
         }
+    }
+}
+
+/// `mvllm bench load`: one workload against one endpoint.
+fn load_suite(
+    suite: Suite,
+    runtime: &tokio::runtime::Runtime,
+) -> Result<(Value, Render, Output, Option<Draw>), String> {
+    let Suite::Load {
+        url,
+        workload,
+        rate,
+        concurrency,
+        duration,
+        no_stream,
+        model,
+        think_time,
+        seed,
+        api_key,
+        output,
+    } = suite
+    else {
+        return Err("not the load suite".into());
     };
-    print!("{}", render(&report));
-    if let Some(path) = &output.json
-        && let Err(e) = std::fs::write(
-            path,
-            serde_json::to_string_pretty(&report).unwrap_or_default(),
-        )
-    {
-        eprintln!("mvllm bench: cannot write {}: {e}", path.display());
-        return ExitCode::FAILURE;
-    }
-    if let (Some(path), Some(draw)) = (&output.plot, draw) {
-        if let Err(e) = draw(&report, path) {
-            eprintln!("mvllm bench: {e}");
-            return ExitCode::FAILURE;
-        }
-        println!("plot: {}", path.display());
-    }
-    ExitCode::SUCCESS
+    load::Workload::parse(&workload).and_then(|workload| {
+        let opts = load::Options {
+            url,
+            workload,
+            arrivals: match rate {
+                Some(r) if r > 0.0 => load::Arrivals::Rate(r),
+                Some(r) => return Err(format!("--rate {r}: must be above 0")),
+                None => load::Arrivals::Concurrency(concurrency.unwrap_or(8).max(1)),
+            },
+            duration,
+            stream: !no_stream,
+            model,
+            think_time,
+            seed,
+            progress: true,
+            replicas: Vec::new(),
+            pin_to: Vec::new(),
+            servers: Vec::new(),
+            api_key,
+            as_tokens: false,
+        };
+        let r = runtime.block_on(load::run(opts))?;
+        Ok((r, load::render as Render, output, Some(plot::load as Draw)))
+    })
 }

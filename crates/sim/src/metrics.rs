@@ -330,9 +330,15 @@ impl Exposition<'_> {
             "Number of generation tokens processed.",
             |m| m.generation_tokens,
         );
+        self.render_requests(&mut out);
+        out
+    }
 
+    /// Request counts and latency histograms, the KV connector's figures, the cache config.
+    fn render_requests(&self, out: &mut String) {
+        let legacy = self.legacy;
         family(
-            &mut out,
+            out,
             "vllm:request_success_total",
             "Count of successfully processed requests.",
             "counter",
@@ -340,7 +346,7 @@ impl Exposition<'_> {
         for (i, m) in self.engines.iter().enumerate() {
             for r in FinishReason::ALL {
                 self.series(
-                    &mut out,
+                    out,
                     "vllm:request_success_total",
                     i,
                     &[("finished_reason", r.as_str())],
@@ -351,7 +357,7 @@ impl Exposition<'_> {
         for (i, m) in self.engines.iter().enumerate() {
             for r in FinishReason::ALL {
                 self.series(
-                    &mut out,
+                    out,
                     "vllm:request_success_created",
                     i,
                     &[("finished_reason", r.as_str())],
@@ -361,7 +367,7 @@ impl Exposition<'_> {
         }
 
         self.histogram(
-            &mut out,
+            out,
             "vllm:time_to_first_token_seconds",
             "Histogram of time to first token in seconds.",
             |m| &m.ttft,
@@ -372,45 +378,45 @@ impl Exposition<'_> {
             "vllm:inter_token_latency_seconds"
         };
         self.histogram(
-            &mut out,
+            out,
             itl_name,
             "Histogram of inter-token latency in seconds.",
             |m| &m.itl,
         );
         if !legacy {
             self.histogram(
-                &mut out,
+                out,
                 "vllm:request_time_per_output_token_seconds",
                 "Histogram of time_per_output_token_seconds per request.",
                 |m| &m.tpot,
             );
         }
         self.histogram(
-            &mut out,
+            out,
             "vllm:e2e_request_latency_seconds",
             "Histogram of e2e request latency in seconds.",
             |m| &m.e2e,
         );
         self.histogram(
-            &mut out,
+            out,
             "vllm:request_queue_time_seconds",
             "Histogram of time spent in WAITING phase for request.",
             |m| &m.queue,
         );
         self.histogram(
-            &mut out,
+            out,
             "vllm:request_inference_time_seconds",
             "Histogram of time spent in RUNNING phase for request.",
             |m| &m.inference,
         );
         self.histogram(
-            &mut out,
+            out,
             "vllm:request_prefill_time_seconds",
             "Histogram of time spent in PREFILL phase for request.",
             |m| &m.prefill,
         );
         self.histogram(
-            &mut out,
+            out,
             "vllm:request_decode_time_seconds",
             "Histogram of time spent in DECODE phase for request.",
             |m| &m.decode,
@@ -418,32 +424,32 @@ impl Exposition<'_> {
 
         if self.kv_connector {
             self.histogram(
-                &mut out,
+                out,
                 "vllm:nixl_xfer_time_seconds",
                 "Histogram of transfer duration for NIXL KV Cache transfers.",
                 |m| &m.nixl_xfer_time,
             );
             self.histogram(
-                &mut out,
+                out,
                 "vllm:nixl_bytes_transferred",
                 "Histogram of bytes transferred per NIXL KV Cache transfers.",
                 |m| &m.nixl_bytes_transferred,
             );
             self.counter(
-                &mut out,
+                out,
                 "vllm:nixl_num_failed_transfers",
                 "Number of failed NIXL KV Cache transfers.",
                 |m| m.nixl_failed_transfers,
             );
             self.counter(
-                &mut out,
+                out,
                 "vllm:nixl_num_kv_expired_reqs",
                 "Number of requests that had their KV expire.",
                 |m| m.nixl_expired_requests,
             );
         }
         family(
-            &mut out,
+            out,
             "vllm:cache_config_info",
             "Information of the LLMEngine CacheConfig",
             "gauge",
@@ -457,7 +463,6 @@ impl Exposition<'_> {
                 m.num_gpu_blocks
             );
         }
-        out
     }
 
     fn series(&self, out: &mut String, name: &str, engine: usize, extra: &[(&str, &str)], v: f64) {
