@@ -188,3 +188,14 @@ pub fn attempts(r: &RouterHandle) -> u64 {
         .map(|s| s.stats.requests.load(std::sync::atomic::Ordering::Relaxed))
         .sum()
 }
+
+/// The whole body of a streamed answer, which must not be cut.
+pub async fn read_stream_to_end(resp: reqwest::Response) -> String {
+    use futures_util::StreamExt;
+    let mut out = Vec::new();
+    let mut s = resp.bytes_stream();
+    while let Some(c) = s.next().await {
+        out.extend_from_slice(&c.expect("the stream is not cut"));
+    }
+    String::from_utf8(out).unwrap()
+}
