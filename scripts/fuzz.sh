@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Coverage-guided fuzzing (cargo-fuzz, libFuzzer) of every reader that takes outside input:
-# the Prometheus-text parser, the config loader, the request-body reader and the SSE scanner.
+# the Prometheus-text parser, the config loader, the request-body reader, the SSE scanner and
+# the KV-event batch decoder.
 # Usage: scripts/fuzz.sh [seconds per target, default 60]. Exits non-zero if any target finds a
 # crash; crashing inputs are left in fuzz/artifacts/<target>/.
 #
@@ -14,7 +15,7 @@ if ! command -v cargo-fuzz >/dev/null 2>&1; then
 fi
 export RUSTC_BOOTSTRAP=1
 cargo fuzz build -s none
-for target in prom_parse config_parse request_meta sse_scanner; do
+for target in prom_parse config_parse request_meta sse_scanner kv_event_batch; do
   mkdir -p "corpus/$target"
   echo "== fuzz $target for ${seconds}s"
   cargo fuzz run -s none "$target" -- -max_total_time="$seconds" -max_len=65536 -print_final_stats=1 2>&1 \
