@@ -50,6 +50,45 @@ pub struct Options {
     pub think_time: Option<f64>,
     /// Seconds of arrivals per cell (default 20, or [`CHAT_SECONDS`] for chat; 2 with `quick`).
     pub seconds: Option<f64>,
+    /// Other clients: this many requests per second to each server, straight (not through the
+    /// router), each an unrelated prompt of [`OTHER_CLIENT_TOKENS`] tokens: they take cache the
+    /// router does not know about.
+    pub other_clients: Option<f64>,
+}
+
+/// The prompt length of an "other client" request.
+pub const OTHER_CLIENT_TOKENS: usize = 1500;
+
+/// What a cell's clients do besides the workload.
+#[derive(Debug, Clone, Copy)]
+struct Traffic {
+    think_time: f64,
+    /// Requests per second to each server from other clients (0: none).
+    other_clients: f64,
+}
+
+/// Sends unrelated prompts straight to every server at `rate` per second each (Poisson), until
+/// the returned handle is dropped.
+fn other_clients(urls: &[String], rate: f64, seed: u64) -> Option<tokio::task::JoinHandle<()>> {
+    if rate <= 0.0 {
+        return None;
+    }
+    let urls = urls.to_vec();
+    Some(tokio::spawn(async move {
+        let client = http_client();
+        let mut rng = StdRng::seed_from_u64(seed);
+        let rate = rate * urls.len() as f64;
+        loop {
+            let wait = -(1.0 - rng.random::<f64>()).ln() / rate;
+            tokio::time::sleep(Duration::from_secs_f64(wait)).await;
+            let url = format!("{}/v1/completions", urls[rng.random_range(0..urls.len())]);
+            let body = completion_body(OTHER_CLIENT_TOKENS, 1, rng.random());
+            let client = client.clone();
+            tokio::spawn(async move {
+                let _ = stream_post(&client, &url, body).await;
+            });
+        }
+    }))
 }
 
 /// Mean think time between the turns of a chat conversation: a person reads the answer and
@@ -111,7 +150,7 @@ async fn run_workload_contender(
     w: crate::load::Workload,
     request_rate: f64,
     seconds: f64,
-    think_time: f64,
+    traffic: Traffic,
     seed: u64,
 ) -> Result<Option<Value>, String> {
     let urls = &sim.urls[..];
@@ -164,7 +203,7 @@ async fn run_workload_contender(
         }
     };
     opts.servers = urls.to_vec();
-    opts.think_time = think_time;
+    opts.think_time = traffic.think_time;
     // With KV events in the run, every contender sends token ids (a router without a
     // tokenizer matches events only on those), so that all see the same requests.
     opts.as_tokens = !sim.kv_events.is_empty();
@@ -172,7 +211,12 @@ async fn run_workload_contender(
     opts.model = Some(crate::load::first_model(&http_client(), &urls[0]).await?);
     reset_prefix_caches(urls).await?;
     let before = server_request_counts(urls).await;
-    let r = crate::load::run(opts).await?;
+    let others = other_clients(urls, traffic.other_clients, seed ^ 0x07e4);
+    let r = crate::load::run(opts).await;
+    if let Some(o) = others {
+        o.abort();
+    }
+    let r = r?;
     let after = server_request_counts(urls).await;
     let shares: Vec<u64> = after
         .iter()
@@ -583,7 +627,10 @@ pub async fn run(opts: Options) -> Result<Value, String> {
                             w,
                             capacity * load,
                             run_secs,
-                            think_time,
+                            Traffic {
+                                think_time,
+                                other_clients: opts.other_clients.unwrap_or(0.0),
+                            },
                             seed,
                         )
                         .await?
@@ -611,6 +658,7 @@ pub async fn run(opts: Options) -> Result<Value, String> {
         "sim_args": SIM_ARGS, "kv_cache_tokens": opts.kv_cache_tokens,
         "max_concurrent_requests": CAPACITY_SETTING, "workload": workload,
         "seconds": run_secs, "think_time_s": if chat { Some(think_time) } else { None },
+        "other_clients_per_server_rps": opts.other_clients,
         "fleets": out,
     }))
 }

@@ -126,6 +126,10 @@ enum Suite {
         /// Seconds of arrivals per cell (default 20; 60 for chat-sessions; 2 with --quick).
         #[arg(long)]
         seconds: Option<f64>,
+        /// Other clients: requests per second to each server straight, not through the router,
+        /// each an unrelated 1,500-token prompt (cache the router does not know about).
+        #[arg(long)]
+        other_clients: Option<f64>,
         #[command(flatten)]
         output: Output,
     },
@@ -379,6 +383,7 @@ fn run_suite(
             kv_cache_tokens,
             think_time,
             seconds,
+            other_clients,
             output,
         } => workload
             .as_deref()
@@ -396,6 +401,7 @@ fn run_suite(
                     kv_cache_tokens,
                     think_time,
                     seconds,
+                    other_clients,
                 }))
             })
             .map(|r| {
