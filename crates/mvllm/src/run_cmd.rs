@@ -246,6 +246,8 @@ async fn serve(
             .unwrap_or_default()
     );
     banner(&router.url());
+    // Listening for signals from here on: one that comes while shutdown begins is not lost.
+    let mut signals = Signals::new();
     let signal = if display.dashboard {
         set_logging(false);
         let options = mvllm_dashboard::Options {
@@ -260,15 +262,15 @@ async fn serve(
                 Ok(Err(e)) => {
                     set_logging(true);
                     tracing::error!("the dashboard failed: {e}; logging to the console");
-                    shutdown_signal().await
+                    signals.next().await
                 }
                 Err(_) => {
                     set_logging(true);
                     tracing::error!("the dashboard stopped; logging to the console");
-                    shutdown_signal().await
+                    signals.next().await
                 }
             },
-            s = shutdown_signal() => {
+            s = signals.next() => {
                 // Let the dashboard restore the terminal before the shutdown messages.
                 let _ = stop.send(());
                 let _ = tokio::task::spawn_blocking(move || thread.join()).await;
@@ -278,7 +280,7 @@ async fn serve(
         set_logging(true);
         ended
     } else {
-        shutdown_signal().await
+        signals.next().await
     };
     tracing::info!(
         "{signal}: no longer accepting; finishing in-flight requests (up to {grace:?}; a second signal exits at once)"
@@ -292,34 +294,47 @@ async fn serve(
             }
             ExitCode::SUCCESS
         }
-        second = shutdown_signal() => {
+        second = signals.next() => {
             tracing::warn!("{second} again: exiting now");
             ExitCode::from(130)
         }
     }
 }
 
-/// Waits for SIGINT (Ctrl-C) or, on Unix, SIGTERM; returns its name.
-async fn shutdown_signal() -> &'static str {
+/// SIGINT (Ctrl-C) and, on Unix, SIGTERM, listened for from when this is made, so that a signal
+/// sent between two waits is kept for the next one (a stream made afresh for each wait would
+/// miss a second signal sent while shutdown begins).
+struct Signals {
     #[cfg(unix)]
-    {
-        let mut term =
-            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-                Ok(t) => t,
-                Err(_) => {
-                    let _ = tokio::signal::ctrl_c().await;
-                    return "SIGINT";
-                }
-            };
-        tokio::select! {
-            _ = tokio::signal::ctrl_c() => "SIGINT",
-            _ = term.recv() => "SIGTERM",
+    streams: Option<(tokio::signal::unix::Signal, tokio::signal::unix::Signal)>,
+}
+
+impl Signals {
+    fn new() -> Self {
+        #[cfg(unix)]
+        {
+            use tokio::signal::unix::{SignalKind, signal};
+            Signals {
+                streams: signal(SignalKind::interrupt())
+                    .ok()
+                    .zip(signal(SignalKind::terminate()).ok()),
+            }
         }
+        #[cfg(not(unix))]
+        Signals {}
     }
-    #[cfg(not(unix))]
-    {
+
+    /// The next signal's name.
+    async fn next(&mut self) -> &'static str {
+        #[cfg(unix)]
+        if let Some((int, term)) = &mut self.streams {
+            return tokio::select! {
+                _ = int.recv() => "SIGINT",
+                _ = term.recv() => "SIGTERM",
+            };
+        }
         let _ = tokio::signal::ctrl_c().await;
-        "Ctrl-C"
+        "SIGINT"
     }
 }
 
