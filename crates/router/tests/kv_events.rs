@@ -181,34 +181,38 @@ async fn a_silent_or_garbage_sending_publisher_is_counted_and_never_trusted() {
     let r = router(vec![cfg], settings()).await;
     // Without a replay socket, events must flow for a while before the state is exact: send
     // garbage meanwhile (a bad payload, a bad shape, a bad sequence number).
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
-    let mut seq = 0u64;
-    loop {
-        seq += 1;
-        let frames: Vec<bytes::Bytes> = match seq % 3 {
-            0 => vec![
-                "t".into(),
-                bytes::Bytes::copy_from_slice(&seq.to_be_bytes()),
-                vec![0xc1, 0xff, 0x00].into(),
-            ],
-            1 => vec!["only one frame".into()],
-            _ => vec!["t".into(), "short".into(), "p".into()],
-        };
-        let _ = rogue
-            .send(zeromq::ZmqMessage::try_from(frames).unwrap())
-            .await;
-        let malformed = load_stats(&r).await[0]["kv_events"]["malformed"]
-            .as_u64()
-            .unwrap_or(0);
-        if malformed >= 3 {
-            break;
+    // Each poll sends one more bad message (a bad payload, a bad shape, a bad sequence number).
+    let rogue = std::sync::Arc::new(tokio::sync::Mutex::new(rogue));
+    let seq = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let send = |frames: Vec<bytes::Bytes>| {
+        let rogue = rogue.clone();
+        async move {
+            let msg = zeromq::ZmqMessage::try_from(frames).unwrap();
+            let _ = rogue.lock().await.send(msg).await;
         }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "garbage counted as malformed"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    };
+    eventually(
+        Duration::from_secs(20),
+        "garbage counted as malformed",
+        || async {
+            let n = seq.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
+            let frames: Vec<bytes::Bytes> = match n % 3 {
+                0 => vec![
+                    "t".into(),
+                    bytes::Bytes::copy_from_slice(&n.to_be_bytes()),
+                    vec![0xc1, 0xff, 0x00].into(),
+                ],
+                1 => vec!["only one frame".into()],
+                _ => vec!["t".into(), "short".into(), "p".into()],
+            };
+            send(frames).await;
+            load_stats(&r).await[0]["kv_events"]["malformed"]
+                .as_u64()
+                .unwrap_or(0)
+                >= 3
+        },
+    )
+    .await;
     // Requests flow, the router is fine, and the state is not exact: nothing valid came.
     for _ in 0..6 {
         let resp = post(
@@ -222,32 +226,27 @@ async fn a_silent_or_garbage_sending_publisher_is_counted_and_never_trusted() {
     assert_eq!(stats[0]["cache_state"], "approximate", "{stats:?}");
     assert_eq!(stats[0]["cached_blocks"], 0);
     // Valid batches flow (each an AllBlocksCleared): exact after they have for a while.
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
-    let mut seq = 1000u64;
-    loop {
-        seq += 1;
-        let payload = mvllm_kv_events::encode(&mvllm_kv_events::Batch {
-            ts: 0.0,
-            events: vec![mvllm_kv_events::Event::AllCleared],
-            data_parallel_rank: Some(0),
-        });
-        let frames: Vec<bytes::Bytes> = vec![
-            "t".into(),
-            bytes::Bytes::copy_from_slice(&seq.to_be_bytes()),
-            payload.into(),
-        ];
-        let _ = rogue
-            .send(zeromq::ZmqMessage::try_from(frames).unwrap())
+    seq.store(1000, std::sync::atomic::Ordering::Relaxed);
+    eventually(
+        Duration::from_secs(20),
+        "exact once valid events flow",
+        || async {
+            let n = seq.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
+            let payload = mvllm_kv_events::encode(&mvllm_kv_events::Batch {
+                ts: 0.0,
+                events: vec![mvllm_kv_events::Event::AllCleared],
+                data_parallel_rank: Some(0),
+            });
+            send(vec![
+                "t".into(),
+                bytes::Bytes::copy_from_slice(&n.to_be_bytes()),
+                payload.into(),
+            ])
             .await;
-        if load_stats(&r).await[0]["cache_state"] == "exact" {
-            break;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "exact once valid events flow"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+            load_stats(&r).await[0]["cache_state"] == "exact"
+        },
+    )
+    .await;
     // Then it falls silent while requests go to the server.
     for _ in 0..6 {
         post(

@@ -237,21 +237,8 @@ impl<'a> Subscriber<'a> {
     /// applied (then what followed is replayed), or it is a new one (the server restarted: the
     /// index starts over from its sequence 0).
     async fn reconnected(&mut self, last: u64) {
-        let Some(replay) = self.source.replay.clone() else {
-            return self.recover("reconnected without a replay socket".into());
-        };
-        self.kv.counters.replays.fetch_add(1, Ordering::Relaxed);
-        let got =
-            mvllm_kv_events::replay(&replay, last, self.limits, REPLAY_TIMEOUT, MAX_REPLAY).await;
-        let batches = match got {
-            Ok(b) => b,
-            Err(e) => {
-                self.kv
-                    .counters
-                    .replay_failures
-                    .fetch_add(1, Ordering::Relaxed);
-                return self.recover(format!("replay after reconnecting failed: {e}"));
-            }
+        let Some(batches) = self.fetch(last, "after reconnecting").await else {
+            return;
         };
         let same = batches
             .first()
@@ -310,24 +297,8 @@ impl<'a> Subscriber<'a> {
     /// failed, or it no longer has `from`), the state turns approximate until events have flowed
     /// for `kv_events_silent_after`.
     async fn catch_up(&mut self, from: u64, why: &str) {
-        let Some(replay) = self.source.replay.clone() else {
-            if from > 0 || self.last.is_none() {
-                self.recover(format!("no replay socket {why}"));
-            }
+        let Some(batches) = self.fetch(from, why).await else {
             return;
-        };
-        self.kv.counters.replays.fetch_add(1, Ordering::Relaxed);
-        let got =
-            mvllm_kv_events::replay(&replay, from, self.limits, REPLAY_TIMEOUT, MAX_REPLAY).await;
-        let batches = match got {
-            Ok(b) => b,
-            Err(e) => {
-                self.kv
-                    .counters
-                    .replay_failures
-                    .fetch_add(1, Ordering::Relaxed);
-                return self.recover(format!("replay {why} failed: {e}"));
-            }
         };
         // The publisher kept batches from `from` on (or there were none yet), else history is
         // missing.
@@ -347,6 +318,28 @@ impl<'a> Subscriber<'a> {
                 .replay_failures
                 .fetch_add(1, Ordering::Relaxed);
             self.recover(format!("replay {why} no longer holds batch {from}"));
+        }
+    }
+
+    /// Every batch the publisher kept from `from` on; `None` when there is no replay socket or
+    /// the replay failed (the state then turns approximate, saying `why`).
+    async fn fetch(&mut self, from: u64, why: &str) -> Option<Vec<(u64, Bytes)>> {
+        let Some(replay) = self.source.replay.clone() else {
+            self.recover(format!("no replay socket {why}"));
+            return None;
+        };
+        self.kv.counters.replays.fetch_add(1, Ordering::Relaxed);
+        match mvllm_kv_events::replay(&replay, from, self.limits, REPLAY_TIMEOUT, MAX_REPLAY).await
+        {
+            Ok(b) => Some(b),
+            Err(e) => {
+                self.kv
+                    .counters
+                    .replay_failures
+                    .fetch_add(1, Ordering::Relaxed);
+                self.recover(format!("replay {why} failed: {e}"));
+                None
+            }
         }
     }
 
