@@ -2,20 +2,19 @@
 //! way. [`start`] binds, probes the fleet once, starts the background loops and serves;
 //! [`RouterHandle::shutdown`] drains it.
 
-pub mod access;
-pub mod affinity;
+pub mod admission;
 pub mod api;
 pub mod app;
-pub mod body_budget;
 pub mod config;
 pub mod error;
 pub mod fleet;
-pub mod metric_handles;
+pub mod metrics;
 pub mod otel;
 pub mod paths;
 pub mod prometheus_text;
 pub mod proxy;
 pub mod reload;
+pub mod resolver;
 pub mod routing;
 pub mod server;
 pub mod state;
@@ -150,20 +149,16 @@ pub async fn start_with(opts: Options) -> std::io::Result<RouterHandle> {
         settings.dns_server,
     );
     let telemetry = Arc::new(telemetry::Telemetry::new());
-    let wait_queue: Arc<fleet::wait_queue::WaitQueue> = Arc::default();
-    let access = Arc::new(arc_swap::ArcSwap::from_pointee(access::Access::new(
-        &settings.auth,
-        None,
-    )));
+    let admission = admission::Admission::new(settings);
     let fleet = Fleet::new(
         &opts.config,
         client.clone(),
         telemetry.clone(),
-        wait_queue.clone(),
+        admission.wait_queue.clone(),
     );
     // `dns` entries are resolved once before serving, like the listed servers are probed.
     if !opts.config.dns.is_empty() {
-        match fleet::dns::resolver(settings.dns_server) {
+        match resolver::resolver(settings.dns_server) {
             Ok(r) => fleet::dns::refresh(&fleet, &r, &mut Default::default()).await,
             Err(e) => tracing::error!("dns discovery: {e}"),
         }
@@ -175,7 +170,7 @@ pub async fn start_with(opts: Options) -> std::io::Result<RouterHandle> {
         opts.config_path,
         fleet.clone(),
         telemetry.clone(),
-        access.clone(),
+        admission.access.clone(),
     );
     reloader.spawn_watch(background.clone());
     let otel = match &opts.otel {
@@ -190,16 +185,12 @@ pub async fn start_with(opts: Options) -> std::io::Result<RouterHandle> {
         otel,
         client,
         telemetry,
-        access,
-        wait_queue,
-        retry_budget: Default::default(),
-        affinity: Default::default(),
+        admission,
         reloader: reloader.clone(),
         accepting: AtomicBool::new(true),
         via: axum::http::HeaderValue::from_str(&format!("1.1 {instance}"))
             .expect("a hex token is a header value"),
         instance,
-        body_budget: body_budget::BodyBudget::new(opts.config.settings.max_buffered_body_bytes),
         decode_policy: routing::build(routing::PolicyKind::Adaptive),
     });
     let stop_accepting = CancellationToken::new();

@@ -18,11 +18,12 @@ use xxhash_rust::xxh3::xxh3_64;
 
 use arc_swap::ArcSwap;
 
-use crate::access::Access;
+use crate::admission::access::Access;
 use crate::config::{Config, ConfigError};
 use crate::fleet::events::EventKind;
 use crate::fleet::{Fleet, ReloadSummary};
-use crate::telemetry::{ResultLabels, Telemetry};
+use crate::metrics::labels::ResultLabels;
+use crate::telemetry::Telemetry;
 
 /// File events closer together than this are one change.
 const DEBOUNCE: Duration = Duration::from_millis(150);

@@ -7,7 +7,6 @@
 
 use std::sync::atomic::Ordering;
 
-use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
@@ -19,62 +18,10 @@ use crate::fleet::health::Transition;
 use crate::fleet::observer::FleetObserver;
 use crate::fleet::server::Server;
 use crate::fleet::window::Window;
+use crate::metrics::labels::*;
 
 /// How far back the fleet's live figures (and the dashboard's sparklines) reach.
 pub const FLEET_WINDOW_SECONDS: usize = 600;
-
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct RequestLabels {
-    pub route: &'static str,
-    pub model: String,
-    pub server: std::sync::Arc<str>,
-    pub status: u16,
-}
-
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct RouteLabels {
-    pub route: &'static str,
-}
-
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct ServerLabels {
-    pub server: String,
-}
-
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct KvEventLabels {
-    pub server: String,
-    /// `batches`, `malformed`, `gaps`, `replays`, `replay_failures`, `restarts`,
-    /// `over_budget`, `orphans`, `unknown_removed`.
-    pub what: &'static str,
-}
-
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct ReasonLabels {
-    pub reason: &'static str,
-}
-
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct PathLabels {
-    pub path: &'static str,
-}
-
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct TransitionLabels {
-    pub server: String,
-    pub to: &'static str,
-}
-
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct ResultLabels {
-    pub result: &'static str,
-}
-
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct DecisionLabels {
-    pub policy: &'static str,
-    pub server: std::sync::Arc<str>,
-}
 
 type FGauge = Gauge<f64, std::sync::atomic::AtomicU64>;
 
@@ -398,22 +345,6 @@ impl FleetObserver for Telemetry {
     }
 }
 
-/// A request path's `route` label: one of a fixed list, never the raw path.
-/// Every value of the `route` label.
-pub const ROUTES: [&str; 11] = [
-    "chat_completions",
-    "completions",
-    "embeddings",
-    "tokenize",
-    "invocations",
-    "responses",
-    "audio",
-    "messages",
-    "pooling",
-    "other_v1",
-    "other",
-];
-
 impl Telemetry {
     /// Time to first byte, for requests to `route` (one of [`ROUTES`]).
     pub fn ttfb(&self, route: &'static str) -> &Histogram {
@@ -439,23 +370,6 @@ impl Telemetry {
                 .get_or_create(&RouteLabels { route: ROUTES[i] })
                 .clone()
         })
-    }
-}
-
-pub fn route_label(path: &str) -> &'static str {
-    match path {
-        "/v1/chat/completions" => "chat_completions",
-        "/v1/completions" => "completions",
-        "/v1/embeddings" => "embeddings",
-        "/tokenize" | "/detokenize" => "tokenize",
-        "/invocations" => "invocations",
-        p if p.starts_with("/v1/responses") => "responses",
-        p if p.starts_with("/v1/audio/") => "audio",
-        p if p.starts_with("/v1/messages") => "messages",
-        "/rerank" | "/v1/rerank" | "/v2/rerank" | "/score" | "/v1/score" | "/pooling"
-        | "/classify" => "pooling",
-        p if p.starts_with("/v1/") => "other_v1",
-        _ => "other",
     }
 }
 

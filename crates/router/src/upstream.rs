@@ -29,7 +29,7 @@ pub fn client(
     ca_file: Option<&Path>,
     dns_server: Option<std::net::SocketAddr>,
 ) -> Client {
-    let resolver = match dns_server.map(|a| crate::fleet::dns::resolver(Some(a))) {
+    let resolver = match dns_server.map(|a| crate::resolver::resolver(Some(a))) {
         None => Resolver::System(GaiResolver::new()),
         Some(Ok(r)) => Resolver::Dns(std::sync::Arc::new(r)),
         Some(Err(e)) => {
@@ -122,7 +122,7 @@ impl tower::Service<Name> for Resolver {
             Resolver::Dns(r) => {
                 let r = r.clone();
                 Box::pin(async move {
-                    match crate::fleet::dns::lookup(&r, &host).await {
+                    match crate::resolver::lookup(&r, &host).await {
                         Ok(ips) if !ips.is_empty() => Ok(ips
                             .into_iter()
                             .map(|ip| std::net::SocketAddr::new(ip, 0))

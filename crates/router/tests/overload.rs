@@ -34,7 +34,7 @@ async fn full_servers_make_requests_wait_in_line_then_503_past_the_bound_or_the_
         assert!(resp.chunk().await.unwrap().is_some());
         held.push(resp);
     }
-    let queue = r.state.wait_queue.clone();
+    let queue = r.state.admission.wait_queue.clone();
     // A short request sent in the background: its status and when it ended.
     let send_later = |content: &'static str| {
         let url = url.clone();

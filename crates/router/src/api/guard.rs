@@ -1,5 +1,5 @@
 //! The access middleware: every route a client uses passes its key through
-//! [`crate::access::Access`] first; refusals are counted and logged without the key's value.
+//! [`crate::admission::access::Access`] first; refusals are counted and logged without the key's value.
 
 use std::sync::Arc;
 
@@ -9,7 +9,7 @@ use axum::http::header;
 use axum::middleware::Next;
 use axum::response::Response;
 
-use crate::access::{KeyGuard, Refusal};
+use crate::admission::access::{KeyGuard, Refusal};
 use crate::state::AppState;
 
 /// A response body that keeps a key counted in flight until the body ends or is dropped.
@@ -54,6 +54,7 @@ where
     // an await takes one of the thread's few fast slots for the request's whole life, and with
     // dozens of requests in flight every other load on the thread fell to the slow path.
     let admitted = app
+        .admission
         .access
         .load()
         .admit(req.headers())
@@ -64,7 +65,7 @@ where
             tracing::info!(target: "mvllm::access", path = %req.uri().path(), refusal = ?redacted(&refusal), "request refused");
             app.telemetry
                 .refusals
-                .get_or_create(&crate::telemetry::ReasonLabels {
+                .get_or_create(&crate::metrics::labels::ReasonLabels {
                     reason: match refusal {
                         Refusal::MissingKey => "missing_key",
                         Refusal::WrongKey => "wrong_key",
@@ -98,7 +99,7 @@ pub async fn require_key_for_metrics(
     req: Request,
     next: Next,
 ) -> Response {
-    let protects = state.access.load().protects_metrics();
+    let protects = state.admission.access.load().protects_metrics();
     if protects {
         require_key(state, req, next).await
     } else {

@@ -108,7 +108,7 @@ pub async fn health(State(app): State<Arc<AppState>>, headers: axum::http::Heade
         "healthy_servers": healthy,
         "unhealthy_servers": total - healthy,
     });
-    if !app.access.load().knows(&headers) {
+    if !app.admission.access.load().knows(&headers) {
         return (code, Json(body)).into_response();
     }
     let detail = json!({

@@ -69,7 +69,7 @@ impl ServerReport {
 /// What one `dns` entry resolved to.
 pub struct DnsReport {
     pub name: String,
-    pub addresses: Result<Vec<std::net::IpAddr>, String>,
+    pub addresses: Result<Vec<std::net::IpAddr>, crate::resolver::ResolveError>,
 }
 
 impl DnsReport {
@@ -94,7 +94,7 @@ pub async fn resolve_all(config: &Config) -> Vec<DnsReport> {
     if config.dns.is_empty() {
         return Vec::new();
     }
-    let resolver = match super::dns::resolver(config.settings.dns_server) {
+    let resolver = match crate::resolver::resolver(config.settings.dns_server) {
         Ok(r) => r,
         Err(e) => {
             return config
@@ -112,7 +112,7 @@ pub async fn resolve_all(config: &Config) -> Vec<DnsReport> {
         async move {
             DnsReport {
                 name: d.name(),
-                addresses: super::dns::lookup(resolver, &d.host).await,
+                addresses: crate::resolver::lookup(resolver, &d.host).await,
             }
         }
     }))
@@ -132,7 +132,11 @@ pub async fn check_all(config: &Config, dns: &[DnsReport]) -> Vec<ServerReport> 
     join_all(servers.iter().map(|cfg| {
         let client = client.clone();
         async move {
-            let server = Server::new(cfg.clone(), true, Default::default());
+            let server = Server::new(
+                cfg.clone(),
+                true,
+                std::sync::Arc::new(super::slots::NobodyWaits),
+            );
             let (health, models, metrics) = tokio::join!(
                 probe::check_health(&client, &server, s.health_check_timeout),
                 probe::discover_models(&client, &server, s.health_check_timeout),

@@ -14,56 +14,21 @@
 //! instead. Answers are not cached between rounds: each round asks.
 
 use std::collections::HashMap;
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Duration;
 
 use futures_util::future::join_all;
 use hickory_resolver::TokioResolver;
-use hickory_resolver::config::{LookupIpStrategy, NameServerConfig, ResolverConfig};
-use hickory_resolver::name_server::TokioConnectionProvider;
-use hickory_resolver::proto::xfer::Protocol;
 use tokio_util::sync::CancellationToken;
 
 use super::Fleet;
-
-/// A resolver asking `dns_server`, or the system's configured name servers.
-pub fn resolver(dns_server: Option<SocketAddr>) -> Result<TokioResolver, String> {
-    let mut builder = match dns_server {
-        Some(addr) => {
-            let mut config = ResolverConfig::new();
-            config.add_name_server(NameServerConfig::new(addr, Protocol::Udp));
-            config.add_name_server(NameServerConfig::new(addr, Protocol::Tcp));
-            TokioResolver::builder_with_config(config, TokioConnectionProvider::default())
-        }
-        None => TokioResolver::builder_tokio()
-            .map_err(|e| format!("cannot read the system's resolver configuration: {e}"))?,
-    };
-    let opts = builder.options_mut();
-    opts.cache_size = 0;
-    opts.ip_strategy = LookupIpStrategy::Ipv4AndIpv6;
-    opts.timeout = Duration::from_secs(2);
-    opts.attempts = 2;
-    Ok(builder.build())
-}
-
-/// The name's addresses: `Ok(empty)` when it does not exist or has none (an answer), `Err`
-/// when no answer came (the caller keeps what it knew).
-pub async fn lookup(resolver: &TokioResolver, host: &str) -> Result<Vec<IpAddr>, String> {
-    match resolver.lookup_ip(host).await {
-        Ok(found) => Ok(found.iter().collect()),
-        Err(e) if e.is_nx_domain() || e.is_no_records_found() => Ok(Vec::new()),
-        Err(_) => Err(format!(
-            "cannot resolve {host}: no answer from the name server"
-        )),
-    }
-}
+use crate::resolver::{ResolveError, lookup, resolver};
 
 /// One round: resolves every `dns` entry in parallel and applies the answers.
 pub async fn refresh(
     fleet: &Arc<Fleet>,
     resolver: &TokioResolver,
-    errors: &mut HashMap<String, String>,
+    errors: &mut HashMap<String, ResolveError>,
 ) {
     let entries = fleet.dns_entries();
     let answers = join_all(

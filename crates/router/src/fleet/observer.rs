@@ -5,8 +5,8 @@
 //! given (the router's [`crate::telemetry::Telemetry`]), so it depends on no metrics code and
 //! the metrics depend on the fleet, one way.
 
-use super::Server;
 use super::health::Transition;
+use super::server::Server;
 
 pub trait FleetObserver: Send + Sync {
     /// A server became healthy or unhealthy (`Transition::None` is never passed).

@@ -148,12 +148,12 @@ pub struct Server {
     pub stats: ServerStats,
     /// Requests, errors and time to first token over the last minute (the dashboard's view).
     pub live: Mutex<Window>,
-    /// The fleet's wait queue, told when a request here ends (a slot freed up).
-    slot_freed: Arc<super::wait_queue::WaitQueue>,
+    /// Told when a request here ends (a slot freed up): the app's wait queue.
+    slots: Arc<dyn super::slots::SlotObserver>,
     /// Which background probes of this server are running now (one of each kind at a time).
     probes_running: [AtomicBool; 3],
     /// This server's request and decision counters, kept once taken from their families.
-    pub counters: crate::metric_handles::ServerCounters,
+    pub counters: crate::metrics::server_counters::ServerCounters,
     /// Estimated uncached prompt tokens of this router's requests here still in prefill.
     pending_prefill: AtomicU64,
     /// A hash of the URL: the server's id in rendezvous hashing, the same on every replica.
@@ -186,7 +186,7 @@ impl Server {
     pub fn new(
         cfg: ServerConfig,
         active_checks: bool,
-        slot_freed: Arc<super::wait_queue::WaitQueue>,
+        slots: Arc<dyn super::slots::SlotObserver>,
     ) -> Self {
         let health = if active_checks {
             Health::default()
@@ -221,7 +221,7 @@ impl Server {
             models: ArcSwap::from_pointee(models),
             stats: ServerStats::default(),
             live: Mutex::new(Window::new(LIVE_WINDOW_SECONDS)),
-            slot_freed,
+            slots,
             probes_running: Default::default(),
             counters: Default::default(),
             pending_prefill: AtomicU64::new(0),
@@ -544,7 +544,7 @@ impl Drop for InFlight {
     fn drop(&mut self) {
         self.first_byte();
         self.server.in_flight.fetch_sub(1, Ordering::Relaxed);
-        self.server.slot_freed.wake_one();
+        self.server.slots.slot_freed();
     }
 }
 
@@ -578,7 +578,7 @@ mod tests {
                 kv_events: None,
             },
             true,
-            Arc::default(),
+            Arc::new(super::super::slots::NobodyWaits),
         );
         let scrape = |queries: f64, tokens: f64| ServerMetrics {
             prefix_cache_queries: queries,

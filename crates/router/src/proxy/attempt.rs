@@ -28,7 +28,6 @@ use crate::fleet::Server;
 use crate::fleet::probe;
 use crate::routing::prefix_index::Prediction;
 use crate::state::AppState;
-use crate::telemetry;
 
 /// The client's request, as every attempt sends it.
 #[derive(Clone, Copy)]
@@ -216,7 +215,7 @@ fn respond(
         .and_then(|v| v.to_str().ok())
         .is_some_and(|v| v.starts_with("text/event-stream"));
     let telemetry = app.telemetry.clone();
-    let route = telemetry::route_label(request.parts.uri.path());
+    let route = crate::metrics::labels::route_label(request.parts.uri.path());
     let model = match request.meta.model.as_deref() {
         Some(m) if server.serves(m) => m,
         Some(_) => "unknown",
@@ -254,7 +253,7 @@ fn respond(
         && status.is_success()
         && request.leg != Leg::Prefill
     {
-        body = body.remember_response_id(app.affinity.clone());
+        body = body.remember_response_id(app.admission.affinity.clone());
     }
     if let Some(p) = prediction.filter(|_| status.is_success()) {
         body = body.measure_cache_hits(p, app.fleet.policy(), request.meta.reports_usage);

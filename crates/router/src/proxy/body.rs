@@ -19,7 +19,7 @@ use tokio::time::{Instant, Sleep};
 
 use super::errors::ProxyError;
 use super::usage::Tail;
-use crate::affinity::{Affinity, SCAN_LIMIT, find_response_id};
+use crate::admission::affinity::{Affinity, SCAN_LIMIT, find_response_id};
 use crate::config::Settings;
 use crate::fleet::InFlight;
 use crate::routing::prefix_index::Prediction;

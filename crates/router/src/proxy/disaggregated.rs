@@ -86,7 +86,7 @@ impl Path {
 fn count(app: &AppState, path: Path) {
     app.telemetry
         .disaggregated
-        .get_or_create(&crate::telemetry::PathLabels { path: path.label() })
+        .get_or_create(&crate::metrics::labels::PathLabels { path: path.label() })
         .inc();
 }
 

@@ -31,11 +31,11 @@ use tokio::time::Instant;
 
 use crate::fleet::Server;
 use crate::fleet::events::EventKind;
+use crate::metrics::labels::{self, ReasonLabels, RequestLabels, RouteLabels};
 use crate::paths;
 use crate::routing::RouteRequest;
 use crate::routing::prefix_index::Prediction;
 use crate::state::AppState;
-use crate::telemetry::{self, ReasonLabels, RequestLabels, RouteLabels};
 use errors::ProxyError;
 use meta::RequestMeta;
 
@@ -58,7 +58,7 @@ pub async fn forward(State(app): State<Arc<AppState>>, req: Request) -> Response
         }
     };
     let settings = app.fleet.settings();
-    let route = telemetry::route_label(parts.uri.path());
+    let route = labels::route_label(parts.uri.path());
     let span = crate::otel::SpanSlot::new(
         app.otel
             .as_ref()
@@ -67,7 +67,8 @@ pub async fn forward(State(app): State<Arc<AppState>>, req: Request) -> Response
     let mut named_model: Option<String> = None;
     let result = async {
         let class = admit(&app, &parts, &settings)?;
-        let body = read_body::read(body, &parts.headers, &settings, &app.body_budget).await?;
+        let body =
+            read_body::read(body, &parts.headers, &settings, &app.admission.body_budget).await?;
         let generation = class == paths::PathClass::Generation && parts.method == Method::POST;
         let mut meta = meta::read_meta(&parts.headers, &body.bytes, generation).await?;
         if meta.model.is_none() {
@@ -207,11 +208,15 @@ async fn send(
     }
     // A stored response lives on the server that created it: no choice, no retry elsewhere
     // (reading it, cancelling it, or continuing from it with `previous_response_id`).
-    let pinned = app.affinity.server_for_path(parts.uri.path()).or_else(|| {
-        meta.previous_response_id
-            .as_deref()
-            .and_then(|id| app.affinity.server_for_id(id))
-    });
+    let pinned = app
+        .admission
+        .affinity
+        .server_for_path(parts.uri.path())
+        .or_else(|| {
+            meta.previous_response_id
+                .as_deref()
+                .and_then(|id| app.admission.affinity.server_for_id(id))
+        });
     let could_serve = |s: &Server| {
         pinned.as_deref().is_none_or(|url| s.url() == url)
             && meta.model.as_deref().is_none_or(|m| s.serves(m))
@@ -237,7 +242,7 @@ async fn send(
             .as_ref()
             .map_or(0.0, |f| f.anchor_tokens() as f64),
     };
-    app.retry_budget.record_request();
+    app.admission.retry_budget.record_request();
     let request = attempt::Request {
         parts: &parts,
         body: &body,
@@ -426,9 +431,9 @@ async fn wait_for_slot<'a>(
     app: &'a AppState,
     servers: &[Arc<Server>],
     could_serve: &(dyn Fn(&Server) -> bool + Sync),
-) -> Result<Option<crate::fleet::wait_queue::Ticket<'a>>, ProxyError> {
+) -> Result<Option<crate::admission::wait_queue::Ticket<'a>>, ProxyError> {
     let settings = app.fleet.settings();
-    let queue = &app.wait_queue;
+    let queue = &app.admission.wait_queue;
     let free = || servers.iter().any(|s| could_serve(s) && s.has_free_slot());
     if settings.queue_size == 0 || (queue.is_empty() && free()) {
         return Ok(None);
@@ -469,6 +474,7 @@ pub(crate) fn retry_allowed(app: &AppState) -> bool {
     let fleet = &app.fleet;
     let s = fleet.settings();
     let ok = app
+        .admission
         .retry_budget
         .try_retry(s.retry_budget_ratio, s.retry_budget_min_per_second);
     if !ok {

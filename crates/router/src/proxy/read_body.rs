@@ -20,7 +20,7 @@ use tokio::sync::OwnedSemaphorePermit;
 use tokio::time::Instant;
 
 use super::errors::ProxyError;
-use crate::body_budget::BodyBudget;
+use crate::admission::body_budget::BodyBudget;
 use crate::config::Settings;
 
 /// How long a body may take before the minimum rate applies.

@@ -17,7 +17,7 @@ use parking_lot::Mutex;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 
-use crate::telemetry::{DecisionLabels, RequestLabels};
+use super::labels::{DecisionLabels, RequestLabels};
 
 /// Most label combinations a server keeps handles for.
 const MAX_KEPT: usize = 128;

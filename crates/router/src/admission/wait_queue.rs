@@ -118,6 +118,12 @@ impl WaitQueue {
     }
 }
 
+impl crate::fleet::slots::SlotObserver for WaitQueue {
+    fn slot_freed(&self) {
+        self.wake_one();
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
