@@ -191,7 +191,6 @@ pub async fn start_with(opts: Options) -> std::io::Result<RouterHandle> {
         via: axum::http::HeaderValue::from_str(&format!("1.1 {instance}"))
             .expect("a hex token is a header value"),
         instance,
-        decode_policy: routing::build(routing::PolicyKind::Adaptive),
     });
     let stop_accepting = CancellationToken::new();
     let mut tasks = Vec::new();

@@ -29,6 +29,4 @@ pub struct AppState {
     pub instance: String,
     /// `1.1 <instance>`: this router's `Via` entry, made once.
     pub via: axum::http::HeaderValue,
-    /// Chooses decode servers for disaggregated requests: by load alone (`adaptive`).
-    pub decode_policy: Box<dyn crate::routing::Policy>,
 }

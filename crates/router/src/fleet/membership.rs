@@ -92,6 +92,7 @@ impl Fleet {
             servers,
             settings: old.settings.clone(),
             policy: old.policy.clone(),
+            decode_policy: old.decode_policy.clone(),
             tokenizers: old.tokenizers.clone(),
             split_roles: has_split_roles(&config.servers),
         };

@@ -74,6 +74,7 @@ impl Fleet {
             servers,
             settings: Arc::new(config.settings.clone()),
             policy: Arc::new(policy),
+            decode_policy: Arc::new(routing::build(routing::PolicyKind::Adaptive)),
             tokenizers: Arc::new(load_tokenizers(&config.settings, &Vec::new())),
             split_roles: has_split_roles(&config.servers),
         };

@@ -26,6 +26,8 @@ pub struct FleetView {
     pub settings: Arc<Settings>,
     /// The routing policy in force, with its state about each server.
     pub policy: Arc<Box<dyn Policy>>,
+    /// Chooses decode servers for disaggregated requests: by load alone (`adaptive`).
+    pub decode_policy: Arc<Box<dyn Policy>>,
     /// Each configured model's tokenizer (`[models."NAME"] tokenizer`), loaded.
     pub tokenizers: Arc<Tokenizers>,
     /// Some server has the role `prefill` or `decode`: requests may take two legs.

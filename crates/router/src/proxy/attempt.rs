@@ -22,8 +22,9 @@ use tokio::time::Instant;
 
 use super::body::{ProxyBody, RequestLog};
 use super::errors::ProxyError;
+use super::headers;
 use super::meta::RequestMeta;
-use super::{headers, is_failure, retry_allowed};
+use super::retries::{is_failure, retry_allowed};
 use crate::fleet::Server;
 use crate::fleet::probe;
 use crate::routing::prefix_index::Prediction;
@@ -43,6 +44,8 @@ pub struct Request<'a> {
     pub span: &'a crate::otel::SpanSlot,
     /// Which part of the request this sends (see [`super::disaggregated`]).
     pub leg: Leg,
+    /// The fleet as this request sees it: every attempt uses its settings and policy.
+    pub view: &'a crate::fleet::FleetView,
 }
 
 /// What an attempt sends of the client's request.
@@ -114,7 +117,7 @@ pub async fn run(
     may_retry: bool,
     prediction: Option<Prediction>,
 ) -> Outcome {
-    let settings = app.fleet.settings();
+    let settings = request.view.settings.clone();
     let mut guard = server.begin_request();
     if let Some(p) = prediction {
         guard.set_prefill_tokens((p.prompt_tokens - p.cached_tokens).max(0.0) as u64);
@@ -181,7 +184,7 @@ pub async fn run(
     }
     // 508: the server is (or leads back to) this router, listed by mistake.
     let retryable = matches!(status.as_u16(), 429 | 502 | 503 | 504 | 508);
-    if retryable && may_retry && retry_allowed(app) {
+    if retryable && may_retry && retry_allowed(app, &request.view.settings) {
         tracing::info!(
             id = request.id,
             server = server.url(),
@@ -205,7 +208,7 @@ fn respond(
     guard: crate::fleet::InFlight,
     prediction: Option<Prediction>,
 ) -> Response {
-    let settings = app.fleet.settings();
+    let settings = request.view.settings.clone();
     let status = resp.status();
     let (mut rparts, incoming) = resp.into_parts();
     headers::strip_hop_by_hop(&mut rparts.headers);
@@ -256,7 +259,7 @@ fn respond(
         body = body.remember_response_id(app.admission.affinity.clone());
     }
     if let Some(p) = prediction.filter(|_| status.is_success()) {
-        body = body.measure_cache_hits(p, app.fleet.policy(), request.meta.reports_usage);
+        body = body.measure_cache_hits(p, request.view.policy.clone(), request.meta.reports_usage);
     }
     let body = match request.leg {
         Leg::Decode {
@@ -292,7 +295,7 @@ async fn await_headers(
     request: &Request<'_>,
     req: hyper::Request<Full<Bytes>>,
 ) -> Headers {
-    let settings = app.fleet.settings();
+    let settings = request.view.settings.clone();
     let limit = Instant::now() + settings.generation_timeout;
     let call = app.client.request(req);
     tokio::pin!(call);

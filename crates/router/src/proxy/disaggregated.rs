@@ -30,8 +30,8 @@ use http_body_util::BodyExt;
 use serde_json::{Map, Value, json};
 
 use super::attempt::{self, Leg};
+use super::dispatch::{Dispatch, dispatch, eligible, no_server};
 use super::errors::ProxyError;
-use super::{Dispatch, dispatch, eligible};
 use crate::config::ServerRole;
 use crate::fleet::Server;
 use crate::routing::RouteRequest;
@@ -97,9 +97,8 @@ pub async fn send(
     route: &RouteRequest<'_>,
     could_serve: &(dyn Fn(&Server) -> bool + Sync),
 ) -> Result<Response, ProxyError> {
-    let servers = app.fleet.servers();
-    let settings = app.fleet.settings();
-    let policy = app.fleet.policy();
+    let view = request.view;
+    let (servers, settings, policy) = (&view.servers, &view.settings, &view.policy);
     // Whole requests and decode legs go to servers that decode; prefill-only servers take whole
     // requests only when no other server could.
     let any_decoder = servers
@@ -113,12 +112,12 @@ pub async fn send(
         }
         let whole = Dispatch {
             could_serve: decodes,
-            choose: &***policy,
+            choose: &****policy,
             predict: true,
         };
         dispatch(app, request, route, &whole)
             .await
-            .map_err(|e| e.unwrap_or_else(|| super::no_server(request.meta, false)))
+            .map_err(|e| e.unwrap_or_else(|| no_server(request.meta, false)))
     };
     let Some(api) = Api::of(request) else {
         return alone(Path::NotGeneration).await;
@@ -131,14 +130,17 @@ pub async fn send(
         return alone(Path::NoDecodeServer).await;
     }
     // What the decode server (chosen by load) would have to compute itself.
-    let decoders = eligible(&servers, &[], decodes).0;
-    let max_age = app.fleet.metrics_max_age();
+    let decoders = eligible(servers, &[], decodes).0;
+    let max_age = view.metrics_max_age();
     let mut candidates: Vec<_> = decoders
         .iter()
         .map(|&i| servers[i].candidate(max_age))
         .collect();
     policy.assess(route, &mut candidates);
-    let Some(decoder) = app.decode_policy.pick(route, &candidates, &mut rand::rng()) else {
+    let Some(decoder) = view
+        .decode_policy
+        .pick(route, &candidates, &mut rand::rng())
+    else {
         return alone(Path::NoPrefillServer).await;
     };
     let uncached = route.prompt_tokens - candidates[decoder].cached_tokens;
@@ -154,7 +156,7 @@ pub async fn send(
                 ServerRole::Decode => false,
             }
     };
-    let (prefillers, panic) = eligible(&servers, &[], &prefills);
+    let (prefillers, panic) = eligible(servers, &[], &prefills);
     if prefillers.is_empty() || panic {
         return alone(Path::NoPrefillServer).await;
     }
@@ -240,12 +242,12 @@ pub async fn send(
     count(app, Path::TwoLegs);
     let by_load = Dispatch {
         could_serve: &elsewhere,
-        choose: &*app.decode_policy,
+        choose: &**view.decode_policy,
         predict: false,
     };
     dispatch(app, &leg, route, &by_load)
         .await
-        .map_err(|e| e.unwrap_or_else(|| super::no_server(request.meta, false)))
+        .map_err(|e| e.unwrap_or_else(|| no_server(request.meta, false)))
 }
 
 /// The generation APIs whose bodies the two legs rewrite.

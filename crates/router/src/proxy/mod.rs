@@ -12,32 +12,34 @@
 mod attempt;
 pub mod body;
 pub mod disaggregated;
+mod dispatch;
 pub mod errors;
 pub mod headers;
 pub mod meta;
 pub mod prompt;
 pub mod read_body;
+mod retries;
 pub mod usage;
 pub mod usage_rewrite;
 
 use std::sync::Arc;
 
 use axum::extract::{Request, State};
-use axum::http::{HeaderValue, Method, StatusCode};
+use axum::http::{HeaderValue, Method};
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
 use rand::Rng;
 use tokio::time::Instant;
 
-use crate::fleet::Server;
-use crate::fleet::events::EventKind;
-use crate::metrics::labels::{self, ReasonLabels, RequestLabels, RouteLabels};
+use crate::fleet::{FleetView, Server};
+use crate::metrics::labels::{self, RequestLabels, RouteLabels};
 use crate::paths;
 use crate::routing::RouteRequest;
-use crate::routing::prefix_index::Prediction;
 use crate::state::AppState;
+use dispatch::{Dispatch, dispatch, no_server};
 use errors::ProxyError;
 use meta::RequestMeta;
+use retries::is_failure;
 
 /// A name made once: inserting by `&str` builds (and allocates) a non-standard name each time.
 const REQUEST_ID: axum::http::HeaderName = axum::http::HeaderName::from_static("x-request-id");
@@ -57,7 +59,8 @@ pub async fn forward(State(app): State<Arc<AppState>>, req: Request) -> Response
             id
         }
     };
-    let settings = app.fleet.settings();
+    // The fleet as this request sees it, from its first byte to its last (see `FleetView`).
+    let view = app.fleet.view();
     let route = labels::route_label(parts.uri.path());
     let span = crate::otel::SpanSlot::new(
         app.otel
@@ -66,9 +69,14 @@ pub async fn forward(State(app): State<Arc<AppState>>, req: Request) -> Response
     );
     let mut named_model: Option<String> = None;
     let result = async {
-        let class = admit(&app, &parts, &settings)?;
-        let body =
-            read_body::read(body, &parts.headers, &settings, &app.admission.body_budget).await?;
+        let class = admit(&app, &parts, &view.settings)?;
+        let body = read_body::read(
+            body,
+            &parts.headers,
+            &view.settings,
+            &app.admission.body_budget,
+        )
+        .await?;
         let generation = class == paths::PathClass::Generation && parts.method == Method::POST;
         let mut meta = meta::read_meta(&parts.headers, &body.bytes, generation).await?;
         if meta.model.is_none() {
@@ -77,6 +85,7 @@ pub async fn forward(State(app): State<Arc<AppState>>, req: Request) -> Response
         named_model.clone_from(&meta.model);
         let answer = send(
             &app,
+            view.clone(),
             parts,
             body.bytes.clone(),
             meta,
@@ -93,7 +102,7 @@ pub async fn forward(State(app): State<Arc<AppState>>, req: Request) -> Response
         tracing::info!(target: "mvllm::access", id = %request_id, status = e.status().as_u16(), error = ?e, "request refused");
         let t = &app.telemetry;
         let route = RouteLabels { route };
-        let model = model_label(&app.fleet.servers(), named_model.as_deref());
+        let model = model_label(&view.servers, named_model.as_deref());
         t.requests.get_or_create(&RequestLabels { route: route.route, model, server: std::sync::Arc::from("none"), status: e.status().as_u16() }).inc();
         t.ttfb(route.route).observe(started.elapsed().as_secs_f64());
         t.duration(route.route).observe(started.elapsed().as_secs_f64());
@@ -172,14 +181,9 @@ fn admit(
     }
 }
 
-/// An answer that counts as an error in the live figures: the server's or the router's failure,
-/// or too busy to answer. Other 4xx are the client's and do not count.
-fn is_failure(status: StatusCode) -> bool {
-    status.is_server_error() || status == StatusCode::TOO_MANY_REQUESTS
-}
-
 async fn send(
     app: &AppState,
+    mut view: Arc<FleetView>,
     parts: axum::http::request::Parts,
     body: Bytes,
     mut meta: RequestMeta,
@@ -187,23 +191,20 @@ async fn send(
     started: Instant,
     span: &crate::otel::SpanSlot,
 ) -> Result<Response, ProxyError> {
-    let fleet = &app.fleet;
-    let settings = fleet.settings();
-    let servers = fleet.servers();
     // A text prompt is matched exactly against KV events when its model's tokenizer is known
     // and some server's events are trusted; otherwise tokenizing would buy nothing.
     if meta.prompt_token_ids.is_none()
-        && servers.iter().any(|s| s.kv.is_exact())
-        && let Some(t) = meta.model.as_deref().and_then(|m| fleet.tokenizer(m))
+        && view.servers.iter().any(|s| s.kv.is_exact())
+        && let Some(t) = meta.model.as_deref().and_then(|m| view.tokenizer(m))
     {
         meta.prompt_token_ids = t.request_tokens(&body);
     }
     if let Some(model) = &meta.model
-        && !servers.iter().any(|s| s.serves(model))
+        && !view.servers.iter().any(|s| s.serves(model))
     {
         return Err(ProxyError::UnknownModel {
             model: model.clone(),
-            available: fleet.all_models(),
+            available: view.all_models(),
         });
     }
     // A stored response lives on the server that created it: no choice, no retry elsewhere
@@ -221,10 +222,10 @@ async fn send(
         pinned.as_deref().is_none_or(|url| s.url() == url)
             && meta.model.as_deref().is_none_or(|m| s.serves(m))
     };
-    if let Some(ticket) = wait_for_slot(app, &servers, &could_serve).await? {
+    if let Some(ticket) = wait_for_slot(app, &mut view, &could_serve).await? {
         ticket.used();
     }
-    let policy = fleet.policy();
+    let (settings, policy) = (&view.settings, &view.policy);
     let session = meta.session_key(
         parts
             .headers
@@ -252,10 +253,11 @@ async fn send(
         via: &app.via,
         span,
         leg: attempt::Leg::Whole,
+        view: &view,
     };
     if pinned.is_none()
-        && fleet.has_split_roles()
-        && disaggregated::fleet_disaggregates(&servers, meta.model.as_deref())
+        && view.split_roles
+        && disaggregated::fleet_disaggregates(&view.servers, meta.model.as_deref())
     {
         // Boxed: inline, its two legs' futures would grow every request's future (and the
         // copies made of it), disaggregated or not.
@@ -263,7 +265,7 @@ async fn send(
     }
     let whole = Dispatch {
         could_serve: &could_serve,
-        choose: &**policy,
+        choose: &***policy,
         predict: true,
     };
     dispatch(app, &request, &route, &whole)
@@ -271,175 +273,30 @@ async fn send(
         .map_err(|e| e.unwrap_or_else(|| no_server(&meta, pinned.is_some())))
 }
 
-/// Where a request's attempts may go and how the server is chosen.
-pub(crate) struct Dispatch<'a> {
-    /// Servers that could take the request (healthiness and retries are checked apart).
-    pub could_serve: &'a (dyn Fn(&Server) -> bool + Sync),
-    /// Chooses among them (the fleet's policy, or load alone for a decode leg). The fleet's
-    /// policy is always the one told where prompts went (its prefix index).
-    pub choose: &'a dyn crate::routing::Policy,
-    /// Check the fleet policy's prefix prediction against the cached tokens the answer reports
-    /// (not for a decode leg: its server reports the transferred KV as cached).
-    pub predict: bool,
-}
-
-/// Sends the request to a server chosen among those `d` allows, retrying on others while the
-/// retry rules allow it. `Err(None)`: no server could be tried at all.
-pub(crate) async fn dispatch(
-    app: &AppState,
-    request: &attempt::Request<'_>,
-    route: &RouteRequest<'_>,
-    d: &Dispatch<'_>,
-) -> Result<Response, Option<ProxyError>> {
-    let fleet = &app.fleet;
-    let settings = fleet.settings();
-    let servers = fleet.servers();
-    let policy = fleet.policy();
-    let max_age = fleet.metrics_max_age();
-    let mut tried: Vec<usize> = Vec::new();
-    let mut chains = crate::fleet::kv_state::PromptChains::new(
-        request.meta.prompt_token_ids.as_deref(),
-        request.meta.model.as_deref(),
-    );
-    let mut timeouts = 0;
-    let mut last_error = None;
-    for attempt in 0..=settings.max_retries {
-        let (choices, panic) = eligible(&servers, &tried, d.could_serve);
-        if panic {
-            app.telemetry.panic_routed.inc();
-            fleet.events.push(
-                EventKind::Unhealthy,
-                None,
-                "every server is out: trying ejected servers that still pass health checks",
-            );
-        }
-        let mut candidates: Vec<_> = choices
-            .iter()
-            .map(|&i| servers[i].candidate(max_age))
-            .collect();
-        for (c, &i) in candidates.iter_mut().zip(&choices) {
-            c.exact_tokens = chains.held_tokens(&servers[i].kv);
-        }
-        policy.assess(route, &mut candidates);
-        let Some(choice) = d.choose.pick(route, &candidates, &mut rand::rng()) else {
-            break;
-        };
-        let index = choices[choice];
-        tried.push(index);
-        let server = &servers[index];
-        policy.routed(route, &candidates[choice]);
-        chains.routed(&server.kv);
-        let prediction = route.prompt.filter(|_| d.predict).map(|p| Prediction {
-            prompt_tokens: route.prompt_tokens,
-            cached_tokens: candidates[choice].cached_tokens,
-            last_block: p.blocks.last().copied(),
-        });
-        server.counters.count_decision(
-            &app.telemetry.decisions,
-            server.url_shared(),
-            d.choose.kind().name(),
-        );
-        // A retry is worth deciding on only if there is another server to retry on.
-        let may_retry = attempt < settings.max_retries
-            && (choices.len() > 1 || !eligible(&servers, &tried, d.could_serve).0.is_empty());
-        let outcome = attempt::run(app, server, request, attempt, may_retry, prediction).await;
-        let cause = match outcome {
-            attempt::Outcome::Done(r) => {
-                if attempt > 0 && r.is_ok() {
-                    app.telemetry.failovers.inc();
-                }
-                return r.map_err(Some);
-            }
-            attempt::Outcome::Retry(cause) => cause,
-        };
-        app.telemetry
-            .retries
-            .get_or_create(&ReasonLabels {
-                reason: cause.label(),
-            })
-            .inc();
-        app.telemetry.live.lock().record_retry();
-        fleet.events.push(
-            EventKind::Retry,
-            Some(server.url()),
-            format!("retried elsewhere: {}", cause.describe()),
-        );
-        let error = cause.error();
-        if matches!(cause, attempt::RetryCause::Timeout) {
-            timeouts += 1;
-            if timeouts > settings.timeout_retries {
-                return Err(Some(error));
-            }
-        }
-        last_error = Some(error);
-        // Status retries were charged to the budget before the answer was given up (so that a
-        // refused retry returns the server's own answer); others ask now.
-        if !may_retry || (!matches!(cause, attempt::RetryCause::Status(_)) && !retry_allowed(app)) {
-            break;
-        }
-    }
-    Err(last_error)
-}
-
-/// The answer when no server could be tried.
-fn no_server(meta: &RequestMeta, pinned: bool) -> ProxyError {
-    if pinned {
-        return ProxyError::NoServerAvailable(
-            "the server holding this response is unavailable".into(),
-        );
-    }
-    ProxyError::NoServerAvailable(match &meta.model {
-        Some(m) => format!("no healthy server serves `{m}`"),
-        None => "no healthy server".into(),
-    })
-}
-
-/// The servers a request may go to now, not yet tried: those taking requests, or, when every
-/// server is out, panic routing (as Envoy's): rather than refusing everyone, the ones ejected
-/// for failing requests whose health checks still pass. A server failing half its requests
-/// serves half the clients; an empty fleet serves none. The flag says it came to panic routing.
-fn eligible(
-    servers: &[Arc<Server>],
-    tried: &[usize],
-    could_serve: &dyn Fn(&Server) -> bool,
-) -> (Vec<usize>, bool) {
-    let usable = |i: &usize, ok: &dyn Fn(&Server) -> bool| {
-        let s = &servers[*i];
-        ok(s) && !tried.contains(i) && could_serve(s)
-    };
-    let taking: Vec<usize> = (0..servers.len())
-        .filter(|i| usable(i, &|s| s.takes_requests()))
-        .collect();
-    if !taking.is_empty() {
-        return (taking, false);
-    }
-    let panic: Vec<usize> = (0..servers.len())
-        .filter(|i| {
-            usable(i, &|s| {
-                !s.draining.load(std::sync::atomic::Ordering::Relaxed) && s.ejected_but_reachable()
-            })
-        })
-        .collect();
-    let panicking = !panic.is_empty();
-    (panic, panicking)
-}
-
 /// With `queue_size > 0`: when no server that could serve the request has a free slot (or others
 /// are already waiting), waits in line for one, up to `queue_timeout`. `Ok(None)`: no wait was
 /// needed; `Ok(Some)`: a slot freed up for this request (mark the ticket used).
 async fn wait_for_slot<'a>(
     app: &'a AppState,
-    servers: &[Arc<Server>],
+    view: &mut Arc<FleetView>,
     could_serve: &(dyn Fn(&Server) -> bool + Sync),
 ) -> Result<Option<crate::admission::wait_queue::Ticket<'a>>, ProxyError> {
-    let settings = app.fleet.settings();
+    let settings = view.settings.clone();
     let queue = &app.admission.wait_queue;
-    let free = || servers.iter().any(|s| could_serve(s) && s.has_free_slot());
-    if settings.queue_size == 0 || (queue.is_empty() && free()) {
+    let free = |v: &FleetView| {
+        v.servers
+            .iter()
+            .any(|s| could_serve(s) && s.has_free_slot())
+    };
+    if settings.queue_size == 0 || (queue.is_empty() && free(view)) {
         return Ok(None);
     }
     // Nothing healthy could ever serve it: do not wait for nothing.
-    if !servers.iter().any(|s| could_serve(s) && s.takes_requests()) {
+    if !view
+        .servers
+        .iter()
+        .any(|s| could_serve(s) && s.takes_requests())
+    {
         return Ok(None);
     }
     let deadline = Instant::now() + settings.queue_timeout;
@@ -452,7 +309,10 @@ async fn wait_for_slot<'a>(
         let woken = tokio::time::timeout_at(look, &mut ticket.woken)
             .await
             .is_ok();
-        if free() {
+        // Nothing was decided from the view yet: a request leaving the line routes on the
+        // fleet as it is then (servers may have joined while it waited).
+        *view = app.fleet.view();
+        if free(view) {
             return Ok(Some(ticket));
         }
         if Instant::now() >= deadline {
@@ -467,25 +327,6 @@ async fn wait_for_slot<'a>(
             ticket = queue.rejoin_front();
         }
     }
-}
-
-/// Asks the retry budget for one more attempt; a refusal is counted.
-pub(crate) fn retry_allowed(app: &AppState) -> bool {
-    let fleet = &app.fleet;
-    let s = fleet.settings();
-    let ok = app
-        .admission
-        .retry_budget
-        .try_retry(s.retry_budget_ratio, s.retry_budget_min_per_second);
-    if !ok {
-        app.telemetry
-            .retries
-            .get_or_create(&ReasonLabels {
-                reason: "budget_exhausted",
-            })
-            .inc();
-    }
-    ok
 }
 
 #[cfg(test)]
