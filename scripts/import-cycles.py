@@ -28,6 +28,7 @@ def modules(src):
 
 
 PATH = re.compile(r"\b((?:crate|super|self|[a-z_][a-z0-9_]*)(?:::[A-Za-z_][A-Za-z0-9_]*)+)")
+GLOB = re.compile(r"\buse\s+((?:crate|super|self)(?:::[a-z_][a-z0-9_]*)*)::\*;")
 GROUP = re.compile(r"\buse\s+((?:crate|super|self)(?:::[a-z_][a-z0-9_]*)*)::\{([^;]*)\};", re.S)
 
 
@@ -69,7 +70,7 @@ def graph(src):
         text = strip(open(path).read())
         is_dir_mod = path.endswith(("mod.rs", "lib.rs", "main.rs"))
         here = mod if is_dir_mod else mod[:-1]  # the module `self::` children live in
-        paths = PATH.findall(text) + expand_groups(text)
+        paths = PATH.findall(text) + expand_groups(text) + GLOB.findall(text)
         out = set()
         for p in paths:
             parts = p.split("::")

@@ -129,7 +129,7 @@ fn parse<T: serde::de::DeserializeOwned>(body: &Bytes) -> Result<T, AdminError> 
 
 pub async fn add(State(app): State<Arc<AppState>>, body: Bytes) -> Result<Response, AdminError> {
     let req: AddServer = parse(&body)?;
-    let url = crate::config::normalize_url(&req.url)
+    let url = crate::config::values::normalize_url(&req.url)
         .map_err(|e| AdminError(StatusCode::BAD_REQUEST, e))?;
     if req.max_concurrent_requests == 0 {
         return Err(AdminError(
@@ -166,7 +166,7 @@ pub async fn add(State(app): State<Arc<AppState>>, body: Bytes) -> Result<Respon
 
 pub async fn remove(State(app): State<Arc<AppState>>, body: Bytes) -> Result<Response, AdminError> {
     let req: ByUrl = parse(&body)?;
-    let url = crate::config::normalize_url(&req.url).unwrap_or(req.url);
+    let url = crate::config::values::normalize_url(&req.url).unwrap_or(req.url);
     app.fleet
         .remove_server(&url)
         .map_err(|e| AdminError(StatusCode::NOT_FOUND, e))?;
@@ -175,7 +175,7 @@ pub async fn remove(State(app): State<Arc<AppState>>, body: Bytes) -> Result<Res
 
 async fn set_drain(app: &AppState, body: &Bytes, drain: bool) -> Result<Response, AdminError> {
     let req: ByUrl = parse(body)?;
-    let url = crate::config::normalize_url(&req.url).unwrap_or(req.url);
+    let url = crate::config::values::normalize_url(&req.url).unwrap_or(req.url);
     let in_flight = app
         .fleet
         .set_draining(&url, drain)
@@ -244,10 +244,10 @@ pub async fn upstream(
     };
     let servers = app.fleet.servers();
     let chosen: Vec<_> = match target.as_deref() {
-        None | Some("all") => servers.iter().cloned().collect(),
+        None | Some("all") => servers.clone(),
         Some(url) => {
             let url = paths::percent_decode(url);
-            let url = crate::config::normalize_url(&url).unwrap_or(url);
+            let url = crate::config::values::normalize_url(&url).unwrap_or(url);
             let s = servers.iter().find(|s| s.url() == url).ok_or_else(|| {
                 AdminError(
                     StatusCode::NOT_FOUND,

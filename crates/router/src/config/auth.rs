@@ -18,7 +18,7 @@ use std::path::PathBuf;
 use serde::Deserialize;
 use toml::Spanned;
 
-use super::ConfigError;
+use super::error::ConfigError;
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -186,7 +186,7 @@ pub fn auth_settings(
         out.keys.push(key);
     }
     if let Some(f) = raw.keys_file {
-        let path = super::resolve_path(config_file, f.get_ref());
+        let path = super::values::resolve_path(config_file, f.get_ref());
         let text = std::fs::read_to_string(&path).map_err(|e| {
             at(
                 f.span(),

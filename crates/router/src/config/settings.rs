@@ -1,7 +1,16 @@
 //! `[config]` validated into [`Settings`], a section at a time: each function takes its keys
 //! out of the raw table and checks them, pointing at the line of a bad value.
 
-use super::*;
+use std::time::Duration;
+
+use toml::Spanned;
+
+use super::auth::AuthSettings;
+use super::error::{ConfigError, did_you_mean};
+use super::raw::RawSettings;
+use super::types::Settings;
+use super::values::resolve_path;
+use crate::routing::PolicyKind;
 
 type At<'a> = &'a dyn Fn(std::ops::Range<usize>, String) -> ConfigError;
 

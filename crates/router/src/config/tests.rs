@@ -1,4 +1,6 @@
 use super::*;
+use crate::routing::PolicyKind;
+use std::time::Duration;
 
 const SEED_EXAMPLE: &str = r#"
 [servers]

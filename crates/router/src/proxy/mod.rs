@@ -83,17 +83,12 @@ pub async fn forward(State(app): State<Arc<AppState>>, req: Request) -> Response
             meta.model = meta::model_in_query(parts.uri.query());
         }
         named_model.clone_from(&meta.model);
-        let answer = send(
-            &app,
-            view.clone(),
-            parts,
-            body.bytes.clone(),
-            meta,
-            &request_id,
+        let origin = Origin {
+            id: &request_id,
             started,
-            &span,
-        )
-        .await;
+            span: &span,
+        };
+        let answer = send(&app, view.clone(), parts, body.bytes.clone(), meta, origin).await;
         drop(body);
         answer
     }
@@ -181,16 +176,26 @@ fn admit(
     }
 }
 
+/// Where a request came from, for its logs and trace: its id, when it arrived, its span.
+struct Origin<'a> {
+    id: &'a str,
+    started: Instant,
+    span: &'a crate::otel::SpanSlot,
+}
+
 async fn send(
     app: &AppState,
     mut view: Arc<FleetView>,
     parts: axum::http::request::Parts,
     body: Bytes,
     mut meta: RequestMeta,
-    request_id: &str,
-    started: Instant,
-    span: &crate::otel::SpanSlot,
+    origin: Origin<'_>,
 ) -> Result<Response, ProxyError> {
+    let Origin {
+        id: request_id,
+        started,
+        span,
+    } = origin;
     // A text prompt is matched exactly against KV events when its model's tokenizer is known
     // and some server's events are trusted; otherwise tokenizing would buy nothing.
     if meta.prompt_token_ids.is_none()

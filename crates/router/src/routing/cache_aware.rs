@@ -31,10 +31,12 @@ use parking_lot::{Mutex, RwLock};
 use rand::RngCore;
 use xxhash_rust::xxh3::xxh3_64_with_seed;
 
+use super::candidate::Candidate;
 use super::fingerprint::BLOCK_TOKENS;
+use super::kind::PolicyKind;
 use super::policy::{Ended, Policy, PrefixReport, RouteRequest, ServerChange, ServerId};
 use super::prefix_index::{BYTES_PER_BLOCK, Calibration, Prediction, PrefixIndex};
-use super::{Candidate, PolicyKind, adaptive_score, lowest};
+use super::scores::{adaptive_score, lowest};
 
 /// Prefill tokens that cost as much as one more request queued on a server. Measured, not
 /// derived: `mvllm bench routing --workload chat-sessions` over 32..1024 (with TOLERANCE 1..6)

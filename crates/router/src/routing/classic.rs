@@ -6,8 +6,10 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 
 use rand::{Rng, RngCore};
 
+use super::candidate::Candidate;
+use super::kind::PolicyKind;
 use super::policy::{Policy, RouteRequest};
-use super::{Candidate, PolicyKind, adaptive_score, lowest, seed_rule};
+use super::scores::{adaptive_score, lowest, seed_rule};
 
 #[derive(Debug)]
 pub struct Classic {

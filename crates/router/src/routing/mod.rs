@@ -8,127 +8,19 @@
 //! tried yet) is decided before a policy runs.
 
 pub mod cache_aware;
+pub mod candidate;
 pub mod classic;
 pub mod exact_index;
 pub mod fingerprint;
+pub mod kind;
 pub mod policy;
 pub mod prefix_index;
+pub mod scores;
 
-use std::sync::atomic::{AtomicUsize, Ordering};
-
-use rand::Rng;
-
+pub use candidate::{Candidate, Scraped};
+pub use kind::PolicyKind;
 pub use policy::{Ended, Policy, PrefixReport, RouteRequest, ServerChange, ServerId};
-
-/// The policies a config can name.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum PolicyKind {
-    /// The Python mvllm's rule, exactly: score = (running + 0.5 * waiting) / capacity from the
-    /// server's metrics; a random server among those scoring below 0.5, else a random one among
-    /// the lowest.
-    Mvllm,
-    /// Each eligible server in turn.
-    RoundRobin,
-    /// The lowest router in-flight count relative to capacity (ties take turns).
-    LeastLoad,
-    /// The default: the least outstanding work relative to capacity. Outstanding work is the
-    /// router's exact in-flight count plus the load the server carries from elsewhere (other
-    /// routers, direct clients): its running + waiting at the last scrape minus what this router
-    /// had in flight then. So a stale scrape never hides what the router just sent, traffic from
-    /// other clients still counts, consecutive requests spread between scrapes, and a nearly full
-    /// KV cache (preemptions ahead) and a server that just answered 429/503 are avoided. A request still waiting for its first byte
-    /// counts twice: a new request's time to first token depends on the prefills queued ahead of
-    /// it, so arrivals spread over servers instead of herding onto the one that was idlest.
-    Adaptive,
-    /// Where the request gets its first token soonest: `adaptive`'s load plus the prefill the
-    /// server would still have to do (the prompt minus what it is believed to have cached, and
-    /// the uncached prefill already queued there), in request-equivalents relative to capacity.
-    /// Among servers within one request of the best, the same choice on every router replica
-    /// (rendezvous hashing of the prompt's prefix, or of the session key). See
-    /// [`cache_aware`]. The default: it beat `adaptive` and the peers' cache-aware routers on
-    /// every prefix-sharing workload, and matched `adaptive` where prompts share nothing
-    /// (README, "Cache-aware routing").
-    #[default]
-    CacheAware,
-    /// A uniformly random server.
-    Random,
-    /// Power of two choices: two random servers, the one with the lower `adaptive` score.
-    PowerOfTwo,
-}
-
-impl PolicyKind {
-    pub const ALL: [PolicyKind; 7] = [
-        Self::Adaptive,
-        Self::CacheAware,
-        Self::Mvllm,
-        Self::RoundRobin,
-        Self::LeastLoad,
-        Self::Random,
-        Self::PowerOfTwo,
-    ];
-
-    pub fn name(self) -> &'static str {
-        match self {
-            Self::Mvllm => "mvllm",
-            Self::RoundRobin => "round_robin",
-            Self::LeastLoad => "least_load",
-            Self::Adaptive => "adaptive",
-            Self::CacheAware => "cache_aware",
-            Self::Random => "random",
-            Self::PowerOfTwo => "power_of_two",
-        }
-    }
-
-    pub fn parse(s: &str) -> Option<Self> {
-        if s == "p2c" {
-            return Some(Self::PowerOfTwo);
-        }
-        Self::ALL.into_iter().find(|p| p.name() == s)
-    }
-
-    /// Whether the policy looks at where prefixes are cached (the router then keeps an index).
-    pub fn uses_prefixes(self) -> bool {
-        self == Self::CacheAware
-    }
-}
-
-/// A server's own figures from its last successful scrape (summed over data-parallel engines).
-#[derive(Debug, Clone, Copy, Default, PartialEq)]
-pub struct Scraped {
-    pub running: f64,
-    pub waiting: f64,
-    /// 0..1, the mean over engines.
-    pub kv_usage: f64,
-    /// This router's in-flight count to the server when the scrape was read.
-    pub in_flight_then: f64,
-}
-
-/// What a policy sees of one eligible server.
-#[derive(Debug, Clone, Copy, PartialEq, Default)]
-pub struct Candidate {
-    /// The server's stable id (a hash of its URL): the same on every router replica.
-    pub id: u64,
-    pub capacity: f64,
-    /// Requests this router has in flight to the server now.
-    pub in_flight: f64,
-    /// Of those, the ones still waiting for their first response byte (queued or prefilling).
-    pub awaiting_first_byte: f64,
-    /// The server answered 429 or 503 within the last moment (busy, not broken).
-    pub overloaded: bool,
-    /// `None` when the last scrape failed or is too old to trust.
-    pub scraped: Option<Scraped>,
-    /// Tokens of this request's prompt the server is believed to hold in its prefix cache,
-    /// for its cost: a preamble shared by conversations counts as held everywhere.
-    pub cached_tokens: f64,
-    /// Of those, the tokens it is known or believed to hold itself (no preamble credit): the
-    /// tie-break between servers of like cost.
-    pub held_tokens: f64,
-    /// What the server's KV events say it holds of the prompt (`None`: not known exactly; the
-    /// policy's learned index decides).
-    pub exact_tokens: Option<f64>,
-    /// Prompt tokens not cached, of this router's requests to the server still in prefill.
-    pub pending_prefill_tokens: f64,
-}
+pub use scores::{adaptive_score, seed_score};
 
 /// The policy a config names, with fresh state.
 pub fn build(kind: PolicyKind) -> Box<dyn Policy> {
@@ -136,63 +28,6 @@ pub fn build(kind: PolicyKind) -> Box<dyn Policy> {
         PolicyKind::CacheAware => Box::new(cache_aware::CacheAware::default()),
         other => Box::new(classic::Classic::new(other)),
     }
-}
-
-/// Expected load after adding one request, relative to capacity (see [`PolicyKind::Adaptive`]).
-pub fn adaptive_score(c: &Candidate) -> f64 {
-    let (external, kv) = match c.scraped {
-        Some(s) => (
-            (s.running + s.waiting - s.in_flight_then).max(0.0),
-            s.kv_usage,
-        ),
-        None => (0.0, 0.0),
-    };
-    let kv_penalty = if kv > 0.95 { 1.0 } else { 0.0 };
-    let overload_penalty = if c.overloaded { 1.0 } else { 0.0 };
-    (c.in_flight + c.awaiting_first_byte + external + 1.0) / c.capacity
-        + kv_penalty
-        + overload_penalty
-}
-
-/// The seed's score; a server without fresh metrics is scored on the router's in-flight count.
-pub fn seed_score(c: &Candidate) -> f64 {
-    let (running, waiting) = c
-        .scraped
-        .map_or((c.in_flight, 0.0), |s| (s.running, s.waiting));
-    (running + 0.5 * waiting) / c.capacity
-}
-
-/// The seed's rule, with its random choices: among those below 0.5, else among the lowest.
-fn seed_rule<R: Rng + ?Sized>(candidates: &[Candidate], rng: &mut R) -> usize {
-    let scores: Vec<f64> = candidates.iter().map(seed_score).collect();
-    let light: Vec<usize> = (0..candidates.len()).filter(|&i| scores[i] < 0.5).collect();
-    let pool = if light.is_empty() {
-        let best = scores.iter().copied().fold(f64::INFINITY, f64::min);
-        (0..candidates.len())
-            .filter(|&i| scores[i] <= best + 1e-12)
-            .collect()
-    } else {
-        light
-    };
-    pool[rng.random_range(0..pool.len())]
-}
-
-/// One of the candidates with the lowest score: among ties, the first at or after the rotating
-/// `cursor`, so that equally loaded servers take turns (as round robin would) instead of being
-/// drawn at random, which lets short-term imbalances build up.
-pub(crate) fn lowest(
-    candidates: &[Candidate],
-    cursor: &AtomicUsize,
-    score: impl Fn(&Candidate) -> f64,
-) -> usize {
-    let scores: Vec<f64> = candidates.iter().map(score).collect();
-    let best = scores.iter().copied().fold(f64::INFINITY, f64::min);
-    let n = candidates.len();
-    let start = cursor.fetch_add(1, Ordering::Relaxed) % n;
-    (0..n)
-        .map(|k| (start + k) % n)
-        .find(|&i| scores[i] <= best + 1e-12)
-        .unwrap_or(0)
 }
 
 #[cfg(test)]

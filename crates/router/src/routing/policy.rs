@@ -11,9 +11,10 @@
 
 use rand::RngCore;
 
+use super::candidate::Candidate;
 use super::fingerprint::Fingerprint;
+use super::kind::PolicyKind;
 use super::prefix_index::Prediction;
-use super::{Candidate, PolicyKind};
 
 /// A server's stable id: the hash of its URL, the same on every router replica.
 pub type ServerId = u64;
