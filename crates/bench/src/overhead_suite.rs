@@ -38,24 +38,6 @@ pub struct Options {
     pub pin: bool,
 }
 
-/// Resident memory of a process and its children in MiB (`VmRSS`, or `VmHWM` for the peak).
-pub fn memory_mib(pid: u32, field: &str) -> Option<f64> {
-    let own = memory_mib_one(pid, field)?;
-    Some(
-        own + crate::process::children_of(pid)
-            .iter()
-            .filter_map(|&c| memory_mib_one(c, field))
-            .sum::<f64>(),
-    )
-}
-
-fn memory_mib_one(pid: u32, field: &str) -> Option<f64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    let line = status.lines().find(|l| l.starts_with(field))?;
-    let kib: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
-    Some(kib / 1024.0)
-}
-
 struct LoopResult {
     latencies: Vec<f64>,
     ttft: Vec<f64>,
@@ -140,7 +122,7 @@ pub async fn run(opts: Options) -> Result<Value, String> {
     tokio::time::sleep(Duration::from_millis(500)).await; // let start-up allocations settle before reading idle memory
     let idle_rss: Vec<Option<f64>> = proxies
         .iter()
-        .map(|p| memory_mib(p.pid(), "VmRSS:"))
+        .map(|p| crate::process::memory_mib(p.pid(), "VmRSS:"))
         .collect();
     let seconds = if opts.quick { 1.0 } else { 5.0 };
     // Pinned, 64 connections saturate the router's core: the kit's capacity figure.
@@ -189,7 +171,7 @@ pub async fn run(opts: Options) -> Result<Value, String> {
         .iter()
         .zip(&idle_rss)
         .map(|(p, idle)| {
-            json!({"proxy": p.name, "idle_rss_mib": idle, "peak_rss_mib": memory_mib(p.pid(), "VmHWM:")})
+            json!({"proxy": p.name, "idle_rss_mib": idle, "peak_rss_mib": crate::process::memory_mib(p.pid(), "VmHWM:")})
         })
         .collect();
     // Whether pinning held: the CPUs each proxy's threads (and this process's) may use.

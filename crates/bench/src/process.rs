@@ -111,3 +111,21 @@ fn cpu_seconds_of_one(pid: u32) -> Option<f64> {
     let stime: f64 = fields.get(12)?.parse().ok()?;
     Some((utime + stime) / 100.0)
 }
+
+/// Resident memory of a process and its children in MiB (`VmRSS`, or `VmHWM` for the peak).
+pub fn memory_mib(pid: u32, field: &str) -> Option<f64> {
+    let own = memory_mib_one(pid, field)?;
+    Some(
+        own + children_of(pid)
+            .iter()
+            .filter_map(|&c| memory_mib_one(c, field))
+            .sum::<f64>(),
+    )
+}
+
+fn memory_mib_one(pid: u32, field: &str) -> Option<f64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let line = status.lines().find(|l| l.starts_with(field))?;
+    let kib: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib / 1024.0)
+}

@@ -89,7 +89,7 @@ pub async fn run(opts: Options) -> Result<Value, String> {
     let (sims, router) = fleet_behind_router(&client).await?;
     let model = crate::load::first_model(&client, &router.url).await?;
     let pid = router.pid();
-    let rss = || crate::overhead_suite::memory_mib(pid, "VmRSS:").unwrap_or(f64::NAN);
+    let rss = || crate::process::memory_mib(pid, "VmRSS:").unwrap_or(f64::NAN);
     let books = Arc::new(Mutex::new(Books::default()));
     let started = Instant::now();
     let deadline = started + Duration::from_secs_f64(opts.minutes * 60.0);
@@ -127,7 +127,7 @@ pub async fn run(opts: Options) -> Result<Value, String> {
         let task = tokio::spawn(async move {
             loop {
                 tokio::time::sleep(Duration::from_secs(30)).await;
-                let rss = crate::overhead_suite::memory_mib(pid, "VmRSS:").unwrap_or(f64::NAN);
+                let rss = crate::process::memory_mib(pid, "VmRSS:").unwrap_or(f64::NAN);
                 t.lock()
                     .push((started.elapsed().as_secs_f64().round(), rss));
             }

@@ -97,7 +97,7 @@ pub async fn run(
     let proxy = ProxyProcess::start(kind, client, &sim.urls[0], pin).await?;
     let pid = proxy.pid();
     tokio::time::sleep(Duration::from_millis(300)).await;
-    let idle = crate::overhead_suite::memory_mib(pid, "VmRSS:").unwrap_or(f64::NAN);
+    let idle = crate::process::memory_mib(pid, "VmRSS:").unwrap_or(f64::NAN);
     let url = format!("{}/v1/completions", proxy.url);
     let body = json!({"prompt": "hello", "max_tokens": 24, "ignore_eos": true, "stream": true})
         .to_string();
@@ -121,7 +121,7 @@ pub async fn run(
             .opened
             .load(Ordering::Relaxed)
             .saturating_sub(counters.finished.load(Ordering::Relaxed));
-        let rss = crate::overhead_suite::memory_mib(pid, "VmRSS:").unwrap_or(0.0);
+        let rss = crate::process::memory_mib(pid, "VmRSS:").unwrap_or(0.0);
         peak = peak.max(rss);
         if open >= max_open {
             max_open = open;

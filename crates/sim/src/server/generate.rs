@@ -3,7 +3,6 @@
 //! to a JSON answer or an SSE stream ([`super::stream`]).
 
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 
 use axum::body::Bytes;
 use axum::extract::State;
@@ -13,11 +12,13 @@ use rand::Rng;
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use super::Sim;
 use super::body::parse_json;
 use super::errors::ApiError;
-use super::kv_transfer::{self, KvParams};
-use super::stream::{self, Kind};
+use super::generation::{Generation, Kind, LoadGuard, finish_str, usage};
+use super::kv_lease::KvParams;
+use super::kv_transfer;
+use super::state::Sim;
+use super::stream;
 use crate::engine::SeqSpec;
 use crate::metrics::FinishReason;
 use crate::tokenizer::{self, ChatTurn, OUTPUT_WORDS};
@@ -149,36 +150,6 @@ pub(crate) fn encode_prompt_value(
         _ => Err(ApiError::bad_request(
             "prompt must be a string, a list of one string, or a list of token ids",
         )),
-    }
-}
-
-/// Everything needed to answer one generation request.
-pub(crate) struct Generation {
-    pub kind: Kind,
-    /// The request's id (`X-Request-Id`, or made up), which KV transfers are keyed by.
-    pub request_id: String,
-    pub id: String,
-    pub model: String,
-    pub created: u64,
-    pub stream: bool,
-    pub include_usage: bool,
-    pub spec: SeqSpec,
-    /// Index into [`OUTPUT_WORDS`] of each output token.
-    pub words: Vec<u8>,
-    pub finish: FinishReason,
-    pub kv: KvParams,
-}
-
-impl Generation {
-    pub fn prompt_tokens(&self) -> usize {
-        self.spec.prompt_len
-    }
-
-    pub fn text(&self, range: std::ops::Range<usize>) -> String {
-        self.words[range]
-            .iter()
-            .map(|&w| OUTPUT_WORDS[w as usize])
-            .collect()
     }
 }
 
@@ -338,22 +309,6 @@ pub(crate) async fn completions(
     generate(sim, headers, body, Kind::Completion).await
 }
 
-/// Counts a generation request in `/load` for as long as it is handled (streams included).
-pub(crate) struct LoadGuard(Arc<Sim>);
-
-impl LoadGuard {
-    pub fn new(sim: &Arc<Sim>) -> Self {
-        sim.server_load.fetch_add(1, Ordering::Relaxed);
-        LoadGuard(sim.clone())
-    }
-}
-
-impl Drop for LoadGuard {
-    fn drop(&mut self) {
-        self.0.server_load.fetch_sub(1, Ordering::Relaxed);
-    }
-}
-
 async fn generate(sim: Arc<Sim>, headers: HeaderMap, body: Bytes, kind: Kind) -> Response {
     let load = LoadGuard::new(&sim);
     *sim.last_traceparent.lock() = headers
@@ -447,22 +402,6 @@ impl Drop for ReleaseOnDrop<'_> {
         if let Some((engine, id)) = self.0.take() {
             engine.release(id);
         }
-    }
-}
-
-pub(crate) fn usage(prompt: usize, completion: usize, cached: usize) -> Value {
-    json!({
-        "prompt_tokens": prompt,
-        "total_tokens": prompt + completion,
-        "completion_tokens": completion,
-        "prompt_tokens_details": {"cached_tokens": cached},
-    })
-}
-
-pub(crate) fn finish_str(r: FinishReason) -> &'static str {
-    match r {
-        FinishReason::Length => "length",
-        _ => "stop",
     }
 }
 

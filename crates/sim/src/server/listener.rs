@@ -16,7 +16,7 @@ use tokio::net::{TcpListener, TcpSocket};
 use tokio_util::sync::CancellationToken;
 use tower::ServiceExt;
 
-use super::Sim;
+use super::state::Sim;
 
 /// A socket bound to `addr` (reusable at once after a restart) but not listening.
 pub fn bind_socket(addr: SocketAddr) -> std::io::Result<TcpSocket> {

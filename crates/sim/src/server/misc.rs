@@ -15,11 +15,11 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 use xxhash_rust::xxh3::xxh3_64_with_seed;
 
-use super::Sim;
 use super::body::parse_json;
 use super::errors::ApiError;
 use super::generate::{Message, encode_messages, encode_prompt_value, resolve_model};
 use super::listener::SpareOnDown;
+use super::state::Sim;
 use crate::faults::FaultsPatch;
 use crate::tokenizer;
 

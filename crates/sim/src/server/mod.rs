@@ -4,11 +4,15 @@
 mod body;
 mod errors;
 mod generate;
+mod generation;
+mod kv_lease;
 mod kv_transfer;
 mod listener;
 mod misc;
+mod response_store;
 mod responses;
 mod routes;
+mod state;
 mod stream;
 
 use std::net::SocketAddr;
@@ -24,72 +28,10 @@ use tokio_util::sync::CancellationToken;
 use crate::config::SimConfig;
 use crate::engine::{EngineHandle, SchedulerConfig};
 use crate::faults::Faults;
-use crate::metrics::{EngineMetrics, Exposition};
+use crate::metrics::EngineMetrics;
 
 pub use errors::ApiError;
-
-/// State shared by every handler of one simulated server.
-pub(crate) struct Sim {
-    pub cfg: SimConfig,
-    pub engines: Vec<EngineHandle>,
-    pub faults: watch::Sender<Faults>,
-    /// Loaded LoRA adapters: (name, path).
-    pub loras: Mutex<Vec<(String, String)>>,
-    pub rng: Mutex<StdRng>,
-    /// Stored `/v1/responses` results.
-    pub responses: Mutex<responses::Store>,
-    /// Generation requests being handled (vLLM's `/load`).
-    pub server_load: AtomicUsize,
-    pub created: u64,
-    /// The W3C `traceparent` of the last generation request (vLLM continues the trace from it
-    /// when started with `--otlp-traces-endpoint`).
-    pub last_traceparent: Mutex<Option<String>>,
-    /// The last generation request's `X-Request-Id` and body, for tests to see what a router
-    /// sent.
-    pub last_request: Mutex<Option<(Option<String>, bytes::Bytes)>>,
-    /// Each engine's id in `kv_transfer_params` (vLLM's `engine_id`, unique per engine).
-    pub engine_ids: Vec<String>,
-    /// Each engine's KV-event endpoints (PUB, replay), ports resolved.
-    pub kv_event_endpoints: Vec<(String, Option<String>)>,
-    /// KV blocks held for decode servers (`--kv-role producer|both`).
-    pub leases: kv_transfer::Leases,
-    /// Where decode servers reach this one for KV: its own address (`remote_host`/`remote_port`).
-    pub side_channel: SocketAddr,
-    pub side_channel_client: kv_transfer::SideChannelClient,
-}
-
-impl Sim {
-    /// The engine a new request goes to: the least loaded (vLLM's data-parallel balancing).
-    pub fn pick_engine(&self) -> &EngineHandle {
-        &self.engines[self.pick_engine_index()]
-    }
-
-    /// The index of [`Sim::pick_engine`]'s choice.
-    pub fn pick_engine_index(&self) -> usize {
-        (0..self.engines.len())
-            .min_by_key(|&i| self.engines[i].load())
-            .expect("at least one engine")
-    }
-
-    /// The LoRA adapter named `model`, if loaded.
-    pub fn lora_index(&self, model: &str) -> Option<usize> {
-        self.loras.lock().iter().position(|(n, _)| n == model)
-    }
-
-    pub fn render_metrics(&self) -> String {
-        let engines: Vec<EngineMetrics> = self.engines.iter().map(EngineHandle::metrics).collect();
-        Exposition {
-            model_name: self.cfg.model_name(),
-            engines: &engines,
-            legacy: self.cfg.legacy_metrics,
-            max_loras: self.cfg.max_loras,
-            block_size: crate::engine::blocks::BLOCK_SIZE,
-            prefix_caching: self.cfg.prefix_caching,
-            kv_connector: self.cfg.kv_transfer.is_some(),
-        }
-        .render()
-    }
-}
+use state::Sim;
 
 /// A simulated server running in this process. Dropping it stops the server.
 pub struct SimHandle {
@@ -244,7 +186,7 @@ pub async fn spawn(cfg: SimConfig) -> std::io::Result<SimHandle> {
         engine_ids,
         leases: Default::default(),
         side_channel,
-        side_channel_client: kv_transfer::side_channel_client(),
+        side_channel_client: kv_lease::side_channel_client(),
         rng: Mutex::new(StdRng::seed_from_u64(cfg.seed)),
         created: crate::metrics::unix_now() as u64,
         last_traceparent: Mutex::new(None),
@@ -254,7 +196,7 @@ pub async fn spawn(cfg: SimConfig) -> std::io::Result<SimHandle> {
         faults,
         loras: Mutex::new(loras),
         server_load: AtomicUsize::new(0),
-        responses: Mutex::new(responses::Store::default()),
+        responses: Mutex::new(Default::default()),
     });
     let app = routes::app(sim.clone());
     let port = listener::Port::open(socket, &sim.cfg)?;

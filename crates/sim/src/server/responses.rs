@@ -5,7 +5,6 @@
 //! server that keeps responses. Generation reuses the chat path; the last 1024 responses are
 //! kept.
 
-use std::collections::VecDeque;
 use std::sync::Arc;
 
 use axum::Json;
@@ -15,19 +14,13 @@ use axum::http::{HeaderMap, StatusCode};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use super::Sim;
 use super::body::parse_json;
 use super::errors::ApiError;
 use super::generate::{request_id, resolve_model};
+use super::response_store::KEEP;
+use super::state::Sim;
 use crate::metrics::FinishReason;
 use crate::tokenizer::{self, ChatTurn, OUTPUT_WORDS};
-
-const KEEP: usize = 1024;
-
-#[derive(Default)]
-pub struct Store {
-    items: VecDeque<(String, Value)>,
-}
 
 #[derive(Deserialize)]
 struct CreateRequest {

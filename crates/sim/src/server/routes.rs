@@ -10,7 +10,8 @@ use axum::response::Response;
 use axum::routing::{get, post};
 
 use super::errors::{method_not_allowed, route_not_found, unauthorized};
-use super::{Sim, generate, kv_transfer, misc, responses};
+use super::state::Sim;
+use super::{generate, kv_transfer, misc, responses};
 
 pub fn app(sim: Arc<Sim>) -> Router {
     Router::new()

@@ -18,14 +18,8 @@ use axum::response::Response;
 use futures_util::stream;
 use serde_json::json;
 
-use super::generate::{Generation, LoadGuard, finish_str, usage};
+use super::generation::{Generation, Kind, LoadGuard, finish_str, usage};
 use crate::engine::Submission;
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Kind {
-    Chat,
-    Completion,
-}
 
 struct StreamState {
     g: Generation,
