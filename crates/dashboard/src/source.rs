@@ -87,7 +87,8 @@ impl Source {
             Source::Local(app) => app
                 .fleet
                 .set_draining(url, drain)
-                .map(|n| format!("{verb} {url} ({n} in flight)")),
+                .map(|n| format!("{verb} {url} ({n} in flight)"))
+                .map_err(|e| e.to_string()),
             Source::Remote {
                 base,
                 token,

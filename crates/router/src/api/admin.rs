@@ -154,9 +154,7 @@ pub async fn add(State(app): State<Arc<AppState>>, body: Bytes) -> Result<Respon
         role,
         kv_events: None,
     };
-    app.fleet
-        .add_server(cfg)
-        .map_err(|e| AdminError(StatusCode::CONFLICT, e))?;
+    app.fleet.add_server(cfg).map_err(refused)?;
     Ok((
         StatusCode::CREATED,
         Json(json!({"status": "added", "url": url})),
@@ -167,19 +165,25 @@ pub async fn add(State(app): State<Arc<AppState>>, body: Bytes) -> Result<Respon
 pub async fn remove(State(app): State<Arc<AppState>>, body: Bytes) -> Result<Response, AdminError> {
     let req: ByUrl = parse(&body)?;
     let url = crate::config::values::normalize_url(&req.url).unwrap_or(req.url);
-    app.fleet
-        .remove_server(&url)
-        .map_err(|e| AdminError(StatusCode::NOT_FOUND, e))?;
+    app.fleet.remove_server(&url).map_err(refused)?;
     Ok(Json(json!({"status": "removed", "url": url})).into_response())
+}
+
+/// A refused change to the server list: 409 for a server already there, 404 for one that is not
+/// (or not by its own entry).
+fn refused(e: crate::fleet::MembershipError) -> AdminError {
+    use crate::fleet::MembershipError::*;
+    let status = match e {
+        AlreadyInFleet(_) => StatusCode::CONFLICT,
+        NotInFleet(_) | FromDns(_) => StatusCode::NOT_FOUND,
+    };
+    AdminError(status, e.to_string())
 }
 
 async fn set_drain(app: &AppState, body: &Bytes, drain: bool) -> Result<Response, AdminError> {
     let req: ByUrl = parse(body)?;
     let url = crate::config::values::normalize_url(&req.url).unwrap_or(req.url);
-    let in_flight = app
-        .fleet
-        .set_draining(&url, drain)
-        .map_err(|e| AdminError(StatusCode::NOT_FOUND, e))?;
+    let in_flight = app.fleet.set_draining(&url, drain).map_err(refused)?;
     Ok(Json(json!({"status": if drain { "draining" } else { "undrained" }, "url": url, "in_flight": in_flight})).into_response())
 }
 

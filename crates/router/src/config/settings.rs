@@ -68,7 +68,7 @@ pub(super) fn settings(
                 &resolve_path(file, c.get_ref()),
                 &resolve_path(file, k.get_ref()),
             )
-            .map_err(|m| at(c.span(), m))?;
+            .map_err(|m| at(c.span(), m.to_string()))?;
         }
         (Some(f), None) | (None, Some(f)) => {
             return Err(at(
@@ -483,7 +483,7 @@ fn listener_section(
             None => None,
             Some(f) => {
                 let path = resolve_path(file, f.get_ref());
-                crate::tls::client_config(Some(&path)).map_err(|m| at(f.span(), m))?;
+                crate::tls::client_config(Some(&path)).map_err(|m| at(f.span(), m.to_string()))?;
                 Some(path)
             }
         },

@@ -6,7 +6,7 @@
 
 use futures_util::future::join_all;
 
-use super::probe;
+use super::probe::{self, ProbeError};
 use super::prom::ServerMetrics;
 use super::server::Server;
 use crate::config::Config;
@@ -14,9 +14,9 @@ use crate::upstream;
 
 pub struct ServerReport {
     pub url: String,
-    pub health: Result<f64, String>,
-    pub models: Result<Vec<String>, String>,
-    pub metrics: Result<ServerMetrics, String>,
+    pub health: Result<f64, ProbeError>,
+    pub models: Result<Vec<String>, ProbeError>,
+    pub metrics: Result<ServerMetrics, ProbeError>,
     /// Models the config lists for this server that it does not serve.
     pub missing_models: Vec<String>,
 }

@@ -14,6 +14,19 @@ use super::view::FleetView;
 use crate::config::{Config, DnsServers, ServerConfig};
 use crate::routing;
 
+/// Why a change to the server list at run time was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum MembershipError {
+    #[error("server {0} is already in the fleet")]
+    AlreadyInFleet(String),
+    #[error("no server {0} in the fleet")]
+    NotInFleet(String),
+    #[error(
+        "{0} comes from a `dns` entry: it leaves when its name stops resolving to it (drain it meanwhile)"
+    )]
+    FromDns(String),
+}
+
 /// What a reload changed.
 #[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
 pub struct ReloadSummary {
@@ -176,10 +189,10 @@ impl Fleet {
     }
 
     /// Adds one server at run time (the admin API); `Err` if its URL is already in the fleet.
-    pub fn add_server(self: &Arc<Self>, cfg: ServerConfig) -> Result<(), String> {
+    pub fn add_server(self: &Arc<Self>, cfg: ServerConfig) -> Result<(), MembershipError> {
         let mut declared = self.declared.lock();
         if self.servers().iter().any(|s| s.url() == cfg.url) {
-            return Err(format!("server {} is already in the fleet", cfg.url));
+            return Err(MembershipError::AlreadyInFleet(cfg.url));
         }
         declared.servers.push(cfg);
         self.apply_locked(&self.expand(&declared));
@@ -187,17 +200,15 @@ impl Fleet {
     }
 
     /// Removes one server at run time; `Err` if no server has that URL.
-    pub fn remove_server(self: &Arc<Self>, url: &str) -> Result<(), String> {
+    pub fn remove_server(self: &Arc<Self>, url: &str) -> Result<(), MembershipError> {
         let mut declared = self.declared.lock();
         let before = declared.servers.len();
         declared.servers.retain(|s| s.url != url);
         if declared.servers.len() == before {
             return Err(if self.servers().iter().any(|s| s.url() == url) {
-                format!(
-                    "{url} comes from a `dns` entry: it leaves when its name stops resolving to it (drain it meanwhile)"
-                )
+                MembershipError::FromDns(url.to_string())
             } else {
-                format!("no server {url} in the fleet")
+                MembershipError::NotInFleet(url.to_string())
             });
         }
         self.apply_locked(&self.expand(&declared));
@@ -206,12 +217,12 @@ impl Fleet {
 
     /// Drains a server (no new requests; in-flight ones finish) or puts it back in rotation.
     /// Returns its in-flight count; `Err` if no server has that URL.
-    pub fn set_draining(&self, url: &str, drain: bool) -> Result<usize, String> {
+    pub fn set_draining(&self, url: &str, drain: bool) -> Result<usize, MembershipError> {
         let servers = self.servers();
         let s = servers
             .iter()
             .find(|s| s.url() == url)
-            .ok_or_else(|| format!("no server {url} in the fleet"))?;
+            .ok_or_else(|| MembershipError::NotInFleet(url.to_string()))?;
         s.draining
             .store(drain, std::sync::atomic::Ordering::Relaxed);
         let (kind, what) = if drain {

@@ -25,7 +25,7 @@ pub mod state;
 pub mod view;
 pub mod window;
 
-pub use membership::ReloadSummary;
+pub use membership::{MembershipError, ReloadSummary};
 pub use server::{InFlight, Models, ProbeKind, Server};
 pub use state::Fleet;
 pub use view::{FleetView, Tokenizers};

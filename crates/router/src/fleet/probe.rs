@@ -15,6 +15,34 @@ use crate::upstream::Client;
 
 const MAX_PROBE_BODY: usize = 8 * 1024 * 1024;
 
+/// Why a probe of a server failed; its text is what the server's status shows as its last
+/// error.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ProbeError {
+    /// The server's URL and the probe's path make no request URI.
+    #[error("{0}")]
+    BadUri(String),
+    /// Connecting or sending failed (refused, reset, TLS, name not resolving, ...).
+    #[error("{0}")]
+    Unreachable(String),
+    #[error("reading the body: {0}")]
+    Body(String),
+    #[error("time-out")]
+    TimedOut,
+    /// The server answered, but not 200.
+    #[error("HTTP {0}")]
+    Status(u16),
+    #[error("metrics are not UTF-8")]
+    MetricsNotUtf8,
+    /// The `/metrics` text lacks what routing needs, or cannot be read.
+    #[error("{0}")]
+    Metrics(String),
+    #[error("invalid /v1/models JSON: {0}")]
+    ModelsJson(String),
+    #[error("/v1/models has no `data` list")]
+    NoModelList,
+}
+
 pub use crate::upstream::describe;
 
 async fn get(
@@ -22,27 +50,30 @@ async fn get(
     server: &Server,
     path: &str,
     timeout: Duration,
-) -> Result<(StatusCode, Bytes), String> {
-    let mut req = Request::get(server.uri_for(path)?);
+) -> Result<(StatusCode, Bytes), ProbeError> {
+    let mut req = Request::get(server.uri_for(path).map_err(ProbeError::BadUri)?);
     if let Some(key) = server.api_key() {
         req = req.header(header::AUTHORIZATION, format!("Bearer {key}"));
     }
     let req = req
         .body(Full::new(Bytes::new()))
-        .map_err(|e| e.to_string())?;
+        .map_err(|e| ProbeError::BadUri(e.to_string()))?;
     let call = async {
-        let resp = client.request(req).await.map_err(|e| describe(&e))?;
+        let resp = client
+            .request(req)
+            .await
+            .map_err(|e| ProbeError::Unreachable(describe(&e)))?;
         let status = resp.status();
         let body = Limited::new(resp.into_body(), MAX_PROBE_BODY)
             .collect()
             .await
-            .map_err(|e| format!("reading the body: {e}"))?
+            .map_err(|e| ProbeError::Body(e.to_string()))?
             .to_bytes();
         Ok((status, body))
     };
     tokio::time::timeout(timeout, call)
         .await
-        .unwrap_or_else(|_| Err("time-out".into()))
+        .unwrap_or(Err(ProbeError::TimedOut))
 }
 
 /// `GET /health`: the seconds it took, or why it failed.
@@ -50,11 +81,11 @@ pub async fn check_health(
     client: &Client,
     server: &Server,
     timeout: Duration,
-) -> Result<f64, String> {
+) -> Result<f64, ProbeError> {
     let t0 = Instant::now();
     let (status, _) = get(client, server, "/health", timeout).await?;
     if status != StatusCode::OK {
-        return Err(format!("HTTP {}", status.as_u16()));
+        return Err(ProbeError::Status(status.as_u16()));
     }
     Ok(t0.elapsed().as_secs_f64())
 }
@@ -64,13 +95,13 @@ pub async fn scrape(
     client: &Client,
     server: &Server,
     timeout: Duration,
-) -> Result<ServerMetrics, String> {
+) -> Result<ServerMetrics, ProbeError> {
     let (status, body) = get(client, server, "/metrics", timeout).await?;
     if status != StatusCode::OK {
-        return Err(format!("HTTP {}", status.as_u16()));
+        return Err(ProbeError::Status(status.as_u16()));
     }
-    let text = std::str::from_utf8(&body).map_err(|_| "metrics are not UTF-8".to_string())?;
-    prom::parse(text)
+    let text = std::str::from_utf8(&body).map_err(|_| ProbeError::MetricsNotUtf8)?;
+    prom::parse(text).map_err(ProbeError::Metrics)
 }
 
 /// `GET /v1/models`: the ids and the cards as written.
@@ -78,18 +109,18 @@ pub async fn discover_models(
     client: &Client,
     server: &Server,
     timeout: Duration,
-) -> Result<(Vec<String>, Vec<Value>), String> {
+) -> Result<(Vec<String>, Vec<Value>), ProbeError> {
     let (status, body) = get(client, server, "/v1/models", timeout).await?;
     if status != StatusCode::OK {
-        return Err(format!("HTTP {}", status.as_u16()));
+        return Err(ProbeError::Status(status.as_u16()));
     }
     let v: Value =
-        serde_json::from_slice(&body).map_err(|e| format!("invalid /v1/models JSON: {e}"))?;
+        serde_json::from_slice(&body).map_err(|e| ProbeError::ModelsJson(e.to_string()))?;
     let cards = v
         .get("data")
         .and_then(Value::as_array)
         .cloned()
-        .ok_or("/v1/models has no `data` list")?;
+        .ok_or(ProbeError::NoModelList)?;
     let ids = cards
         .iter()
         .filter_map(|c| c.get("id").and_then(Value::as_str).map(str::to_string))

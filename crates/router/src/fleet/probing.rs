@@ -106,7 +106,7 @@ impl Fleet {
                 models.last_error = None;
             }
             // Keep what we knew: a model list does not go stale the way load figures do.
-            Err(e) => models.last_error = Some(e),
+            Err(e) => models.last_error = Some(e.to_string()),
         }
         server.models.store(Arc::new(models));
     }

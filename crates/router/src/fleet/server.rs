@@ -425,9 +425,13 @@ impl Server {
         }
     }
 
-    pub fn record_check(&self, result: Result<f64, String>, s: &Settings) -> Transition {
+    pub fn record_check(
+        &self,
+        result: Result<f64, super::probe::ProbeError>,
+        s: &Settings,
+    ) -> Transition {
         let mut h = self.health.lock();
-        let t = h.record_check(result, s);
+        let t = h.record_check(result.map_err(|e| e.to_string()), s);
         self.publish(&h);
         t
     }
@@ -456,7 +460,10 @@ impl Server {
     /// Keeps a scrape's figures (or its failure). Returns what a routing policy should hear of
     /// it: the server restarted (its counters went back, so its cache is empty), and its cache's
     /// size and prefix-cache counters.
-    pub fn record_scrape(&self, result: Result<ServerMetrics, String>) -> Vec<ServerChange> {
+    pub fn record_scrape(
+        &self,
+        result: Result<ServerMetrics, super::probe::ProbeError>,
+    ) -> Vec<ServerChange> {
         let mut s = self.scrape.lock();
         let mut changes = Vec::new();
         match result {
@@ -490,7 +497,7 @@ impl Server {
                 // Stale data is worse than none: policies fall back to in-flight counts.
                 s.metrics = None;
                 s.tokens_per_second = None;
-                s.last_error = Some(e);
+                s.last_error = Some(e.to_string());
                 s.errors += 1;
             }
         }
@@ -593,7 +600,12 @@ mod tests {
             "counters grew"
         );
         // Down for a moment (a failed scrape), then back with its counters from zero.
-        assert!(s.record_scrape(Err("connection refused".into())).is_empty());
+        assert!(
+            s.record_scrape(Err(super::super::probe::ProbeError::Unreachable(
+                "connection refused".into()
+            )))
+            .is_empty()
+        );
         assert!(restarted(s.record_scrape(Ok(scrape(100.0, 10.0)))));
     }
 }
