@@ -109,6 +109,12 @@ pub struct SimArgs {
     /// With --kv-events: the topic of every message.
     #[arg(long, default_value = "kv-events")]
     kv_events_topic: String,
+    /// A model's tokenizer directory (`tokenizer.json`, `tokenizer_config.json`, as a Hugging
+    /// Face model ships them): prompts are tokenized with it, chat template and all, and answers
+    /// written in its words, so that KV events carry the ids a router given the same tokenizer
+    /// (`[models."NAME"] tokenizer`) computes. Default: the simulator's own tokenizer.
+    #[arg(long, value_name = "DIR")]
+    tokenizer: Option<std::path::PathBuf>,
 }
 
 /// `endpoint` for instance `i`: its port moved up by `i` engines' worth (port 0 stays 0).
@@ -231,6 +237,7 @@ impl SimArgs {
                             link_bytes_per_second: self.kv_link_gbps * 1e9,
                         },
                     ),
+                    tokenizer: self.tokenizer.clone(),
                     kv_events: self
                         .kv_events
                         .as_ref()
@@ -287,6 +294,10 @@ pub fn run(args: SimArgs) -> ExitCode {
                         println!("  KV events (rank {rank}) at {e}{replay}");
                     }
                     handles.push(h);
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::InvalidInput => {
+                    eprintln!("mvllm sim: {e}");
+                    return ExitCode::from(2);
                 }
                 Err(e) => {
                     eprintln!("mvllm sim: cannot listen on {}: {e}", cfg.addr);

@@ -525,6 +525,55 @@ fn sim_kv_role_is_read_per_instance_and_a_wrong_one_is_refused() {
     assert!(second.contains("kv_role consumer"), "{second}");
 }
 
+#[test]
+fn sim_tokenizer_must_name_a_models_tokenizer_and_then_tokenizes_with_it() {
+    let empty = tempfile::tempdir().unwrap();
+    let out = Command::new(BIN)
+        .args(["sim", "--port", "0", "--tokenizer"])
+        .arg(empty.path())
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("no tokenizer.json"), "{err}");
+    // With the test suite's word-level tokenizer, /tokenize answers in its ids.
+    let dir = tempfile::tempdir().unwrap();
+    mvllm_testkit::tokenizer::write_word_tokenizer(dir.path()).unwrap();
+    let mut child = Command::new(BIN)
+        .args(["sim", "--port", "0", "--tokenizer"])
+        .arg(dir.path())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut lines = std::io::BufRead::lines(std::io::BufReader::new(child.stdout.take().unwrap()));
+    let first = lines.next().unwrap().unwrap();
+    let url = first
+        .split_whitespace()
+        .find(|w| w.starts_with("http://"))
+        .unwrap()
+        .to_string();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let answer: serde_json::Value = rt.block_on(async {
+        reqwest::Client::new()
+            .post(format!("{url}/tokenize"))
+            .json(&serde_json::json!({"prompt": "w3 w4", "add_special_tokens": false}))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap()
+    });
+    child.kill().unwrap();
+    child.wait().unwrap();
+    assert_eq!(
+        answer["tokens"],
+        serde_json::json!(mvllm_testkit::tokenizer::word_ids("w3 w4")),
+        "{answer}"
+    );
+}
+
 /// `bench disagg`, seconds long: every layout serves every request, and only the split ones
 /// take two legs.
 #[test]

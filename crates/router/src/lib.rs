@@ -21,7 +21,8 @@ pub mod state;
 pub mod status;
 pub mod telemetry;
 pub mod tls;
-pub mod tokenizer;
+/// A model's own tokenizer and chat template (shared with the simulator).
+pub use mvllm_tokenizer as tokenizer;
 pub mod upstream;
 
 use std::net::SocketAddr;

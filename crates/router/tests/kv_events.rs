@@ -337,3 +337,88 @@ async fn a_chat_goes_where_the_events_say_its_tokens_are_cached() {
         );
     }
 }
+
+/// `mvllm sim --tokenizer` and the router's `[models."NAME"] tokenizer` agree: the next turn of
+/// a chat sent as text, quoting the previous answer, is matched against the server's own KV
+/// events block for block, the answer's generated blocks included.
+#[tokio::test]
+async fn with_one_tokenizer_a_chats_next_turn_matches_the_servers_blocks_answer_included() {
+    use mvllm_router::fleet::kv_state::PromptChains;
+    use mvllm_testkit::tokenizer::*;
+    let dir = tempfile::tempdir().unwrap();
+    write_word_tokenizer(dir.path()).unwrap();
+    let with_tokenizer = || SimConfig {
+        tokenizer: Some(dir.path().to_path_buf()),
+        ..publishing(0, 0, "127.0.0.1:0".parse().unwrap())
+    };
+    let sims = [sim(with_tokenizer()).await, sim(with_tokenizer()).await];
+    let r = router(
+        sims.iter().map(subscribed).collect(),
+        mvllm_router::Settings {
+            tokenizers: vec![(MODEL.to_string(), dir.path().to_path_buf())],
+            ..settings()
+        },
+    )
+    .await;
+    wait_state(&r, 0, "exact").await;
+    wait_state(&r, 1, "exact").await;
+    let url = format!("{}/v1/chat/completions", r.url());
+    let tokenizer = r.fleet.tokenizer(MODEL).expect("the tokenizer loaded");
+
+    // Turn 1: 60 words, a 40-token answer.
+    let question: String = (0..60).map(|i| format!("w{} ", 900 + i)).collect();
+    let mut messages = vec![json!({"role": "user", "content": question})];
+    let turn1 = json!({"model": MODEL, "messages": messages, "max_tokens": 40, "ignore_eos": true});
+    let answer: Value = post(&url, &turn1).await.json().await.unwrap();
+    let text = answer["choices"][0]["message"]["content"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert_eq!(answer["usage"]["completion_tokens"], 40);
+    counts_agree(&r, &sims).await;
+
+    // Turn 2 resends the history with the answer as text.
+    messages.push(json!({"role": "assistant", "content": text}));
+    messages.push(json!({"role": "user", "content": "w1500 w1501"}));
+    let turn2 = json!({"model": MODEL, "messages": messages, "max_tokens": 2});
+    let tokens1 = tokenizer
+        .request_tokens(turn1.to_string().as_bytes())
+        .unwrap();
+    let tokens2 = tokenizer
+        .request_tokens(turn2.to_string().as_bytes())
+        .unwrap();
+    let answer_ids = tokenizer.encode_plain(&text).unwrap();
+    assert_eq!(
+        answer_ids.len(),
+        40,
+        "the answer reads back as its 40 tokens"
+    );
+    assert_eq!(&tokens2[..tokens1.len()], &tokens1[..]);
+    assert_eq!(&tokens2[tokens1.len()..tokens1.len() + 40], &answer_ids[..]);
+
+    // The server that answered holds every full block of prompt and answer but the last token
+    // (its KV is computed with the next step); the other holds none of it.
+    let full = (tokens1.len() + 40 - 1) / 16 * 16;
+    assert!(full > tokens1.len(), "the answer fills blocks of its own");
+    let servers = r.fleet.servers();
+    let held: Vec<f64> = servers
+        .iter()
+        .map(|s| {
+            PromptChains::new(Some(&tokens2), Some(MODEL))
+                .held_tokens(&s.kv)
+                .expect("exact")
+        })
+        .collect();
+    let holder = usize::from(held[1] > held[0]);
+    assert_eq!(held[holder], full as f64, "{held:?}");
+    assert_eq!(held[1 - holder], 0.0, "{held:?}");
+
+    // And turn 2 goes there and hits the answer's blocks too.
+    let before = finished(&sims[holder]);
+    let reply: Value = post(&url, &turn2).await.json().await.unwrap();
+    assert_eq!(finished(&sims[holder]), before + 1);
+    assert_eq!(
+        reply["usage"]["prompt_tokens_details"]["cached_tokens"], full,
+        "{reply}"
+    );
+}

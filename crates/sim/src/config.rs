@@ -108,6 +108,11 @@ pub struct SimConfig {
     pub kv_transfer: Option<KvTransfer>,
     /// Publish KV events as vLLM's `--kv-events-config` does; `None`: no events.
     pub kv_events: Option<KvEvents>,
+    /// A model's tokenizer directory (`tokenizer.json`, `tokenizer_config.json`): prompts are
+    /// tokenized with it (chat template and all) and answers written in its words, so that KV
+    /// events carry the ids a router with the same tokenizer computes. `None`: the built-in
+    /// tokenizer.
+    pub tokenizer: Option<std::path::PathBuf>,
 }
 
 /// Where KV events go (vLLM's `--kv-events-config` with `"publisher": "zmq"`).
@@ -157,6 +162,7 @@ impl Default for SimConfig {
             embedding_dim: 384,
             kv_transfer: None,
             kv_events: None,
+            tokenizer: None,
         }
     }
 }
@@ -184,6 +190,14 @@ impl SimConfig {
             || self.served_model_names.iter().any(|m| m.is_empty())
         {
             return Err("at least one non-empty model name is required".into());
+        }
+        if let Some(dir) = &self.tokenizer
+            && !dir.join("tokenizer.json").is_file()
+        {
+            return Err(format!(
+                "tokenizer {}: no tokenizer.json in it (give the model's directory)",
+                dir.display()
+            ));
         }
         if self.max_num_seqs == 0 || self.max_num_batched_tokens == 0 || self.data_parallel == 0 {
             return Err(

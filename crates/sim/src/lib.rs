@@ -9,6 +9,7 @@ pub mod config;
 pub mod engine;
 pub mod faults;
 pub mod metrics;
+pub mod output_words;
 pub mod server;
 pub mod tokenizer;
 

@@ -17,6 +17,7 @@ pub mod loops;
 pub mod membership;
 pub mod observer;
 pub mod probe;
+pub mod probe_error;
 pub mod probing;
 pub mod prom;
 pub mod server;

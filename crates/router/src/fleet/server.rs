@@ -427,7 +427,7 @@ impl Server {
 
     pub fn record_check(
         &self,
-        result: Result<f64, super::probe::ProbeError>,
+        result: Result<f64, super::probe_error::ProbeError>,
         s: &Settings,
     ) -> Transition {
         let mut h = self.health.lock();
@@ -462,7 +462,7 @@ impl Server {
     /// size and prefix-cache counters.
     pub fn record_scrape(
         &self,
-        result: Result<ServerMetrics, super::probe::ProbeError>,
+        result: Result<ServerMetrics, super::probe_error::ProbeError>,
     ) -> Vec<ServerChange> {
         let mut s = self.scrape.lock();
         let mut changes = Vec::new();
@@ -601,7 +601,7 @@ mod tests {
         );
         // Down for a moment (a failed scrape), then back with its counters from zero.
         assert!(
-            s.record_scrape(Err(super::super::probe::ProbeError::Unreachable(
+            s.record_scrape(Err(super::super::probe_error::ProbeError::Unreachable(
                 "connection refused".into()
             )))
             .is_empty()

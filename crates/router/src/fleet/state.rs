@@ -121,7 +121,7 @@ impl Fleet {
     }
 
     /// `model`'s tokenizer, if one is configured and loaded.
-    pub fn tokenizer(&self, model: &str) -> Option<Arc<crate::tokenizer::ModelTokenizer>> {
+    pub fn tokenizer(&self, model: &str) -> Option<Arc<mvllm_tokenizer::ModelTokenizer>> {
         self.view.load().tokenizer(model).cloned()
     }
 
@@ -149,7 +149,7 @@ pub(super) fn load_tokenizers(settings: &Settings, kept: &Tokenizers) -> Tokeniz
             out.push((model.clone(), dir.clone(), t.clone()));
             continue;
         }
-        match crate::tokenizer::ModelTokenizer::load(dir) {
+        match mvllm_tokenizer::ModelTokenizer::load(dir) {
             Ok(t) => out.push((model.clone(), dir.clone(), Arc::new(t))),
             Err(e) => {
                 tracing::error!(%model, error = %e, "tokenizer not loaded: the model's prompts are matched approximately")

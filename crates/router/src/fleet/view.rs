@@ -14,7 +14,7 @@ use std::time::Duration;
 use super::server::Server;
 use crate::config::Settings;
 use crate::routing::Policy;
-use crate::tokenizer::ModelTokenizer;
+use mvllm_tokenizer::ModelTokenizer;
 
 /// Each model's tokenizer, by name, with the directory it came from.
 pub type Tokenizers = Vec<(String, std::path::PathBuf, Arc<ModelTokenizer>)>;

@@ -21,7 +21,8 @@ use super::state::Sim;
 use super::stream;
 use crate::engine::SeqSpec;
 use crate::metrics::FinishReason;
-use crate::tokenizer::{self, ChatTurn, OUTPUT_WORDS};
+use crate::tokenizer::{self, ChatTurn};
+use mvllm_tokenizer::ModelTokenizer;
 
 /// Request header that forces this one request's answer to an error status (429, 500 or 503).
 pub const FORCE_ERROR_HEADER: &str = "x-sim-error";
@@ -100,7 +101,10 @@ pub(crate) fn content_text(content: &Value) -> Result<String, ApiError> {
     }
 }
 
+/// A chat's messages as token ids: with the model's tokenizer (`tok`), rendered by its chat
+/// template; otherwise by the built-in tokenizer.
 pub(crate) fn encode_messages(
+    tok: Option<&ModelTokenizer>,
     messages: &[Message],
     add_generation_prompt: bool,
 ) -> Result<Vec<u32>, ApiError> {
@@ -108,6 +112,16 @@ pub(crate) fn encode_messages(
         .iter()
         .map(|m| content_text(&m.content))
         .collect::<Result<Vec<_>, _>>()?;
+    if let Some(t) = tok {
+        let chat: Vec<Value> = messages
+            .iter()
+            .zip(&texts)
+            .map(|(m, text)| json!({"role": m.role, "content": text}))
+            .collect();
+        return t
+            .encode_chat(&Value::Array(chat))
+            .map_err(|e| ApiError::bad_request(e.to_string()));
+    }
     let turns: Vec<ChatTurn<'_>> = messages
         .iter()
         .zip(&texts)
@@ -121,19 +135,29 @@ pub(crate) fn encode_messages(
 
 /// A completion prompt: a string, a list of one string, or token ids (a list, or a list of one).
 pub(crate) fn encode_prompt_value(
+    tok: Option<&ModelTokenizer>,
     prompt: &Value,
     add_special_tokens: bool,
 ) -> Result<Vec<u32>, ApiError> {
+    let text = |s: &str| match tok {
+        Some(t) if add_special_tokens => t
+            .encode_text(s)
+            .map_err(|e| ApiError::bad_request(e.to_string())),
+        Some(t) => t
+            .encode_plain(s)
+            .map_err(|e| ApiError::bad_request(e.to_string())),
+        None => Ok(tokenizer::encode_prompt(s, add_special_tokens)),
+    };
     let ids = |arr: &[Value]| -> Option<Vec<u32>> {
         arr.iter()
             .map(|v| v.as_u64().and_then(|x| u32::try_from(x).ok()))
             .collect()
     };
     match prompt {
-        Value::String(s) => Ok(tokenizer::encode_prompt(s, add_special_tokens)),
-        Value::Array(items) if items.len() == 1 && items[0].is_string() => Ok(
-            tokenizer::encode_prompt(items[0].as_str().unwrap_or_default(), add_special_tokens),
-        ),
+        Value::String(s) => text(s),
+        Value::Array(items) if items.len() == 1 && items[0].is_string() => {
+            text(items[0].as_str().unwrap_or_default())
+        }
         Value::Array(items) if items.len() == 1 && items[0].is_array() => {
             ids(items[0].as_array().map(Vec::as_slice).unwrap_or_default()).ok_or_else(|| {
                 ApiError::bad_request("prompt token ids must be non-negative integers")
@@ -203,7 +227,11 @@ fn prepare(
                     "messages must contain at least one message",
                 ));
             }
-            encode_messages(messages, req.add_generation_prompt)?
+            encode_messages(
+                sim.tokenizer.as_deref(),
+                messages,
+                req.add_generation_prompt,
+            )?
         }
         Kind::Completion => {
             let prompt = req.prompt.as_ref().ok_or_else(|| {
@@ -211,7 +239,7 @@ fn prepare(
                     "1 validation error for {schema}\nprompt\n  Field required"
                 ))
             })?;
-            encode_prompt_value(prompt, req.add_special_tokens)?
+            encode_prompt_value(sim.tokenizer.as_deref(), prompt, req.add_special_tokens)?
         }
     };
     if prompt.is_empty() {
@@ -245,15 +273,11 @@ fn prepare(
         (max_tokens, FinishReason::Length)
     };
     let words: Vec<u8> = (0..out_len)
-        .map(|i| tokenizer::output_word_index(fingerprint, i) as u8)
+        .map(|i| (tokenizer::output_word_index(fingerprint, i) % sim.output.len()) as u8)
         .collect();
     let mut tokens = prompt;
     let prompt_len = tokens.len();
-    tokens.extend(
-        words
-            .iter()
-            .map(|&w| tokenizer::piece_id(OUTPUT_WORDS[w as usize])),
-    );
+    tokens.extend(words.iter().map(|&w| sim.output.id(w as usize)));
     let prefix = match kind {
         Kind::Chat => "chatcmpl-",
         Kind::Completion => "cmpl-",
@@ -277,6 +301,7 @@ fn prepare(
             ..Default::default()
         },
         words,
+        output: sim.output.clone(),
         finish,
     })
 }

@@ -11,7 +11,7 @@ use super::kv_lease::KvParams;
 use super::state::Sim;
 use crate::engine::SeqSpec;
 use crate::metrics::FinishReason;
-use crate::tokenizer::OUTPUT_WORDS;
+use crate::output_words::OutputWords;
 
 /// A chat or a text completion.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -31,8 +31,10 @@ pub(crate) struct Generation {
     pub stream: bool,
     pub include_usage: bool,
     pub spec: SeqSpec,
-    /// Index into [`OUTPUT_WORDS`] of each output token.
+    /// Index into `output` of each output token.
     pub words: Vec<u8>,
+    /// The words the answer is written in.
+    pub output: Arc<OutputWords>,
     pub finish: FinishReason,
     pub kv: KvParams,
 }
@@ -45,7 +47,7 @@ impl Generation {
     pub fn text(&self, range: std::ops::Range<usize>) -> String {
         self.words[range]
             .iter()
-            .map(|&w| OUTPUT_WORDS[w as usize])
+            .map(|&w| self.output.piece(w as usize))
             .collect()
     }
 }

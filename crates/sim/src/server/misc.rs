@@ -115,8 +115,10 @@ pub async fn tokenize(
     let req: TokenizeRequest = parse_json(&headers, &body, "TokenizeRequest")?;
     resolve_model(&sim, req.model.as_deref())?;
     let tokens = match (&req.prompt, &req.messages) {
-        (Some(p), None) => encode_prompt_value(p, req.add_special_tokens)?,
-        (None, Some(m)) => encode_messages(m, req.add_generation_prompt)?,
+        (Some(p), None) => {
+            encode_prompt_value(sim.tokenizer.as_deref(), p, req.add_special_tokens)?
+        }
+        (None, Some(m)) => encode_messages(sim.tokenizer.as_deref(), m, req.add_generation_prompt)?,
         _ => {
             return Err(ApiError::bad_request(
                 "exactly one of 'prompt' or 'messages' is required",
@@ -126,7 +128,10 @@ pub async fn tokenize(
     let strs = req.return_token_strs.then(|| {
         tokens
             .iter()
-            .map(|&t| tokenizer::decode_one(t))
+            .map(|&t| match &sim.tokenizer {
+                Some(tok) => tok.token_str(t).unwrap_or_default(),
+                None => tokenizer::decode_one(t),
+            })
             .collect::<Vec<_>>()
     });
     Ok(Json(
@@ -147,7 +152,13 @@ pub async fn detokenize(
 ) -> Result<Json<Value>, ApiError> {
     let req: DetokenizeRequest = parse_json(&headers, &body, "DetokenizeRequest")?;
     resolve_model(&sim, req.model.as_deref())?;
-    Ok(Json(json!({"prompt": tokenizer::decode(&req.tokens)})))
+    let prompt = match &sim.tokenizer {
+        Some(t) => t
+            .decode(&req.tokens)
+            .map_err(|e| ApiError::bad_request(e.to_string()))?,
+        None => tokenizer::decode(&req.tokens),
+    };
+    Ok(Json(json!({"prompt": prompt})))
 }
 
 #[derive(Deserialize)]
@@ -202,10 +213,14 @@ pub async fn embeddings(
         {
             items
                 .iter()
-                .map(|i| encode_prompt_value(i, true))
+                .map(|i| encode_prompt_value(sim.tokenizer.as_deref(), i, true))
                 .collect::<Result<_, _>>()?
         }
-        Value::String(_) | Value::Array(_) => vec![encode_prompt_value(&req.input, true)?],
+        Value::String(_) | Value::Array(_) => vec![encode_prompt_value(
+            sim.tokenizer.as_deref(),
+            &req.input,
+            true,
+        )?],
         _ => {
             return Err(ApiError::bad_request(
                 "input must be a string, a list of strings, or token ids",

@@ -181,7 +181,20 @@ pub async fn spawn(cfg: SimConfig) -> std::io::Result<SimHandle> {
     } else {
         addr
     };
+    let (tokenizer, output) = match &cfg.tokenizer {
+        Some(dir) => {
+            let invalid = |e: String| std::io::Error::new(std::io::ErrorKind::InvalidInput, e);
+            let t =
+                mvllm_tokenizer::ModelTokenizer::load(dir).map_err(|e| invalid(e.to_string()))?;
+            let words = crate::output_words::OutputWords::from_tokenizer(&t)
+                .map_err(|e| invalid(format!("{}: {e}", dir.display())))?;
+            (Some(Arc::new(t)), Arc::new(words))
+        }
+        None => (None, Arc::new(crate::output_words::OutputWords::builtin())),
+    };
     let sim = Arc::new(Sim {
+        tokenizer,
+        output,
         kv_event_endpoints,
         engine_ids,
         leases: Default::default(),

@@ -20,7 +20,7 @@ use super::generate::{request_id, resolve_model};
 use super::response_store::KEEP;
 use super::state::Sim;
 use crate::metrics::FinishReason;
-use crate::tokenizer::{self, ChatTurn, OUTPUT_WORDS};
+use crate::tokenizer::{self, ChatTurn};
 
 #[derive(Deserialize)]
 struct CreateRequest {
@@ -71,10 +71,10 @@ pub async fn create(
     let max = req.max_output_tokens.unwrap_or(16).clamp(1, 4096);
     let fingerprint = tokenizer::prompt_fingerprint(sim.cfg.seed ^ salt, &prompt);
     let words: Vec<usize> = (0..max)
-        .map(|i| tokenizer::output_word_index(fingerprint, i))
+        .map(|i| tokenizer::output_word_index(fingerprint, i) % sim.output.len())
         .collect();
     let mut tokens = prompt.clone();
-    tokens.extend(words.iter().map(|&w| tokenizer::piece_id(OUTPUT_WORDS[w])));
+    tokens.extend(words.iter().map(|&w| sim.output.id(w)));
     let spec = crate::engine::SeqSpec {
         tokens,
         prompt_len: prompt.len(),
@@ -88,7 +88,7 @@ pub async fn create(
         .wait_finished()
         .await;
     let id = format!("resp_{}", request_id(&sim, &headers));
-    let output: String = words.iter().map(|&w| OUTPUT_WORDS[w]).collect();
+    let output: String = words.iter().map(|&w| sim.output.piece(w)).collect();
     let response = json!({
         "id": id, "object": "response", "created_at": crate::metrics::unix_now() as u64, "model": model,
         "status": "completed",

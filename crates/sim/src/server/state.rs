@@ -8,12 +8,17 @@ use parking_lot::Mutex;
 use rand::rngs::StdRng;
 use tokio::sync::watch;
 
+use std::sync::Arc;
+
+use mvllm_tokenizer::ModelTokenizer;
+
 use super::kv_lease::{Leases, SideChannelClient};
 use super::response_store::Store;
 use crate::config::SimConfig;
 use crate::engine::EngineHandle;
 use crate::faults::Faults;
 use crate::metrics::{EngineMetrics, Exposition};
+use crate::output_words::OutputWords;
 
 /// State shared by every handler of one simulated server.
 pub(crate) struct Sim {
@@ -43,6 +48,10 @@ pub(crate) struct Sim {
     /// Where decode servers reach this one for KV: its own address (`remote_host`/`remote_port`).
     pub side_channel: SocketAddr,
     pub side_channel_client: SideChannelClient,
+    /// The model's own tokenizer (`--tokenizer`); `None`: the built-in one.
+    pub tokenizer: Option<Arc<ModelTokenizer>>,
+    /// The words answers are written in, one token each.
+    pub output: Arc<OutputWords>,
 }
 
 impl Sim {

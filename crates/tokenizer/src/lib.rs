@@ -5,8 +5,10 @@
 //! their token ids agree, so only the model's tokenizer (`tokenizer.json`, Hugging Face's
 //! `tokenizers`) and its chat template (`tokenizer_config.json`'s `chat_template`, or
 //! `chat_template.jinja`, rendered with `minijinja` as `transformers` renders Jinja) give the ids
-//! the server computes. Configured per model (`[models."NAME"] tokenizer = "/path/to/dir"`);
-//! a model without one is matched by the learned fingerprint instead.
+//! the server computes. The router loads one per model (`[models."NAME"] tokenizer =
+//! "/path/to/dir"`; a model without one is matched by the learned fingerprint instead), and
+//! `mvllm sim --tokenizer DIR` tokenizes with the same one, so that the simulator's KV events and
+//! the router's blocks agree.
 
 use std::path::Path;
 
@@ -149,6 +151,39 @@ impl ModelTokenizer {
         tokens
             .map_err(|e| tracing::debug!(error = %e, "prompt not tokenized: matched approximately"))
             .ok()
+    }
+
+    /// Token ids back to text, special tokens left out (as vLLM writes an answer).
+    pub fn decode(&self, ids: &[u32]) -> Result<String, TokenizerError> {
+        self.tokenizer
+            .decode(ids, true)
+            .map_err(|e| TokenizerError::Encode(e.to_string()))
+    }
+
+    /// A token's own string in the vocabulary (`Ġthe`, `<s>`), as `/tokenize` returns it.
+    pub fn token_str(&self, id: u32) -> Option<String> {
+        self.tokenizer.id_to_token(id)
+    }
+
+    /// How many ids the vocabulary has, added tokens included.
+    pub fn vocab_size(&self) -> u32 {
+        self.tokenizer.get_vocab_size(true) as u32
+    }
+
+    /// Whether `id` is one of the special tokens (`<s>`, the chat roles, ...).
+    pub fn is_special(&self, id: u32) -> bool {
+        self.tokenizer
+            .get_added_tokens_decoder()
+            .get(&id)
+            .is_some_and(|t| t.special)
+    }
+
+    /// Plain text as ids, no special tokens added (an answer's text, a piece of a prompt).
+    pub fn encode_plain(&self, text: &str) -> Result<Vec<u32>, TokenizerError> {
+        self.tokenizer
+            .encode_fast(text, false)
+            .map(|e| e.get_ids().to_vec())
+            .map_err(|e| TokenizerError::Encode(e.to_string()))
     }
 
     /// The chat as the template renders it.
