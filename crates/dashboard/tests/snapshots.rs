@@ -135,6 +135,7 @@ fn fleet() -> FleetStatus {
         history,
         servers: vec![busy, idle, down, draining],
         events,
+        tenants: Vec::new(),
     }
 }
 

@@ -124,6 +124,8 @@ async fn not_here() -> Response {
 /// OpenMetrics when the scraper asks for it, the classic text format otherwise.
 async fn metrics(State(app): State<Arc<AppState>>, headers: axum::http::HeaderMap) -> Response {
     use crate::prometheus_text as text;
+    app.telemetry
+        .set_tenants(&app.admission.tenants.load().status());
     let body = app.telemetry.render(&app.fleet);
     let accept = headers
         .get(axum::http::header::ACCEPT)

@@ -172,6 +172,7 @@ pub async fn start_with(opts: Options) -> std::io::Result<RouterHandle> {
         fleet.clone(),
         telemetry.clone(),
         admission.access.clone(),
+        admission.tenants.clone(),
     );
     reloader.spawn_watch(background.clone());
     let otel = match &opts.otel {

@@ -19,6 +19,7 @@ use xxhash_rust::xxh3::xxh3_64;
 use arc_swap::ArcSwap;
 
 use crate::admission::access::Access;
+use crate::admission::tenants::Tenants;
 use crate::config::{Config, ConfigError};
 use crate::fleet::events::EventKind;
 use crate::fleet::{Fleet, ReloadSummary};
@@ -34,6 +35,8 @@ pub struct Reloader {
     telemetry: Arc<Telemetry>,
     /// Rebuilt when `[auth]` changes, keeping the live state of keys that stay.
     access: Arc<ArcSwap<Access>>,
+    /// Rebuilt when `[auth]` changes, keeping the buckets of tenants that stay.
+    tenants: Arc<ArcSwap<Tenants>>,
     /// Hash of the file as last applied (or last refused), to skip no-op events.
     last_hash: Mutex<Option<u64>>,
     /// Serialises reloads.
@@ -49,6 +52,7 @@ impl Reloader {
         fleet: Arc<Fleet>,
         telemetry: Arc<Telemetry>,
         access: Arc<ArcSwap<Access>>,
+        tenants: Arc<ArcSwap<Tenants>>,
     ) -> Arc<Self> {
         let hash = path
             .as_deref()
@@ -59,6 +63,7 @@ impl Reloader {
             fleet,
             telemetry,
             access,
+            tenants,
             last_hash: Mutex::new(hash),
             lock: tokio::sync::Mutex::new(()),
             succeeded: AtomicU64::new(0),
@@ -101,6 +106,11 @@ impl Reloader {
                 if auth_changed {
                     let previous = self.access.load_full();
                     self.access.store(Arc::new(Access::new(
+                        &config.settings.auth,
+                        Some(&previous),
+                    )));
+                    let previous = self.tenants.load_full();
+                    self.tenants.store(Arc::new(Tenants::new(
                         &config.settings.auth,
                         Some(&previous),
                     )));

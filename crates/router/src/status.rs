@@ -32,7 +32,12 @@ pub struct FleetStatus {
     pub servers: Vec<ServerStatus>,
     /// Oldest first.
     pub events: Vec<Event>,
+    /// Tenants and their budgets, by name (only when some tenant has a budget).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tenants: Vec<TenantStatus>,
 }
+
+pub use crate::admission::tenants::TenantStatus;
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct FleetSummary {
@@ -183,6 +188,7 @@ pub fn snapshot(fleet: &Fleet, t: &Telemetry) -> FleetStatus {
             .collect(),
         servers,
         events: fleet.events.recent(EVENTS),
+        tenants: Vec::new(),
     }
 }
 

@@ -20,6 +20,30 @@ use crate::fleet::server::Server;
 use crate::fleet::window::Window;
 use crate::metrics::labels::*;
 
+/// Registers the families of KV-event state and tenants (split from [`Telemetry::new`]).
+fn register_kv_and_tenants(r: &mut Registry, t: &Telemetry) {
+    r.register(
+        "server_cached_blocks",
+        "Blocks in the server's prefix cache, as its KV events say",
+        t.cached_blocks.clone(),
+    );
+    r.register(
+            "server_kv_events",
+            "KV-event stream counts since start, by what: batches applied, malformed messages dropped, gaps, replays, replay failures, publisher restarts, stores over budget, orphan blocks, unknown removals",
+            t.kv_events.clone(),
+        );
+    r.register(
+            "tenant_requests",
+            "Generation requests per tenant since start, by outcome: admitted within its budgets (refunds taken off), or refused over budget (429)",
+            t.tenant_requests.clone(),
+        );
+    r.register(
+            "tenant_tokens",
+            "Tokens charged to each tenant since start (prompt and completion, settled from the answers' usage)",
+            t.tenant_tokens.clone(),
+        );
+}
+
 /// How far back the fleet's live figures (and the dashboard's sparklines) reach.
 pub const FLEET_WINDOW_SECONDS: usize = 600;
 
@@ -57,6 +81,8 @@ pub struct Telemetry {
     cache_exact: Family<ServerLabels, Gauge>,
     cached_blocks: Family<ServerLabels, Gauge>,
     kv_events: Family<KvEventLabels, Gauge>,
+    tenant_requests: Family<TenantLabels, Gauge>,
+    tenant_tokens: Family<TenantLabels, Gauge>,
     /// Client requests, errors, retries and time to first token over the last minutes.
     pub live: parking_lot::Mutex<Window>,
     pub started: std::time::Instant,
@@ -100,6 +126,8 @@ impl Telemetry {
             cache_exact: Family::default(),
             cached_blocks: Family::default(),
             kv_events: Family::default(),
+            tenant_requests: Family::default(),
+            tenant_tokens: Family::default(),
             live: parking_lot::Mutex::new(Window::new(FLEET_WINDOW_SECONDS)),
             started: std::time::Instant::now(),
             registry: Registry::default(),
@@ -208,16 +236,7 @@ impl Telemetry {
             "1 when the router knows the server's prefix cache exactly from its KV events, 0 when it approximates it",
             t.cache_exact.clone(),
         );
-        r.register(
-            "server_cached_blocks",
-            "Blocks in the server's prefix cache, as its KV events say",
-            t.cached_blocks.clone(),
-        );
-        r.register(
-            "server_kv_events",
-            "KV-event stream counts since start, by what: batches applied, malformed messages dropped, gaps, replays, replay failures, publisher restarts, stores over budget, orphan blocks, unknown removals",
-            t.kv_events.clone(),
-        );
+        register_kv_and_tenants(r, &t);
         Telemetry { registry, ..t }
     }
 
@@ -247,6 +266,27 @@ impl Telemetry {
                     what,
                 })
                 .set(v.load(Ordering::Relaxed) as i64);
+        }
+    }
+
+    /// Refreshes the per-tenant gauges from `status` (bounded: tenants come from the config;
+    /// any other name is the default tenant).
+    pub fn set_tenants(&self, status: &[crate::admission::tenants::TenantStatus]) {
+        self.tenant_requests.clear();
+        self.tenant_tokens.clear();
+        for t in status {
+            for (outcome, n) in [("admitted", t.admitted), ("over_budget", t.over_budget)] {
+                let l = TenantLabels {
+                    tenant: t.name.clone(),
+                    outcome,
+                };
+                self.tenant_requests.get_or_create(&l).set(n as i64);
+            }
+            let l = TenantLabels {
+                tenant: t.name.clone(),
+                outcome: "charged",
+            };
+            self.tenant_tokens.get_or_create(&l).set(t.tokens as i64);
         }
     }
 

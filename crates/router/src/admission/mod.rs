@@ -1,7 +1,7 @@
 //! Admission: what guards a request before and around routing. Client keys and their limits
 //! (`access`), the wait for a free slot (`wait_queue`), the budget retries may spend
-//! (`retry_budget`), the memory buffered bodies may take (`body_budget`), and which server holds
-//! a stored response (`affinity`).
+//! (`retry_budget`), the memory buffered bodies may take (`body_budget`), tenants and their token
+//! and request budgets (`tenants`), and which server holds a stored response (`affinity`).
 //!
 //! Why a room of its own: this state is about requests, not servers. It is owned by the app's
 //! state alone; the fleet knows nothing of it and tells it that a slot freed up through its
@@ -11,6 +11,7 @@ pub mod access;
 pub mod affinity;
 pub mod body_budget;
 pub mod retry_budget;
+pub mod tenants;
 pub mod wait_queue;
 
 use std::sync::Arc;
@@ -27,6 +28,8 @@ pub struct Admission {
     pub body_budget: body_budget::BodyBudget,
     /// Which server holds each stored response.
     pub affinity: Arc<affinity::Affinity>,
+    /// Tenants and their budgets (rebuilt on reload, keeping the buckets of tenants that stay).
+    pub tenants: Arc<arc_swap::ArcSwap<tenants::Tenants>>,
 }
 
 impl Admission {
@@ -40,6 +43,10 @@ impl Admission {
             retry_budget: Default::default(),
             body_budget: body_budget::BodyBudget::new(settings.max_buffered_body_bytes),
             affinity: Default::default(),
+            tenants: Arc::new(arc_swap::ArcSwap::from_pointee(tenants::Tenants::new(
+                &settings.auth,
+                None,
+            ))),
         }
     }
 }

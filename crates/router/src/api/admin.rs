@@ -52,7 +52,9 @@ pub async fn require_token(State(app): State<Arc<AppState>>, req: Request, next:
 
 /// The fleet at a glance, for `mvllm top` and scripts: see [`crate::status`].
 pub async fn status(State(app): State<Arc<AppState>>) -> Json<crate::status::FleetStatus> {
-    Json(crate::status::snapshot(&app.fleet, &app.telemetry))
+    let mut status = crate::status::snapshot(&app.fleet, &app.telemetry);
+    status.tenants = app.admission.tenants.load().status();
+    Json(status)
 }
 
 pub async fn reload(State(app): State<Arc<AppState>>) -> Response {

@@ -10,6 +10,7 @@ use axum::middleware::Next;
 use axum::response::Response;
 
 use crate::admission::access::{KeyGuard, Refusal};
+use crate::admission::tenants::TenantOf;
 use crate::state::AppState;
 
 /// A response body that keeps a key counted in flight until the body ends or is dropped.
@@ -53,12 +54,19 @@ where
     // The keys' guard is let go before the request is awaited: an arc-swap guard held across
     // an await takes one of the thread's few fast slots for the request's whole life, and with
     // dozens of requests in flight every other load on the thread fell to the slow path.
+    let tenants = app.admission.tenants.load();
+    let tenant_of = |key: Option<&str>, headers: &axum::http::HeaderMap| {
+        tenants
+            .any_limited()
+            .then(|| tenants.of(key, headers).cloned())
+            .flatten()
+    };
     let admitted = app
         .admission
         .access
         .load()
         .admit(req.headers())
-        .map(|a| a.map(|(guard, _name)| guard));
+        .map(|a| a.map(|(guard, name)| (guard, tenant_of(Some(name), req.headers()))));
     let admitted = match admitted {
         Ok(a) => a,
         Err(refusal) => {
@@ -77,9 +85,17 @@ where
             return refusal.into_response();
         }
     };
-    let Some(guard) = admitted else {
+    let Some((guard, tenant)) = admitted else {
+        if let Some(t) = tenant_of(None, req.headers()) {
+            req.extensions_mut().insert(TenantOf(t));
+        }
+        drop(tenants);
         return next(req).await;
     };
+    drop(tenants);
+    if let Some(t) = tenant {
+        req.extensions_mut().insert(TenantOf(t));
+    }
     req.headers_mut().remove(header::AUTHORIZATION);
     req.headers_mut().remove("x-api-key");
     let response = next(req).await;

@@ -7,8 +7,15 @@
 //! requests_per_second = 0      # default limit per key (0: none)
 //! burst = 10                   # default bucket size (default: the rate, at least 1)
 //! max_concurrent = 0           # default requests in flight per key (0: none)
+//! tokens_per_minute = 0        # default token budget per tenant (0: none)
+//! requests_per_minute = 0      # default request budget per tenant (0: none)
+//! tenant_header = "x-tenant-id" # behind a trusted gateway only: the tenant a request names
 //! protect_metrics = false      # also require a key for /metrics
 //! ```
+//!
+//! A key belongs to a tenant (`tenant = "..."`, default: the key's name); keys of one tenant
+//! share its budgets, which are the tenant's first key's `tokens_per_minute` and
+//! `requests_per_minute` (else the `[auth]` defaults). See [`crate::admission::tenants`].
 //!
 //! Keys also come from the environment, `MVLLM_API_KEYS=key1,key2`. A key is at least 16
 //! characters without spaces. Key values never appear in `Debug` output or logs.
@@ -28,6 +35,9 @@ pub struct RawAuth {
     pub requests_per_second: Option<Spanned<f64>>,
     pub burst: Option<Spanned<i64>>,
     pub max_concurrent: Option<Spanned<i64>>,
+    pub tokens_per_minute: Option<Spanned<i64>>,
+    pub requests_per_minute: Option<Spanned<i64>>,
+    pub tenant_header: Option<Spanned<String>>,
     pub protect_metrics: Option<bool>,
 }
 
@@ -52,6 +62,9 @@ pub struct RawKeyTable {
     pub requests_per_second: Option<f64>,
     pub burst: Option<i64>,
     pub max_concurrent: Option<i64>,
+    pub tenant: Option<String>,
+    pub tokens_per_minute: Option<i64>,
+    pub requests_per_minute: Option<i64>,
 }
 
 /// One client key and its own limits (`None`: the `[auth]` defaults).
@@ -62,6 +75,10 @@ pub struct ApiKey {
     pub requests_per_second: Option<f64>,
     pub burst: Option<u32>,
     pub max_concurrent: Option<usize>,
+    /// The tenant the key belongs to (`None`: its name).
+    pub tenant: Option<String>,
+    pub tokens_per_minute: Option<u64>,
+    pub requests_per_minute: Option<u64>,
 }
 
 impl std::fmt::Debug for ApiKey {
@@ -72,6 +89,9 @@ impl std::fmt::Debug for ApiKey {
             .field("requests_per_second", &self.requests_per_second)
             .field("burst", &self.burst)
             .field("max_concurrent", &self.max_concurrent)
+            .field("tenant", &self.tenant)
+            .field("tokens_per_minute", &self.tokens_per_minute)
+            .field("requests_per_minute", &self.requests_per_minute)
             .finish()
     }
 }
@@ -84,7 +104,15 @@ impl ApiKey {
             requests_per_second: None,
             burst: None,
             max_concurrent: None,
+            tenant: None,
+            tokens_per_minute: None,
+            requests_per_minute: None,
         }
+    }
+
+    /// The tenant the key belongs to.
+    pub fn tenant(&self) -> &str {
+        self.tenant.as_deref().unwrap_or(&self.name)
     }
 
     pub fn digest(&self) -> [u8; 32] {
@@ -101,6 +129,13 @@ pub struct AuthSettings {
     pub max_concurrent: Option<usize>,
     pub protect_metrics: bool,
     pub keys_file: Option<PathBuf>,
+    /// Default token budget per tenant, prompt and completion (0: none).
+    pub tokens_per_minute: u64,
+    /// Default request budget per tenant (0: none).
+    pub requests_per_minute: u64,
+    /// The header naming a request's tenant, trusted as the client says it (behind a gateway
+    /// that sets it); `None` (the default): tenants come from keys only.
+    pub tenant_header: Option<String>,
 }
 
 const MIN_KEY_LEN: usize = 16;
@@ -152,6 +187,22 @@ pub fn auth_settings(
         out.max_concurrent =
             Some(non_negative_int(m, "max_concurrent")? as usize).filter(|&n| n > 0);
     }
+    if let Some(t) = &raw.tokens_per_minute {
+        out.tokens_per_minute = non_negative_int(t, "tokens_per_minute")?;
+    }
+    if let Some(r) = &raw.requests_per_minute {
+        out.requests_per_minute = non_negative_int(r, "requests_per_minute")?;
+    }
+    if let Some(h) = &raw.tenant_header {
+        let name = h.get_ref().trim().to_ascii_lowercase();
+        if axum::http::HeaderName::from_bytes(name.as_bytes()).is_err() || name.is_empty() {
+            return Err(at(
+                h.span(),
+                format!("tenant_header `{}` is not a header name", h.get_ref()),
+            ));
+        }
+        out.tenant_header = Some(name);
+    }
     for (i, k) in raw.keys.into_iter().flatten().enumerate() {
         let span = k.span();
         let key = match k.into_inner() {
@@ -179,6 +230,14 @@ pub fn auth_settings(
                     requests_per_second: rate,
                     burst: count(t.burst, "burst")?.map(|b| b.clamp(1, u64::from(u32::MAX)) as u32),
                     max_concurrent: count(t.max_concurrent, "max_concurrent")?.map(|m| m as usize),
+                    tenant: match t.tenant {
+                        Some(n) if n.trim().is_empty() => {
+                            return Err(at(span, "a key's tenant must be a non-empty name".into()));
+                        }
+                        n => n,
+                    },
+                    tokens_per_minute: count(t.tokens_per_minute, "tokens_per_minute")?,
+                    requests_per_minute: count(t.requests_per_minute, "requests_per_minute")?,
                 }
             }
         };

@@ -275,6 +275,46 @@ fn auth_refuses_short_duplicate_and_unreadable_keys() {
 }
 
 #[test]
+fn auth_keys_name_their_tenant_and_its_budgets() {
+    let c = Config::parse(
+        r#"
+[config]
+admin_token = "admin-token-0123456789"
+[auth]
+tokens_per_minute = 100000
+tenant_header = "X-Tenant-Id"
+keys = [
+  { key = "sk-team-a-0123456789", name = "a1", tenant = "team-a", tokens_per_minute = 60000, requests_per_minute = 120 },
+  { key = "sk-team-b-0123456789", name = "b1" },
+]
+"#,
+        "t.toml",
+    )
+    .unwrap();
+    let auth = &c.settings.auth;
+    assert_eq!(auth.tokens_per_minute, 100_000);
+    assert_eq!(auth.tenant_header.as_deref(), Some("x-tenant-id"));
+    assert_eq!(auth.keys[0].tenant(), "team-a");
+    assert_eq!(auth.keys[0].tokens_per_minute, Some(60_000));
+    assert_eq!(auth.keys[0].requests_per_minute, Some(120));
+    assert_eq!(auth.keys[1].tenant(), "b1", "a key's own name by default");
+    let err = Config::parse("[auth]\ntokens_per_minute = -5\n", "t.toml").unwrap_err();
+    assert!(
+        err.message
+            .contains("tokens_per_minute must be an integer >= 0"),
+        "{err}"
+    );
+    let err = Config::parse("[auth]\ntenant_header = \"bad header\"\n", "t.toml").unwrap_err();
+    assert!(err.message.contains("not a header name"), "{err}");
+    let err = Config::parse(
+        "[auth]\nkeys = [{ key = \"sk-team-a-0123456789\", tenant = \" \" }]\n",
+        "t.toml",
+    )
+    .unwrap_err();
+    assert!(err.message.contains("non-empty"), "{err}");
+}
+
+#[test]
 fn management_routes_in_the_allow_list_must_be_known() {
     let c = Config::parse(
         "[config]\nallow_management_routes = [\"/reset_prefix_cache\", \"/SLEEP/\"]\n",

@@ -42,6 +42,8 @@ pub struct Request<'a> {
     pub via: &'a HeaderValue,
     /// The request's trace span, taken by the answer that is streamed back.
     pub span: &'a crate::otel::SpanSlot,
+    /// The request's charge to its tenant, taken by the answer that is streamed back.
+    pub charge: &'a crate::admission::tenants::ChargeSlot,
     /// Which part of the request this sends (see [`super::disaggregated`]).
     pub leg: Leg,
     /// The fleet as this request sees it: every attempt uses its settings and policy.
@@ -257,6 +259,12 @@ fn respond(
         && request.leg != Leg::Prefill
     {
         body = body.remember_response_id(app.admission.affinity.clone());
+    }
+    if request.leg != Leg::Prefill
+        && let Some(mut charge) = request.charge.take()
+    {
+        charge.keep();
+        body = body.settle_charge(charge);
     }
     if let Some(p) = prediction.filter(|_| status.is_success()) {
         body = body.measure_cache_hits(p, request.view.policy.clone(), request.meta.reports_usage);

@@ -20,6 +20,7 @@ use tokio::time::{Instant, Sleep};
 use super::errors::ProxyError;
 use super::usage::Tail;
 use crate::admission::affinity::{Affinity, SCAN_LIMIT, find_response_id};
+use crate::admission::tenants::Charge;
 use crate::config::Settings;
 use crate::fleet::InFlight;
 use crate::routing::prefix_index::Prediction;
@@ -78,6 +79,8 @@ pub struct ProxyBody {
     /// With a prefix index: what it predicted, and the body's end, where the server reports
     /// the cached tokens it really had.
     cache_hits: Option<CacheHitTap>,
+    /// With tenant budgets: the request's charge, settled from the usage at the body's end.
+    charge: Option<(Charge, Box<Tail>)>,
 }
 
 impl ProxyBody {
@@ -104,7 +107,14 @@ impl ProxyBody {
             tap: None,
             tail: *b"\n\n",
             cache_hits: None,
+            charge: None,
         }
+    }
+
+    /// Settles `charge` from the usage the answer ends with (kept as estimated without one).
+    pub fn settle_charge(mut self, charge: Charge) -> Self {
+        self.charge = Some((charge, Box::default()));
+        self
     }
 
     /// Tells `policy` the cached tokens the response reports, beside what it predicted.
@@ -146,6 +156,11 @@ impl ProxyBody {
     fn finish(&mut self) {
         self.ended = true;
         self.outcome = "completed";
+        if let Some((charge, tail)) = self.charge.take()
+            && let Some(spent) = tail.spent()
+        {
+            charge.settle(spent);
+        }
         if let Some(tap) = self.cache_hits.take()
             && let Some(guard) = &self.guard
         {
@@ -228,6 +243,9 @@ impl Body for ProxyBody {
                     }
                     this.scan(data);
                     this.remember_tail(data);
+                    if let Some((_, tail)) = &mut this.charge {
+                        tail.push(data);
+                    }
                     if let Some(tap) = &mut this.cache_hits {
                         tap.frames += 1;
                         if let Some(tail) = &mut tap.tail {

@@ -36,6 +36,8 @@ pub enum ProxyError {
     Timeout,
     /// Every eligible server is full and the wait queue is full or timed out (503, Retry-After).
     Overloaded(&'static str),
+    /// The tenant's token or request budget is spent for now (429, Retry-After: when it refills).
+    OverBudget(crate::admission::tenants::OverBudget),
 }
 
 impl ProxyError {
@@ -51,6 +53,7 @@ impl ProxyError {
             Self::BadGateway(_) => StatusCode::BAD_GATEWAY,
             Self::Timeout => StatusCode::GATEWAY_TIMEOUT,
             Self::Overloaded(_) => StatusCode::SERVICE_UNAVAILABLE,
+            Self::OverBudget(_) => StatusCode::TOO_MANY_REQUESTS,
         }
     }
 
@@ -79,10 +82,20 @@ impl ProxyError {
             Self::BadGateway(why) => format!("The upstream server failed: {why}"),
             Self::Timeout => "The upstream server did not answer in time.".to_string(),
             Self::Overloaded(why) => format!("Every server is at capacity and {why}. Please retry."),
+            Self::OverBudget(o) => format!(
+                "Tenant `{}` has spent its budget of {} {} per minute: retry in {:.1} s.",
+                o.tenant,
+                o.per_minute,
+                o.what,
+                o.retry_after.as_secs_f64()
+            ),
         };
         let e = ApiError::new(self.status(), message);
         match self {
             Self::UnknownModel { .. } => e.with_param("model"),
+            Self::OverBudget(o) => {
+                e.retry_after(o.retry_after.as_secs_f64().ceil().max(1.0) as u64)
+            }
             _ => e,
         }
     }

@@ -29,6 +29,8 @@ pub struct RequestMeta {
     pub json: bool,
     /// `n`, the choices asked for, when above 1.
     pub n: Option<u64>,
+    /// The longest answer asked for (`max_tokens`, `max_completion_tokens`, `max_output_tokens`).
+    pub max_tokens: Option<u64>,
     /// The prompt as token ids, when the request gave them (a completion's `prompt: [ids]`):
     /// matched against servers' KV events (see [`crate::fleet::kv_state`]).
     pub prompt_token_ids: Option<Vec<u32>>,
@@ -85,6 +87,12 @@ struct JsonFields<'a> {
     stream_options: Option<Value<'a>>,
     #[serde(default, borrow)]
     n: Option<Value<'a>>,
+    #[serde(default, borrow)]
+    max_tokens: Option<Value<'a>>,
+    #[serde(default, borrow)]
+    max_completion_tokens: Option<Value<'a>>,
+    #[serde(default, borrow)]
+    max_output_tokens: Option<Value<'a>>,
 }
 
 fn text(v: Option<Value<'_>>) -> Option<String> {
@@ -166,6 +174,13 @@ pub async fn read_meta(
                 .as_ref()
                 .and_then(|n| n.as_u64())
                 .filter(|&n| n > 1),
+            max_tokens: [
+                &fields.max_completion_tokens,
+                &fields.max_tokens,
+                &fields.max_output_tokens,
+            ]
+            .into_iter()
+            .find_map(|v| v.as_ref().and_then(|v| v.as_u64())),
             prompt_token_ids,
         });
     }

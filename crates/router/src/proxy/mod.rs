@@ -31,6 +31,7 @@ use bytes::Bytes;
 use rand::Rng;
 use tokio::time::Instant;
 
+use crate::admission::tenants::{ChargeSlot, DEFAULT_COMPLETION_ESTIMATE, TenantOf};
 use crate::fleet::{FleetView, Server};
 use crate::metrics::labels::{self, RequestLabels, RouteLabels};
 use crate::paths;
@@ -83,10 +84,20 @@ pub async fn forward(State(app): State<Arc<AppState>>, req: Request) -> Response
             meta.model = meta::model_in_query(parts.uri.query());
         }
         named_model.clone_from(&meta.model);
+        // A generation request is charged to its tenant before it is routed (see `tenants`).
+        let charge = match parts.extensions.get::<TenantOf>() {
+            Some(TenantOf(t)) if generation => Some(
+                t.charge(estimated_tokens(&meta))
+                    .map_err(ProxyError::OverBudget)?,
+            ),
+            _ => None,
+        };
+        let charge = ChargeSlot::new(charge);
         let origin = Origin {
             id: &request_id,
             started,
             span: &span,
+            charge: &charge,
         };
         let answer = send(&app, view.clone(), parts, body.bytes.clone(), meta, origin).await;
         drop(body);
@@ -176,11 +187,25 @@ fn admit(
     }
 }
 
-/// Where a request came from, for its logs and trace: its id, when it arrived, its span.
+/// Where a request came from, for its logs and trace: its id, when it arrived, its span; and
+/// its charge to its tenant.
 struct Origin<'a> {
     id: &'a str,
     started: Instant,
     span: &'a crate::otel::SpanSlot,
+    charge: &'a ChargeSlot,
+}
+
+/// What a request will cost before it is answered: its prompt as read here, and the answer's
+/// longest length (`max_tokens`, else [`DEFAULT_COMPLETION_ESTIMATE`]) for each choice.
+fn estimated_tokens(meta: &RequestMeta) -> u64 {
+    let prompt = match (&meta.prompt_token_ids, &meta.fingerprint) {
+        (Some(ids), _) => ids.len() as u64,
+        (None, Some(f)) => f.tokens() as u64,
+        (None, None) => 0,
+    };
+    let answer = meta.max_tokens.unwrap_or(DEFAULT_COMPLETION_ESTIMATE);
+    prompt + answer.saturating_mul(meta.n.unwrap_or(1))
 }
 
 async fn send(
@@ -195,6 +220,7 @@ async fn send(
         id: request_id,
         started,
         span,
+        charge,
     } = origin;
     // A text prompt is matched exactly against KV events when its model's tokenizer is known
     // and some server's events are trusted; otherwise tokenizing would buy nothing.
@@ -257,6 +283,7 @@ async fn send(
         started,
         via: &app.via,
         span,
+        charge,
         leg: attempt::Leg::Whole,
         view: &view,
     };

@@ -9,6 +9,21 @@
 //! how the router measures the real hit rate next to its index's prediction (see
 //! [`crate::fleet::prefix_index::Calibration`]).
 
+use std::sync::LazyLock;
+
+use memchr::memmem::FinderRev;
+
+// Searchers built once: building one costs more than searching 2 KiB with it.
+static CACHED: LazyLock<FinderRev<'static>> =
+    LazyLock::new(|| FinderRev::new(b"\"cached_tokens\":"));
+static PROMPT: LazyLock<FinderRev<'static>> =
+    LazyLock::new(|| FinderRev::new(b"\"prompt_tokens\":"));
+static INPUT: LazyLock<FinderRev<'static>> = LazyLock::new(|| FinderRev::new(b"\"input_tokens\":"));
+static COMPLETION: LazyLock<FinderRev<'static>> =
+    LazyLock::new(|| FinderRev::new(b"\"completion_tokens\":"));
+static OUTPUT: LazyLock<FinderRev<'static>> =
+    LazyLock::new(|| FinderRev::new(b"\"output_tokens\":"));
+
 /// How much of the response's end is kept: the usage object with room for what follows it.
 pub const TAIL_BYTES: usize = 2048;
 
@@ -43,19 +58,6 @@ impl Tail {
 
     /// The usage the body ended with, if it reported cached tokens.
     pub fn usage(&self) -> Option<Usage> {
-        use memchr::memmem::FinderRev;
-        use std::sync::LazyLock;
-        // Searchers built once: building one costs more than searching 2 KiB with it.
-        static CACHED: LazyLock<FinderRev<'static>> =
-            LazyLock::new(|| FinderRev::new(b"\"cached_tokens\":"));
-        static PROMPT: LazyLock<FinderRev<'static>> =
-            LazyLock::new(|| FinderRev::new(b"\"prompt_tokens\":"));
-        static INPUT: LazyLock<FinderRev<'static>> =
-            LazyLock::new(|| FinderRev::new(b"\"input_tokens\":"));
-        static COMPLETION: LazyLock<FinderRev<'static>> =
-            LazyLock::new(|| FinderRev::new(b"\"completion_tokens\":"));
-        static OUTPUT: LazyLock<FinderRev<'static>> =
-            LazyLock::new(|| FinderRev::new(b"\"output_tokens\":"));
         let text = &self.bytes;
         let cached = last_number(text, &CACHED)?;
         let prompt = last_number(text, &PROMPT).or_else(|| last_number(text, &INPUT))?;
@@ -68,10 +70,23 @@ impl Tail {
     }
 }
 
+impl Tail {
+    /// The tokens the answer reports spending, prompt and completion (`usage.total_tokens`'s
+    /// parts), whether or not it reports cached tokens.
+    pub fn spent(&self) -> Option<u64> {
+        let text = &self.bytes;
+        let prompt = last_number(text, &PROMPT).or_else(|| last_number(text, &INPUT))?;
+        let completion = last_number(text, &COMPLETION)
+            .or_else(|| last_number(text, &OUTPUT))
+            .unwrap_or(0);
+        Some(prompt + completion)
+    }
+}
+
 /// The number after the last occurrence of `key` (JSON whitespace allowed after the colon).
 /// Runs at every answered request's end: a vectorised reverse search and digits read in place
 /// (the byte-window search and a collected `Vec` cost ~7,000 instructions a request).
-fn last_number(text: &[u8], key: &memchr::memmem::FinderRev<'_>) -> Option<u64> {
+fn last_number(text: &[u8], key: &FinderRev<'_>) -> Option<u64> {
     let at = key.rfind(text)? + key.needle().len();
     let mut digits = text[at..]
         .iter()
