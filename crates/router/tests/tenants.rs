@@ -151,3 +151,100 @@ async fn a_request_budget_counts_requests_and_a_refused_request_is_refunded() {
         "{body}"
     );
 }
+
+/// A server of one slot whose first request is held until the test says; the others are
+/// answered at once.
+async fn one_slot_server() -> (String, std::sync::Arc<tokio::sync::Notify>) {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let go = std::sync::Arc::new(tokio::sync::Notify::new());
+    let first = std::sync::Arc::new(AtomicBool::new(true));
+    let go2 = go.clone();
+    let app = axum::Router::new().route(
+        "/v1/chat/completions",
+        axum::routing::post(move || {
+            let (go, first) = (go2.clone(), first.clone());
+            async move {
+                if first.swap(false, Ordering::SeqCst) {
+                    go.notified().await;
+                }
+                (
+                    [("content-type", "application/json")],
+                    r#"{"id":"x","object":"chat.completion","choices":[],"usage":{"prompt_tokens":3,"completion_tokens":1,"total_tokens":4}}"#,
+                )
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    (url, go)
+}
+
+#[tokio::test]
+async fn when_the_fleet_is_full_critical_leaves_the_queue_first_and_batch_is_shed_first() {
+    use mvllm_router::config::{Priority, ServerConfig};
+    use std::time::Duration;
+    let (url, go) = one_slot_server().await;
+    let mut batch = key("batch-1", "sk-batch-0123456789", "evals");
+    batch.priority = Some(Priority::Batch);
+    let mut critical = key("chat-1", "sk-chat-01234567890", "chat");
+    critical.priority = Some(Priority::Critical);
+    let mut settings = fast_settings();
+    settings.enable_active_health_check = false;
+    settings.queue_size = 3;
+    settings.queue_timeout = Duration::from_secs(30);
+    settings.admin_token = Some(ADMIN.into());
+    settings.auth = AuthSettings {
+        keys: vec![batch, critical],
+        ..AuthSettings::default()
+    };
+    let server = ServerConfig {
+        max_concurrent_requests: 1,
+        models: Some(vec![MODEL.into()]),
+        ..server_of_url(url)
+    };
+    let r = router(vec![server], settings).await;
+    let chat_url = format!("{}/v1/chat/completions", r.url());
+    let queued = |n: usize| {
+        let q = r.state.admission.wait_queue.clone();
+        async move {
+            mvllm_testkit::eventually(Duration::from_secs(10), &format!("{n} waiting"), || {
+                let q = q.clone();
+                async move { q.len() == n }
+            })
+            .await;
+        }
+    };
+    let (done_tx, mut done) = tokio::sync::mpsc::unbounded_channel();
+    let send = |label: &'static str, key: &'static str| {
+        let (url, done_tx) = (chat_url.clone(), done_tx.clone());
+        tokio::spawn(async move {
+            let status = ask(&url, key, 4).await.status().as_u16();
+            let _ = done_tx.send((label, status));
+        });
+    };
+    // The one slot is taken and held; three batch requests wait.
+    send("holder", "sk-batch-0123456789");
+    mvllm_testkit::eventually(Duration::from_secs(10), "the slot taken", || async {
+        r.fleet.servers()[0].in_flight() == 1
+    })
+    .await;
+    for (i, label) in ["batch-1", "batch-2", "batch-3"].into_iter().enumerate() {
+        send(label, "sk-batch-0123456789");
+        queued(i + 1).await;
+    }
+    // The line is full: a critical request sheds the newest batch request (429, Retry-After).
+    send("critical", "sk-chat-01234567890");
+    let (label, status) = done.recv().await.unwrap();
+    assert_eq!((label, status), ("batch-3", 429));
+    queued(3).await;
+    // The slot frees: the critical request goes first, then the batch ones in order.
+    go.notify_one();
+    let mut order = Vec::new();
+    for _ in 0..4 {
+        let (label, status) = done.recv().await.unwrap();
+        assert_eq!(status, 200, "{label}");
+        order.push(label);
+    }
+    assert_eq!(order, ["holder", "critical", "batch-1", "batch-2"]);
+}

@@ -26,7 +26,7 @@ use axum::http::HeaderMap;
 use parking_lot::Mutex;
 use tokio::time::Instant;
 
-use crate::config::AuthSettings;
+use crate::config::{AuthSettings, Priority};
 
 /// The tenant of requests that name none the router knows.
 pub const DEFAULT_TENANT: &str = "default";
@@ -94,6 +94,10 @@ pub struct TenantCounts {
 #[derive(Debug)]
 pub struct Tenant {
     pub name: String,
+    /// Its requests' class (a request may lower its own).
+    pub priority: Priority,
+    /// Its share of the fleet within its class, against other tenants with work queued.
+    pub weight: f64,
     pub tokens_per_minute: u64,
     pub requests_per_minute: u64,
     tokens: Mutex<Option<Bucket>>,
@@ -106,6 +110,8 @@ impl Tenant {
         let now = Instant::now();
         Tenant {
             name: name.to_string(),
+            priority: Priority::Standard,
+            weight: 1.0,
             tokens_per_minute,
             requests_per_minute,
             tokens: Mutex::new(Bucket::per_minute(tokens_per_minute, now)),
@@ -284,6 +290,9 @@ pub struct Tenants {
     header: Option<axum::http::HeaderName>,
     /// Some tenant has a budget (read per request: one load when none has).
     limited: bool,
+    /// Tenants matter to a request: some budget, class or weight is set, or the header is
+    /// trusted.
+    active: bool,
 }
 
 impl Tenants {
@@ -296,11 +305,14 @@ impl Tenants {
             let tenant = by_name
                 .entry(name.to_string())
                 .or_insert_with(|| {
-                    Arc::new(Tenant::new(
+                    let mut t = Tenant::new(
                         name,
                         k.tokens_per_minute.unwrap_or(auth.tokens_per_minute),
                         k.requests_per_minute.unwrap_or(auth.requests_per_minute),
-                    ))
+                    );
+                    t.priority = k.priority.unwrap_or_default();
+                    t.weight = k.weight.unwrap_or(1.0);
+                    Arc::new(t)
                 })
                 .clone();
             of_key.insert(k.name.clone(), tenant);
@@ -322,8 +334,14 @@ impl Tenants {
                 }
             }
         }
+        let limited = by_name.values().any(|t| t.limited());
         Tenants {
-            limited: by_name.values().any(|t| t.limited()),
+            limited,
+            active: limited
+                || auth.tenant_header.is_some()
+                || by_name
+                    .values()
+                    .any(|t| t.priority != Priority::Standard || t.weight != 1.0),
             by_name,
             of_key,
             default: Some(default),
@@ -337,6 +355,11 @@ impl Tenants {
     /// Whether any tenant has a budget: if none does, requests are not charged at all.
     pub fn any_limited(&self) -> bool {
         self.limited
+    }
+
+    /// Whether a request's tenant is worth finding: it has a budget, a class or a weight.
+    pub fn active(&self) -> bool {
+        self.active
     }
 
     /// The tenant of a request: the trusted header's, else its key's, else the default.

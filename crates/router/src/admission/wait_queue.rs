@@ -1,24 +1,135 @@
-//! The optional bounded wait in the router when every eligible server is at capacity.
+//! The optional bounded wait in the router when every eligible server is at capacity, by class
+//! and fair between tenants.
 //!
 //! Why: without it (the seed's behaviour, and the default) a request beyond the fleet's capacity
 //! goes to the least loaded server anyway and waits in vLLM's own queue, where it holds KV-cache
 //! blocks, can be preempted, and cannot move to a server that frees up first. With
-//! `queue_size > 0` it waits here instead, first come first served, for the first slot on any
-//! server that can take it, up to `queue_timeout`; past `queue_size` waiters, or after the
-//! time-out, it gets 503 with `Retry-After` at once instead of unbounded latency.
+//! `queue_size > 0` it waits here instead for the first slot on any server that can take it; past
+//! `queue_size` waiters, or after its time-out, it gets an answer at once instead of unbounded
+//! latency.
 //!
-//! Fairness: a request that arrives while others wait joins the back of the line rather than
-//! taking a slot that frees up (no barging). Each freed slot wakes the head of the line.
+//! Who goes first when a slot frees up:
+//! - the highest class waiting (`critical`, then `standard`, then `batch`);
+//! - within a class, the tenant furthest behind its share: each tenant's served work (estimated
+//!   tokens divided by its weight) is its virtual time, and the lowest goes next (weighted fair
+//!   queuing). A tenant that was idle starts at the class's current virtual time, so idleness
+//!   banks no credit: its share went to the others meanwhile;
+//! - within a tenant, first come first served; a request that arrives while others wait joins the
+//!   line rather than taking a slot that frees up (no barging).
+//!
+//! A full line takes a higher-class request by shedding the newest of its lowest-class waiters
+//! (told so: 429 with `Retry-After`); a request of the lowest class waiting finds it full. No
+//! waiter is ever dropped silently: each leaves served, shed, or timed out, and says which.
 
-use std::collections::VecDeque;
+use std::collections::HashMap;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
 use parking_lot::Mutex;
 use tokio::sync::oneshot;
 
+use crate::config::Priority;
+
+/// What a waiter is told.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Wake {
+    /// A slot freed up: look again.
+    Turn,
+    /// A higher class needed the place: leave with 429.
+    Shed,
+}
+
+/// Who a waiter is: its class, its tenant and share, what its request will cost.
+#[derive(Debug, Clone)]
+pub struct Place {
+    pub priority: Priority,
+    pub tenant: Arc<str>,
+    pub weight: f64,
+    /// Estimated tokens.
+    pub cost: f64,
+}
+
+impl Default for Place {
+    fn default() -> Self {
+        Place {
+            priority: Priority::Standard,
+            tenant: Arc::from(""),
+            weight: 1.0,
+            cost: 1.0,
+        }
+    }
+}
+
+struct Waiter {
+    id: u64,
+    place: Place,
+    /// Put back at the front of its tenant's line (woken, but the slot was gone).
+    front: bool,
+    tx: oneshot::Sender<Wake>,
+}
+
+#[derive(Default)]
+struct Line {
+    waiters: Vec<Waiter>,
+    /// Each tenant's virtual time, by class.
+    served: HashMap<(Priority, Arc<str>), f64>,
+    /// Each class's virtual time: where the last request served started.
+    clock: HashMap<Priority, f64>,
+}
+
+impl Line {
+    /// The waiter to serve next (see the module doc).
+    fn next(&self) -> Option<usize> {
+        let class = self.waiters.iter().map(|w| w.place.priority).min()?;
+        let vtime = |w: &Waiter| {
+            self.served
+                .get(&(class, w.place.tenant.clone()))
+                .copied()
+                .unwrap_or(0.0)
+        };
+        self.waiters
+            .iter()
+            .enumerate()
+            .filter(|(_, w)| w.place.priority == class)
+            .min_by(|(_, a), (_, b)| {
+                vtime(a)
+                    .total_cmp(&vtime(b))
+                    .then(b.front.cmp(&a.front))
+                    .then(a.id.cmp(&b.id))
+            })
+            .map(|(i, _)| i)
+    }
+
+    /// Charges `place`'s tenant for being served (`sign` -1 takes a charge back).
+    fn charge(&mut self, place: &Place, sign: f64) {
+        let key = (place.priority, place.tenant.clone());
+        let v = self.served.entry(key).or_insert(0.0);
+        if sign > 0.0 {
+            self.clock.insert(place.priority, *v);
+        }
+        *v += sign * place.cost / place.weight.max(1e-9);
+    }
+
+    /// A tenant with nothing waiting in its class starts at the class's clock.
+    fn catch_up(&mut self, place: &Place) {
+        let idle = !self
+            .waiters
+            .iter()
+            .any(|w| w.place.priority == place.priority && w.place.tenant == place.tenant);
+        if idle {
+            let clock = self.clock.get(&place.priority).copied().unwrap_or(0.0);
+            let v = self
+                .served
+                .entry((place.priority, place.tenant.clone()))
+                .or_insert(0.0);
+            *v = v.max(clock);
+        }
+    }
+}
+
 #[derive(Default)]
 pub struct WaitQueue {
-    waiters: Mutex<VecDeque<(u64, oneshot::Sender<()>)>>,
+    line: Mutex<Line>,
     /// The line's length, readable without the lock: every request's end asks whether anyone
     /// waits, and with the queue off (or empty) that must cost one atomic load. A wake-up missed
     /// in the instant a waiter joins is caught by the waiter's own periodic look.
@@ -30,7 +141,10 @@ pub struct WaitQueue {
 pub struct Ticket<'a> {
     queue: &'a WaitQueue,
     id: u64,
-    pub woken: oneshot::Receiver<()>,
+    place: Place,
+    woken: oneshot::Receiver<Wake>,
+    /// What the holder was told, once it was.
+    told: Option<Wake>,
     /// The holder got its slot: leaving passes nothing on.
     used: bool,
 }
@@ -39,18 +153,44 @@ impl Ticket<'_> {
     pub fn used(mut self) {
         self.used = true;
     }
+
+    /// Waits until told (its turn, or shed), or `until`: `None` when nothing came by then.
+    pub async fn wait(&mut self, until: tokio::time::Instant) -> Option<Wake> {
+        if self.told.is_none() {
+            self.told = tokio::time::timeout_at(until, &mut self.woken)
+                .await
+                .ok()
+                .and_then(Result::ok);
+        }
+        self.told
+    }
+
+    /// What the holder has been told so far, without waiting.
+    pub fn try_wake(&mut self) -> Option<Wake> {
+        if self.told.is_none() {
+            self.told = self.woken.try_recv().ok();
+        }
+        self.told
+    }
+
+    pub fn place(&self) -> &Place {
+        &self.place
+    }
 }
 
 impl Drop for Ticket<'_> {
     fn drop(&mut self) {
-        let mut w = self.queue.waiters.lock();
-        if let Some(i) = w.iter().position(|(id, _)| *id == self.id) {
-            w.remove(i);
-            self.queue.waiting.store(w.len(), Ordering::Relaxed);
-        } else if !self.used {
-            // Woken but leaving without using the slot: pass the wake-up on.
-            drop(w);
-            self.queue.wake_one();
+        let queue = self.queue;
+        let mut line = queue.line.lock();
+        if let Some(i) = line.waiters.iter().position(|w| w.id == self.id) {
+            line.waiters.remove(i);
+            queue.waiting.store(line.waiters.len(), Ordering::Relaxed);
+        } else {
+            drop(line);
+            if !self.used && self.try_wake() == Some(Wake::Turn) {
+                // Woken but leaving without using the slot: pass the wake-up on.
+                queue.wake_one();
+            }
         }
     }
 }
@@ -72,49 +212,69 @@ impl WaitQueue {
         self.len() == 0
     }
 
-    /// Joins the back of the line, or `None` when `max` are already waiting.
-    pub fn join(&self, max: usize) -> Option<Ticket<'_>> {
-        self.enter(max, false)
+    /// Joins the line, or `None` when `max` are already waiting and none of them is of a lower
+    /// class than `place` (the newest of the lowest class is shed to make room).
+    pub fn join(&self, max: usize, place: Place) -> Option<Ticket<'_>> {
+        self.enter(max, place, false)
     }
 
-    /// Goes back to the front (woken, but the slot was taken by the time it looked).
-    pub fn rejoin_front(&self) -> Ticket<'_> {
-        self.enter(usize::MAX, true).expect("no bound at the front")
+    /// Goes back to the front of its tenant's line (woken, but the slot was taken by the time
+    /// it looked); its tenant's charge for the turn is taken back.
+    pub fn rejoin_front(&self, place: Place) -> Ticket<'_> {
+        self.line.lock().charge(&place, -1.0);
+        self.enter(usize::MAX, place, true)
+            .expect("no bound at the front")
     }
 
-    fn enter(&self, max: usize, front: bool) -> Option<Ticket<'_>> {
-        let mut w = self.waiters.lock();
-        if w.len() >= max {
-            return None;
+    fn enter(&self, max: usize, place: Place, front: bool) -> Option<Ticket<'_>> {
+        let mut line = self.line.lock();
+        if line.waiters.len() >= max {
+            let lowest = line
+                .waiters
+                .iter()
+                .enumerate()
+                .filter(|(_, w)| w.place.priority > place.priority)
+                .max_by_key(|(_, w)| (w.place.priority, w.id))
+                .map(|(i, _)| i)?;
+            let shed = line.waiters.remove(lowest);
+            let _ = shed.tx.send(Wake::Shed);
+        }
+        if !front {
+            line.catch_up(&place);
         }
         let id = self.next_ticket.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = oneshot::channel();
-        if front {
-            w.push_front((id, tx));
-        } else {
-            w.push_back((id, tx));
-        }
-        self.waiting.store(w.len(), Ordering::Relaxed);
+        line.waiters.push(Waiter {
+            id,
+            place: place.clone(),
+            front,
+            tx,
+        });
+        self.waiting.store(line.waiters.len(), Ordering::Relaxed);
         Some(Ticket {
             queue: self,
             id,
+            place,
             woken: rx,
+            told: None,
             used: false,
         })
     }
 
-    /// A slot freed up: the head of the line may look again.
+    /// A slot freed up: the waiter next in turn may look again.
     pub fn wake_one(&self) {
         if self.is_empty() {
             return;
         }
-        let mut w = self.waiters.lock();
-        while let Some((_, tx)) = w.pop_front() {
-            if tx.send(()).is_ok() {
+        let mut line = self.line.lock();
+        while let Some(i) = line.next() {
+            let w = line.waiters.remove(i);
+            if w.tx.send(Wake::Turn).is_ok() {
+                line.charge(&w.place, 1.0);
                 break;
             }
         }
-        self.waiting.store(w.len(), Ordering::Relaxed);
+        self.waiting.store(line.waiters.len(), Ordering::Relaxed);
     }
 }
 
@@ -128,35 +288,159 @@ impl crate::fleet::slots::SlotObserver for WaitQueue {
 mod tests {
     use super::*;
 
+    fn place(priority: Priority, tenant: &str, weight: f64, cost: f64) -> Place {
+        Place {
+            priority,
+            tenant: Arc::from(tenant),
+            weight,
+            cost,
+        }
+    }
+
     #[tokio::test]
     async fn first_come_first_served_bounded_and_leaving_passes_the_turn_on() {
         let q = WaitQueue::default();
-        let a = q.join(2).unwrap();
-        let mut b = q.join(2).unwrap();
-        assert!(q.join(2).is_none(), "bounded");
+        let a = q.join(2, Place::default()).unwrap();
+        let mut b = q.join(2, Place::default()).unwrap();
+        assert!(q.join(2, Place::default()).is_none(), "bounded");
         q.wake_one();
         let mut a = a;
-        assert!(
-            a.woken.try_recv().is_ok(),
+        assert_eq!(
+            a.try_wake(),
+            Some(Wake::Turn),
             "the first in line is woken first"
         );
-        assert!(b.woken.try_recv().is_err());
+        assert!(b.try_wake().is_none());
         // `a` was woken and leaves without using the slot: `b` gets the turn.
         drop(a);
-        assert!(b.woken.try_recv().is_ok());
+        assert_eq!(b.try_wake(), Some(Wake::Turn));
         b.used();
         assert!(q.is_empty());
         // A used ticket passes nothing on.
-        let mut d = q.join(2).unwrap();
-        let e = q.join(2).unwrap();
+        let mut d = q.join(2, Place::default()).unwrap();
+        let e = q.join(2, Place::default()).unwrap();
         q.wake_one();
-        assert!(d.woken.try_recv().is_ok());
+        assert_eq!(d.try_wake(), Some(Wake::Turn));
         d.used();
         assert_eq!(q.len(), 1, "e still waits");
         drop(e);
         // A waiter that gives up (time-out) just leaves the line.
-        let c = q.join(1).unwrap();
+        let c = q.join(1, Place::default()).unwrap();
         drop(c);
         assert!(q.is_empty());
+    }
+
+    #[tokio::test]
+    async fn higher_classes_leave_first_and_a_full_line_sheds_the_newest_lowest() {
+        let q = WaitQueue::default();
+        let batch1 = q.join(3, place(Priority::Batch, "b", 1.0, 1.0)).unwrap();
+        let mut batch2 = q.join(3, place(Priority::Batch, "b", 1.0, 1.0)).unwrap();
+        let standard = q.join(3, place(Priority::Standard, "s", 1.0, 1.0)).unwrap();
+        // Full: a critical request sheds the newest batch waiter; another batch finds it full.
+        let critical = q.join(3, place(Priority::Critical, "c", 1.0, 1.0)).unwrap();
+        assert_eq!(batch2.try_wake(), Some(Wake::Shed));
+        assert!(q.join(3, place(Priority::Batch, "b", 1.0, 1.0)).is_none());
+        assert_eq!(q.len(), 3);
+        let mut waiting = vec![
+            ("critical", critical),
+            ("standard", standard),
+            ("batch", batch1),
+        ];
+        let mut order = Vec::new();
+        for _ in 0..3 {
+            q.wake_one();
+            let i = waiting
+                .iter_mut()
+                .position(|(_, t)| t.try_wake() == Some(Wake::Turn))
+                .expect("someone is woken");
+            let (name, ticket) = waiting.remove(i);
+            ticket.used();
+            order.push(name);
+        }
+        assert_eq!(order, ["critical", "standard", "batch"]);
+        drop(batch2);
+        assert!(q.is_empty(), "a shed waiter passes no turn on");
+    }
+
+    #[tokio::test]
+    async fn within_a_class_tenants_share_by_weight_and_estimated_tokens() {
+        let q = WaitQueue::default();
+        // Tenant a (weight 3) and b (weight 1) each queue 40 requests of 100 tokens; a third
+        // tenant's requests cost 400 tokens each.
+        let mut tickets = Vec::new();
+        for _ in 0..40 {
+            tickets.push((
+                "a",
+                q.join(1000, place(Priority::Standard, "a", 3.0, 100.0))
+                    .unwrap(),
+            ));
+            tickets.push((
+                "b",
+                q.join(1000, place(Priority::Standard, "b", 1.0, 100.0))
+                    .unwrap(),
+            ));
+            tickets.push((
+                "c",
+                q.join(1000, place(Priority::Standard, "c", 1.0, 400.0))
+                    .unwrap(),
+            ));
+        }
+        for _ in 0..40 {
+            q.wake_one();
+        }
+        let mut served = HashMap::new();
+        for (name, t) in tickets.iter_mut() {
+            if t.try_wake() == Some(Wake::Turn) {
+                *served.entry(*name).or_insert(0) += 1;
+            }
+        }
+        // Shares of tokens 3 : 1 : 1, so requests 3 : 1 : 1/4.
+        let (a, b, c) = (
+            served["a"],
+            served["b"],
+            served.get("c").copied().unwrap_or(0),
+        );
+        assert_eq!(a + b + c, 40);
+        assert!((27..=29).contains(&a), "{served:?}");
+        assert!((8..=10).contains(&b), "{served:?}");
+        assert!((2..=3).contains(&c), "{served:?}");
+    }
+
+    #[tokio::test]
+    async fn an_idle_tenant_banks_no_credit() {
+        let q = WaitQueue::default();
+        // a is served alone for a while...
+        for _ in 0..10 {
+            let mut t = q
+                .join(100, place(Priority::Standard, "a", 1.0, 1.0))
+                .unwrap();
+            q.wake_one();
+            assert_eq!(t.try_wake(), Some(Wake::Turn));
+            t.used();
+        }
+        // ...then b arrives: they alternate, b does not get ten turns in a row.
+        let mut a: Vec<_> = (0..4)
+            .map(|_| {
+                q.join(100, place(Priority::Standard, "a", 1.0, 1.0))
+                    .unwrap()
+            })
+            .collect();
+        let mut b: Vec<_> = (0..4)
+            .map(|_| {
+                q.join(100, place(Priority::Standard, "b", 1.0, 1.0))
+                    .unwrap()
+            })
+            .collect();
+        for _ in 0..4 {
+            q.wake_one();
+        }
+        let turns = |ts: &mut Vec<Ticket<'_>>| {
+            ts.iter_mut()
+                .filter_map(|t| t.try_wake())
+                .filter(|w| *w == Wake::Turn)
+                .count()
+        };
+        let (a_served, b_served) = (turns(&mut a), turns(&mut b));
+        assert_eq!((a_served, b_served), (2, 2), "they alternate");
     }
 }

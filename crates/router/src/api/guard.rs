@@ -57,7 +57,7 @@ where
     let tenants = app.admission.tenants.load();
     let tenant_of = |key: Option<&str>, headers: &axum::http::HeaderMap| {
         tenants
-            .any_limited()
+            .active()
             .then(|| tenants.of(key, headers).cloned())
             .flatten()
     };

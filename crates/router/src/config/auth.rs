@@ -65,6 +65,39 @@ pub struct RawKeyTable {
     pub tenant: Option<String>,
     pub tokens_per_minute: Option<i64>,
     pub requests_per_minute: Option<i64>,
+    pub priority: Option<String>,
+    pub weight: Option<f64>,
+}
+
+/// A request's class when the fleet is full: higher classes leave the router's wait queue
+/// first, lower ones are shed first and time out first.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
+pub enum Priority {
+    Critical = 0,
+    #[default]
+    Standard = 1,
+    Batch = 2,
+}
+
+impl Priority {
+    pub const ALL: [Priority; 3] = [Priority::Critical, Priority::Standard, Priority::Batch];
+
+    pub fn parse(s: &str) -> Option<Priority> {
+        match s.trim().to_ascii_lowercase().as_str() {
+            "critical" => Some(Priority::Critical),
+            "standard" => Some(Priority::Standard),
+            "batch" => Some(Priority::Batch),
+            _ => None,
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Priority::Critical => "critical",
+            Priority::Standard => "standard",
+            Priority::Batch => "batch",
+        }
+    }
 }
 
 /// One client key and its own limits (`None`: the `[auth]` defaults).
@@ -79,6 +112,10 @@ pub struct ApiKey {
     pub tenant: Option<String>,
     pub tokens_per_minute: Option<u64>,
     pub requests_per_minute: Option<u64>,
+    /// Its requests' class (`None`: standard); a request may lower it, never raise it.
+    pub priority: Option<Priority>,
+    /// Its tenant's share within a class (`None`: 1).
+    pub weight: Option<f64>,
 }
 
 impl std::fmt::Debug for ApiKey {
@@ -92,6 +129,8 @@ impl std::fmt::Debug for ApiKey {
             .field("tenant", &self.tenant)
             .field("tokens_per_minute", &self.tokens_per_minute)
             .field("requests_per_minute", &self.requests_per_minute)
+            .field("priority", &self.priority)
+            .field("weight", &self.weight)
             .finish()
     }
 }
@@ -107,6 +146,8 @@ impl ApiKey {
             tenant: None,
             tokens_per_minute: None,
             requests_per_minute: None,
+            priority: None,
+            weight: None,
         }
     }
 
@@ -207,39 +248,7 @@ pub fn auth_settings(
         let span = k.span();
         let key = match k.into_inner() {
             RawKey::Plain(secret) => ApiKey::new(format!("key-{}", i + 1), secret),
-            RawKey::Full(t) => {
-                let rate = match t.requests_per_second {
-                    Some(r) if !(r.is_finite() && r >= 0.0) => {
-                        return Err(at(
-                            span,
-                            format!("requests_per_second must be >= 0, got {r}"),
-                        ));
-                    }
-                    r => r,
-                };
-                let count = |v: Option<i64>, name: &str| -> Result<Option<u64>, ConfigError> {
-                    v.map(|v| {
-                        u64::try_from(v)
-                            .map_err(|_| at(span.clone(), format!("{name} must be >= 0, got {v}")))
-                    })
-                    .transpose()
-                };
-                ApiKey {
-                    name: t.name.unwrap_or_else(|| format!("key-{}", i + 1)),
-                    secret: t.key,
-                    requests_per_second: rate,
-                    burst: count(t.burst, "burst")?.map(|b| b.clamp(1, u64::from(u32::MAX)) as u32),
-                    max_concurrent: count(t.max_concurrent, "max_concurrent")?.map(|m| m as usize),
-                    tenant: match t.tenant {
-                        Some(n) if n.trim().is_empty() => {
-                            return Err(at(span, "a key's tenant must be a non-empty name".into()));
-                        }
-                        n => n,
-                    },
-                    tokens_per_minute: count(t.tokens_per_minute, "tokens_per_minute")?,
-                    requests_per_minute: count(t.requests_per_minute, "requests_per_minute")?,
-                }
-            }
+            RawKey::Full(t) => full_key(t, i, &span, at)?,
         };
         check_key(&key.secret).map_err(|m| at(span.clone(), m))?;
         out.keys.push(key);
@@ -302,6 +311,67 @@ pub fn auth_settings(
         }
     }
     Ok(out)
+}
+
+/// A key written as a table, checked: `span` points at it, `i` numbers it in default names.
+fn full_key(
+    t: RawKeyTable,
+    i: usize,
+    span: &std::ops::Range<usize>,
+    at: &dyn Fn(std::ops::Range<usize>, String) -> ConfigError,
+) -> Result<ApiKey, ConfigError> {
+    let span = span.clone();
+    let rate = match t.requests_per_second {
+        Some(r) if !(r.is_finite() && r >= 0.0) => {
+            return Err(at(
+                span,
+                format!("requests_per_second must be >= 0, got {r}"),
+            ));
+        }
+        r => r,
+    };
+    let count = |v: Option<i64>, name: &str| -> Result<Option<u64>, ConfigError> {
+        v.map(|v| {
+            u64::try_from(v).map_err(|_| at(span.clone(), format!("{name} must be >= 0, got {v}")))
+        })
+        .transpose()
+    };
+    Ok(ApiKey {
+        name: t.name.unwrap_or_else(|| format!("key-{}", i + 1)),
+        secret: t.key,
+        requests_per_second: rate,
+        burst: count(t.burst, "burst")?.map(|b| b.clamp(1, u64::from(u32::MAX)) as u32),
+        max_concurrent: count(t.max_concurrent, "max_concurrent")?.map(|m| m as usize),
+        tenant: match t.tenant {
+            Some(n) if n.trim().is_empty() => {
+                return Err(at(span, "a key's tenant must be a non-empty name".into()));
+            }
+            n => n,
+        },
+        tokens_per_minute: count(t.tokens_per_minute, "tokens_per_minute")?,
+        requests_per_minute: count(t.requests_per_minute, "requests_per_minute")?,
+        priority: t
+            .priority
+            .as_deref()
+            .map(|p| {
+                Priority::parse(p).ok_or_else(|| {
+                    at(
+                        span.clone(),
+                        format!(
+                            "priority `{p}` is not one of \"critical\", \"standard\", \"batch\"{}",
+                            super::error::did_you_mean(p, &["critical", "standard", "batch"])
+                        ),
+                    )
+                })
+            })
+            .transpose()?,
+        weight: match t.weight {
+            Some(w) if !(w.is_finite() && w > 0.0 && w <= 1e6) => {
+                return Err(at(span, format!("weight must be > 0, got {w}")));
+            }
+            w => w,
+        },
+    })
 }
 
 /// The SHA-256 digest of a key: all the router keeps of one, and what it compares.

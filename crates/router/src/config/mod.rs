@@ -20,7 +20,7 @@ pub mod values;
 
 use std::path::Path;
 
-pub use auth::{ApiKey, AuthSettings};
+pub use auth::{ApiKey, AuthSettings, Priority};
 pub use error::{ConfigError, did_you_mean};
 use error::{explain, line_col};
 use raw::RawFile;

@@ -38,6 +38,9 @@ pub enum ProxyError {
     Overloaded(&'static str),
     /// The tenant's token or request budget is spent for now (429, Retry-After: when it refills).
     OverBudget(crate::admission::tenants::OverBudget),
+    /// A request of this class was waiting for a slot and a higher class needed its place
+    /// (429, Retry-After).
+    Shed(&'static str),
 }
 
 impl ProxyError {
@@ -53,7 +56,7 @@ impl ProxyError {
             Self::BadGateway(_) => StatusCode::BAD_GATEWAY,
             Self::Timeout => StatusCode::GATEWAY_TIMEOUT,
             Self::Overloaded(_) => StatusCode::SERVICE_UNAVAILABLE,
-            Self::OverBudget(_) => StatusCode::TOO_MANY_REQUESTS,
+            Self::OverBudget(_) | Self::Shed(_) => StatusCode::TOO_MANY_REQUESTS,
         }
     }
 
@@ -89,6 +92,9 @@ impl ProxyError {
                 o.what,
                 o.retry_after.as_secs_f64()
             ),
+            Self::Shed(class) => format!(
+                "Every server is at capacity and a request of a higher class needed this {class} request's place in the wait queue. Please retry."
+            ),
         };
         let e = ApiError::new(self.status(), message);
         match self {
@@ -96,6 +102,7 @@ impl ProxyError {
             Self::OverBudget(o) => {
                 e.retry_after(o.retry_after.as_secs_f64().ceil().max(1.0) as u64)
             }
+            Self::Shed(_) => e.retry_after(1),
             _ => e,
         }
     }

@@ -32,6 +32,8 @@ use rand::Rng;
 use tokio::time::Instant;
 
 use crate::admission::tenants::{ChargeSlot, DEFAULT_COMPLETION_ESTIMATE, TenantOf};
+use crate::admission::wait_queue::{Place, Wake};
+use crate::config::Priority;
 use crate::fleet::{FleetView, Server};
 use crate::metrics::labels::{self, RequestLabels, RouteLabels};
 use crate::paths;
@@ -196,6 +198,27 @@ struct Origin<'a> {
     charge: &'a ChargeSlot,
 }
 
+/// The header with which a request lowers its own class (`batch`, say), never raising it.
+const PRIORITY_HEADER: &str = "x-mvllm-priority";
+
+/// A request's place if it has to wait: its tenant's class (lowered by the request's own
+/// header), the tenant's share, and its estimated tokens.
+fn place_in_line(parts: &axum::http::request::Parts, meta: &RequestMeta) -> Place {
+    let tenant = parts.extensions.get::<TenantOf>().map(|t| &t.0);
+    let asked = parts
+        .headers
+        .get(PRIORITY_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .and_then(Priority::parse);
+    let own = tenant.map_or(Priority::Standard, |t| t.priority);
+    Place {
+        priority: asked.map_or(own, |p| p.max(own)),
+        tenant: tenant.map_or_else(|| Arc::from(""), |t| Arc::from(t.name.as_str())),
+        weight: tenant.map_or(1.0, |t| t.weight),
+        cost: estimated_tokens(meta) as f64,
+    }
+}
+
 /// What a request will cost before it is answered: its prompt as read here, and the answer's
 /// longest length (`max_tokens`, else [`DEFAULT_COMPLETION_ESTIMATE`]) for each choice.
 fn estimated_tokens(meta: &RequestMeta) -> u64 {
@@ -253,7 +276,8 @@ async fn send(
         pinned.as_deref().is_none_or(|url| s.url() == url)
             && meta.model.as_deref().is_none_or(|m| s.serves(m))
     };
-    if let Some(ticket) = wait_for_slot(app, &mut view, &could_serve).await? {
+    let place = place_in_line(&parts, &meta);
+    if let Some(ticket) = wait_for_slot(app, &mut view, &could_serve, place).await? {
         ticket.used();
     }
     let (settings, policy) = (&view.settings, &view.policy);
@@ -312,6 +336,7 @@ async fn wait_for_slot<'a>(
     app: &'a AppState,
     view: &mut Arc<FleetView>,
     could_serve: &(dyn Fn(&Server) -> bool + Sync),
+    place: Place,
 ) -> Result<Option<crate::admission::wait_queue::Ticket<'a>>, ProxyError> {
     let settings = view.settings.clone();
     let queue = &app.admission.wait_queue;
@@ -331,16 +356,23 @@ async fn wait_for_slot<'a>(
     {
         return Ok(None);
     }
-    let deadline = Instant::now() + settings.queue_timeout;
+    // Lower classes give up sooner: batch waits half of `queue_timeout`, critical twice it.
+    let patience = match place.priority {
+        Priority::Critical => 2.0,
+        Priority::Standard => 1.0,
+        Priority::Batch => 0.5,
+    };
+    let deadline = Instant::now() + settings.queue_timeout.mul_f64(patience);
     let mut ticket = queue
-        .join(settings.queue_size)
+        .join(settings.queue_size, place)
         .ok_or(ProxyError::Overloaded("the wait queue is full"))?;
     loop {
         // Woken when a slot frees up; a periodic look catches servers that joined or recovered.
         let look = (Instant::now() + std::time::Duration::from_millis(100)).min(deadline);
-        let woken = tokio::time::timeout_at(look, &mut ticket.woken)
-            .await
-            .is_ok();
+        let told = ticket.wait(look).await;
+        if told == Some(Wake::Shed) {
+            return Err(ProxyError::Shed(ticket.place().priority.name()));
+        }
         // Nothing was decided from the view yet: a request leaving the line routes on the
         // fleet as it is then (servers may have joined while it waited).
         *view = app.fleet.view();
@@ -352,11 +384,12 @@ async fn wait_for_slot<'a>(
                 "no slot freed up within queue_timeout",
             ));
         }
-        if woken {
+        if told == Some(Wake::Turn) {
             // Woken, but the slot was not one this request can use: pass the turn on, and
             // keep this request's place at the front.
+            let place = ticket.place().clone();
             drop(ticket);
-            ticket = queue.rejoin_front();
+            ticket = queue.rejoin_front(place);
         }
     }
 }
