@@ -55,6 +55,7 @@ pub struct RawSettings {
     pub failure_threshold: Option<Spanned<i64>>,
     pub auto_recovery_threshold: Option<Spanned<f64>>,
     pub enable_active_health_check: Option<bool>,
+    pub set_vllm_priority: Option<bool>,
     pub health_check_max_response_time: Option<Spanned<f64>>,
     pub health_check_min_success_rate: Option<Spanned<f64>>,
     pub health_check_window_size: Option<Spanned<i64>>,

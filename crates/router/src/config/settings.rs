@@ -309,6 +309,7 @@ fn requests_section(r: &mut RawSettings, at: At<'_>, s: Settings) -> Result<Sett
             0.01,
         )?,
         max_retries: int(at, r.max_retries.take(), "max_retries", d.max_retries, 0)?,
+        set_vllm_priority: r.set_vllm_priority.unwrap_or(d.set_vllm_priority),
         connect_timeout: secs(
             at,
             r.connect_timeout.take(),

@@ -89,6 +89,10 @@ pub struct Settings {
     pub failure_threshold: u32,
     pub auto_recovery_threshold: Duration,
     pub enable_active_health_check: bool,
+    /// Write each request's class into vLLM's own `priority` field (critical -1, batch 1) when
+    /// the client set none: for servers started with `--scheduling-policy priority` (others
+    /// refuse a priority other than 0).
+    pub set_vllm_priority: bool,
     pub health_check_max_response_time: Duration,
     pub health_check_min_success_rate: f64,
     pub health_check_window_size: usize,
@@ -190,6 +194,7 @@ impl Default for Settings {
             failure_threshold: 2,
             auto_recovery_threshold: Duration::from_secs(60),
             enable_active_health_check: true,
+            set_vllm_priority: false,
             health_check_max_response_time: Duration::from_secs(10),
             health_check_min_success_rate: 0.8,
             health_check_window_size: 10,

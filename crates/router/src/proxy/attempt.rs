@@ -247,6 +247,11 @@ fn respond(
         started: request.started,
         ttfb: request.started.elapsed(),
         retries: attempt,
+        tenant: request
+            .parts
+            .extensions
+            .get::<crate::admission::tenants::TenantOf>()
+            .map(|t| t.0.clone()),
         span: match request.leg {
             Leg::Prefill => None,
             _ => request.span.take(),

@@ -39,6 +39,8 @@ pub struct RequestLog {
     pub started: Instant,
     pub ttfb: Duration,
     pub retries: u32,
+    /// The request's tenant, when tenants matter (see [`crate::admission::tenants`]).
+    pub tenant: Option<Arc<crate::admission::tenants::Tenant>>,
     /// The request's trace span (with tracing on), ended with the body.
     pub span: Option<crate::otel::RequestSpan>,
 }
@@ -331,6 +333,7 @@ impl Drop for ProxyBody {
             ttfb_ms = %format_args!("{:.3}", l.ttfb.as_secs_f64() * 1e3),
             duration_ms = %format_args!("{:.3}", l.started.elapsed().as_secs_f64() * 1e3),
             retries = l.retries,
+            tenant = l.tenant.as_ref().map_or("-", |t| t.name.as_str()),
             outcome = self.outcome,
             "request"
         );

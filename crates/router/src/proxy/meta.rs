@@ -31,6 +31,8 @@ pub struct RequestMeta {
     pub n: Option<u64>,
     /// The longest answer asked for (`max_tokens`, `max_completion_tokens`, `max_output_tokens`).
     pub max_tokens: Option<u64>,
+    /// The body sets vLLM's own `priority`.
+    pub has_priority: bool,
     /// The prompt as token ids, when the request gave them (a completion's `prompt: [ids]`):
     /// matched against servers' KV events (see [`crate::fleet::kv_state`]).
     pub prompt_token_ids: Option<Vec<u32>>,
@@ -93,6 +95,8 @@ struct JsonFields<'a> {
     max_completion_tokens: Option<Value<'a>>,
     #[serde(default, borrow)]
     max_output_tokens: Option<Value<'a>>,
+    #[serde(default, borrow)]
+    priority: Option<Value<'a>>,
 }
 
 fn text(v: Option<Value<'_>>) -> Option<String> {
@@ -181,6 +185,7 @@ pub async fn read_meta(
             ]
             .into_iter()
             .find_map(|v| v.as_ref().and_then(|v| v.as_u64())),
+            has_priority: fields.priority.is_some(),
             prompt_token_ids,
         });
     }

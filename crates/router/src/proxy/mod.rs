@@ -71,6 +71,7 @@ pub async fn forward(State(app): State<Arc<AppState>>, req: Request) -> Response
             .map(|o| o.request_span(&mut parts.headers, parts.method.as_str(), route)),
     );
     let mut named_model: Option<String> = None;
+    let tenant = parts.extensions.get::<TenantOf>().map(|t| t.0.clone());
     let result = async {
         let class = admit(&app, &parts, &view.settings)?;
         let body = read_body::read(
@@ -107,7 +108,8 @@ pub async fn forward(State(app): State<Arc<AppState>>, req: Request) -> Response
     }
     .await;
     let mut response = result.unwrap_or_else(|e| {
-        tracing::info!(target: "mvllm::access", id = %request_id, status = e.status().as_u16(), error = ?e, "request refused");
+        let tenant = tenant.as_ref().map_or("-", |t| t.name.as_str());
+        tracing::info!(target: "mvllm::access", id = %request_id, status = e.status().as_u16(), tenant, error = ?e, "request refused");
         let t = &app.telemetry;
         let route = RouteLabels { route };
         let model = model_label(&view.servers, named_model.as_deref());
@@ -219,6 +221,33 @@ fn place_in_line(parts: &axum::http::request::Parts, meta: &RequestMeta) -> Plac
     }
 }
 
+/// The body with vLLM's `priority` (lower goes first) set from the request's class: written in
+/// front of the object's first key, the rest untouched. The standard class is vLLM's default,
+/// 0, and is left out.
+fn with_vllm_priority(body: Bytes, class: Priority) -> Bytes {
+    let value = match class {
+        Priority::Critical => -1,
+        Priority::Standard => return body,
+        Priority::Batch => 1,
+    };
+    let Some(open) = body.iter().position(|b| !b.is_ascii_whitespace()) else {
+        return body;
+    };
+    if body[open] != b'{' {
+        return body;
+    }
+    let rest = &body[open + 1..];
+    let empty = rest.iter().all(|b| b.is_ascii_whitespace() || *b == b'}');
+    let mut out = Vec::with_capacity(body.len() + 16);
+    out.extend_from_slice(&body[..=open]);
+    out.extend_from_slice(format!("\"priority\":{value}").as_bytes());
+    if !empty {
+        out.push(b',');
+    }
+    out.extend_from_slice(rest);
+    Bytes::from(out)
+}
+
 /// What a request will cost before it is answered: its prompt as read here, and the answer's
 /// longest length (`max_tokens`, else [`DEFAULT_COMPLETION_ESTIMATE`]) for each choice.
 fn estimated_tokens(meta: &RequestMeta) -> u64 {
@@ -277,6 +306,11 @@ async fn send(
             && meta.model.as_deref().is_none_or(|m| s.serves(m))
     };
     let place = place_in_line(&parts, &meta);
+    let body = if view.settings.set_vllm_priority && meta.json && !meta.has_priority {
+        with_vllm_priority(body, place.priority)
+    } else {
+        body
+    };
     if let Some(ticket) = wait_for_slot(app, &mut view, &could_serve, place).await? {
         ticket.used();
     }
@@ -396,6 +430,24 @@ async fn wait_for_slot<'a>(
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn vllm_priority_is_written_first_and_the_rest_is_untouched() {
+        use super::{Bytes, Priority, with_vllm_priority};
+        let body = Bytes::from_static(br#" {"model":"m","messages":[]}"#);
+        assert_eq!(
+            &with_vllm_priority(body.clone(), Priority::Batch)[..],
+            br#" {"priority":1,"model":"m","messages":[]}"#
+        );
+        assert_eq!(
+            &with_vllm_priority(Bytes::from_static(b"{ }"), Priority::Critical)[..],
+            br#"{"priority":-1 }"#
+        );
+        assert_eq!(with_vllm_priority(body.clone(), Priority::Standard), body);
+        let v: serde_json::Value =
+            serde_json::from_slice(&with_vllm_priority(body, Priority::Critical)).unwrap();
+        assert_eq!(v["priority"], -1);
+    }
+
     #[test]
     fn request_ids_are_32_hex_digits_as_format_writes_them() {
         for n in [
