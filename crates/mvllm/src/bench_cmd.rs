@@ -176,6 +176,25 @@ enum Suite {
         #[arg(long)]
         json: Option<PathBuf>,
     },
+    /// Tenants on a full fleet: a noisy neighbour, priority classes and a token budget, each
+    /// with and without tenants (see docs/tenants.md).
+    Tenants {
+        /// A seconds-long smoke run instead of the full one.
+        #[arg(long)]
+        quick: bool,
+        /// Seconds of arrivals per noisy-neighbour and priority cell (default 20).
+        #[arg(long)]
+        seconds: Option<f64>,
+        /// Seconds of the budget cell (default 300).
+        #[arg(long)]
+        budget_seconds: Option<f64>,
+        /// The budget cell's tokens per minute (default 60,000).
+        #[arg(long)]
+        tokens_per_minute: Option<u64>,
+        /// Also write the report as JSON here.
+        #[arg(long)]
+        json: Option<PathBuf>,
+    },
     /// Does the simulator match its cost model? (TTFT, ITL vs batch, prefix reuse, scale)
     Sim {
         /// A seconds-long smoke run instead of the full one.
@@ -366,6 +385,30 @@ fn run_suite(
                 None,
             )
         }),
+        Suite::Tenants {
+            quick,
+            seconds,
+            budget_seconds,
+            tokens_per_minute,
+            json,
+        } => runtime
+            .block_on(mvllm_bench::tenants_suite::run(
+                mvllm_bench::tenants_suite::Options {
+                    quick,
+                    seconds,
+                    budget_seconds,
+                    tokens_per_minute,
+                },
+            ))
+            .map(|r| {
+                let output = Output { json, plot: None };
+                (
+                    r,
+                    mvllm_bench::tenants_suite::render as Render,
+                    output,
+                    None,
+                )
+            }),
         Suite::Sim { quick, json } => runtime
             .block_on(sim_suite::run(sim_suite::Options { quick }))
             .map(|r| {

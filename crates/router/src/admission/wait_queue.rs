@@ -134,6 +134,9 @@ pub struct WaitQueue {
     /// waits, and with the queue off (or empty) that must cost one atomic load. A wake-up missed
     /// in the instant a waiter joins is caught by the waiter's own periodic look.
     waiting: AtomicUsize,
+    /// Waiters told it is their turn that have not yet taken their slot or left: the slots
+    /// they are about to take are not free for a look.
+    turns: AtomicUsize,
     next_ticket: AtomicU64,
 }
 
@@ -154,6 +157,13 @@ impl Ticket<'_> {
         self.used = true;
     }
 
+    /// Notes that this waiter was given a turn it has not taken yet.
+    fn got_turn(&mut self) {
+        if self.told == Some(Wake::Turn) {
+            self.queue.turns.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
     /// Waits until told (its turn, or shed), or `until`: `None` when nothing came by then.
     pub async fn wait(&mut self, until: tokio::time::Instant) -> Option<Wake> {
         if self.told.is_none() {
@@ -161,14 +171,40 @@ impl Ticket<'_> {
                 .await
                 .ok()
                 .and_then(Result::ok);
+            self.got_turn();
         }
         self.told
+    }
+
+    /// Takes the turn if this waiter is next in line (a periodic look that finds a slot free
+    /// without having been woken: a wake-up was missed, or a server joined). A waiter that is
+    /// not next leaves the slot to the one that is: looks do not jump the line.
+    pub fn claim_if_next(&mut self) -> bool {
+        if self.told.is_some() {
+            return self.told == Some(Wake::Turn);
+        }
+        let mut line = self.queue.line.lock();
+        let Some(i) = line.next() else {
+            return false;
+        };
+        if line.waiters[i].id != self.id {
+            return false;
+        }
+        let w = line.waiters.remove(i);
+        line.charge(&w.place, 1.0);
+        self.queue
+            .waiting
+            .store(line.waiters.len(), Ordering::Relaxed);
+        self.told = Some(Wake::Turn);
+        self.got_turn();
+        true
     }
 
     /// What the holder has been told so far, without waiting.
     pub fn try_wake(&mut self) -> Option<Wake> {
         if self.told.is_none() {
             self.told = self.woken.try_recv().ok();
+            self.got_turn();
         }
         self.told
     }
@@ -181,6 +217,9 @@ impl Ticket<'_> {
 impl Drop for Ticket<'_> {
     fn drop(&mut self) {
         let queue = self.queue;
+        if self.told == Some(Wake::Turn) {
+            queue.turns.fetch_sub(1, Ordering::Relaxed);
+        }
         let mut line = queue.line.lock();
         if let Some(i) = line.waiters.iter().position(|w| w.id == self.id) {
             line.waiters.remove(i);
@@ -210,6 +249,11 @@ impl WaitQueue {
 
     pub fn is_empty(&self) -> bool {
         self.len() == 0
+    }
+
+    /// Waiters given a turn that have not yet taken their slot.
+    pub fn turns_given(&self) -> usize {
+        self.turns.load(Ordering::Relaxed)
     }
 
     /// Joins the line, or `None` when `max` are already waiting and none of them is of a lower

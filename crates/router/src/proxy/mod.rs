@@ -379,6 +379,13 @@ async fn wait_for_slot<'a>(
             .iter()
             .any(|s| could_serve(s) && s.has_free_slot())
     };
+    let free_slots = |v: &FleetView| {
+        v.servers
+            .iter()
+            .filter(|s| could_serve(s) && s.takes_requests())
+            .map(|s| (s.capacity() as usize).saturating_sub(s.in_flight()))
+            .sum::<usize>()
+    };
     if settings.queue_size == 0 || (queue.is_empty() && free(view)) {
         return Ok(None);
     }
@@ -410,7 +417,11 @@ async fn wait_for_slot<'a>(
         // Nothing was decided from the view yet: a request leaving the line routes on the
         // fleet as it is then (servers may have joined while it waited).
         *view = app.fleet.view();
-        if free(view) {
+        // A slot is taken in turn: when woken, or on a look when this request is next in line
+        // and a slot is free beyond those about to be taken by waiters already woken.
+        let turn = told == Some(Wake::Turn)
+            || (free_slots(view) > queue.turns_given() && ticket.claim_if_next());
+        if turn && free(view) {
             return Ok(Some(ticket));
         }
         if Instant::now() >= deadline {
