@@ -45,6 +45,8 @@ pub struct Options {
     pub budget_seconds: Option<f64>,
     /// The budget cell's tokens per minute (default 60,000).
     pub tokens_per_minute: Option<u64>,
+    /// The noisy tenant's and the batch tenant's load, in multiples of capacity (default 3, 2).
+    pub flood: Option<(f64, f64)>,
 }
 
 /// The tenants of the suite, one key each.
@@ -263,7 +265,9 @@ fn summary(samples: &[Sample], seconds: f64) -> Value {
 
 /// Requests per second the fleet completes when saturated through the router.
 async fn capacity(url: &str, seconds: f64) -> f64 {
-    let client = http_client().with_api_key(Who::A.key()).expect("an ASCII key");
+    let client = http_client()
+        .with_api_key(Who::A.key())
+        .expect("an ASCII key");
     let end = Instant::now() + Duration::from_secs_f64(seconds);
     let users = 2 * 4 * CAPACITY_SETTING as usize;
     let done: Vec<usize> = join_all((0..users).map(|u| {
@@ -271,7 +275,11 @@ async fn capacity(url: &str, seconds: f64) -> f64 {
         async move {
             let mut n = 0;
             while Instant::now() < end {
-                if one(&client, &url, body(u as u64 * 7919 + n as u64)).await.status == 200 {
+                if one(&client, &url, body(u as u64 * 7919 + n as u64))
+                    .await
+                    .status
+                    == 200
+                {
                     n += 1;
                 }
             }
@@ -296,7 +304,12 @@ async fn cell(
     let url = format!("{}/v1/chat/completions", r.url());
     let runs = join_all(loads.iter().enumerate().map(|(i, &(who, share))| {
         let url = url.clone();
-        async move { (who, open_loop(&url, who, share * cap, seconds, 11 + i as u64).await) }
+        async move {
+            (
+                who,
+                open_loop(&url, who, share * cap, seconds, 11 + i as u64).await,
+            )
+        }
     }))
     .await;
     let mut out = serde_json::Map::new();
@@ -325,11 +338,12 @@ pub async fn run(opts: Options) -> Result<Value, String> {
         return Err("the fleet served nothing while its capacity was measured".into());
     }
     let b_alone = cell(&sim, true, &[(Who::B, 0.2)], cap, seconds, tpm).await?;
-    let noisy = [(Who::A, 3.0), (Who::B, 0.2)];
+    let (noisy_load, batch_load) = opts.flood.unwrap_or((3.0, 2.0));
+    let noisy = [(Who::A, noisy_load), (Who::B, 0.2)];
     let noisy_on = cell(&sim, true, &noisy, cap, seconds, tpm).await?;
     let noisy_off = cell(&sim, false, &noisy, cap, seconds, tpm).await?;
     let critical_alone = cell(&sim, true, &[(Who::Critical, 0.3)], cap, seconds, tpm).await?;
-    let mixed = [(Who::Batch, 2.0), (Who::Critical, 0.3)];
+    let mixed = [(Who::Batch, batch_load), (Who::Critical, 0.3)];
     let priority_on = cell(&sim, true, &mixed, cap, seconds, tpm).await?;
     let priority_off = cell(&sim, false, &mixed, cap, seconds, tpm).await?;
     // The budget tenant sends twice its budget: requests of ~80 prompt words and 32 tokens.
@@ -346,9 +360,8 @@ pub async fn run(opts: Options) -> Result<Value, String> {
     .await?;
     let served_per_minute =
         budget["budget"]["tokens"].as_u64().unwrap_or(0) as f64 / (budget_seconds / 60.0);
-    let ratio = |a: &Value, b: &Value| {
-        a.as_f64().unwrap_or(f64::NAN) / b.as_f64().unwrap_or(f64::NAN)
-    };
+    let ratio =
+        |a: &Value, b: &Value| a.as_f64().unwrap_or(f64::NAN) / b.as_f64().unwrap_or(f64::NAN);
     let cells = [
         &b_alone,
         &noisy_on,
@@ -365,6 +378,8 @@ pub async fn run(opts: Options) -> Result<Value, String> {
         .sum();
     Ok(json!({
         "capacity_rps": cap,
+        "noisy_load": noisy_load,
+        "batch_load": batch_load,
         "seconds": seconds,
         "noisy_neighbour": {
             "b_alone": b_alone["b"],
@@ -401,8 +416,14 @@ pub fn render(r: &Value) -> String {
         r["capacity_rps"].as_f64().unwrap_or(0.0),
         r["seconds"]
     );
-    s += "noisy neighbour: A at 3x capacity, B at 20%\n";
-    s += &format!("  B alone:        p99 TTFT {}\n", ms(&n["b_alone"]["ttft_p99"]));
+    s += &format!(
+        "noisy neighbour: A at {}x capacity, B at 20%\n",
+        r["noisy_load"]
+    );
+    s += &format!(
+        "  B alone:        p99 TTFT {}\n",
+        ms(&n["b_alone"]["ttft_p99"])
+    );
     for (label, cell, ratio) in [
         ("tenants on", &n["tenants_on"], &n["b_p99_vs_alone_on"]),
         ("one tenant", &n["tenants_off"], &n["b_p99_vs_alone_off"]),
@@ -416,14 +437,25 @@ pub fn render(r: &Value) -> String {
             cell["a"]["refused_503"],
         );
     }
-    s += "priority: batch at 2x capacity, critical at 30%\n";
+    s += &format!(
+        "priority: batch at {}x capacity, critical at 30%\n",
+        r["batch_load"]
+    );
     s += &format!(
         "  critical alone: p99 TTFT {}\n",
         ms(&p["critical_alone"]["ttft_p99"])
     );
     for (label, cell, ratio) in [
-        ("classes on", &p["classes_on"], &p["critical_p99_vs_alone_on"]),
-        ("one class", &p["classes_off"], &p["critical_p99_vs_alone_off"]),
+        (
+            "classes on",
+            &p["classes_on"],
+            &p["critical_p99_vs_alone_on"],
+        ),
+        (
+            "one class",
+            &p["classes_off"],
+            &p["critical_p99_vs_alone_off"],
+        ),
     ] {
         s += &format!(
             "  {label:<14}  critical p99 TTFT {} ({:.2}x alone); batch served {:.1} req/s, shed {} (429)\n",

@@ -99,7 +99,13 @@ pub fn draw(frame: &mut Frame, status: &FleetStatus, view: &ViewState, now: f64)
         selected.and_then(|i| ordered.get(i).copied()),
         theme,
     );
-    if events_height > 0 {
+    if events_height > 0 && !status.tenants.is_empty() {
+        let [left, right] =
+            Layout::horizontal([Constraint::Percentage(55), Constraint::Percentage(45)])
+                .areas(events);
+        draw_events(frame, left, &status.events, now, theme);
+        draw_tenants(frame, right, &status.tenants, theme);
+    } else if events_height > 0 {
         draw_events(frame, events, &status.events, now, theme);
     }
     draw_footer(frame, footer, view, theme);
@@ -445,6 +451,55 @@ fn draw_events(frame: &mut Frame, area: Rect, events: &[Event], now: f64, t: The
             })
             .collect()
     };
+    frame.render_widget(Paragraph::new(lines), inner);
+}
+
+/// Tenants: class, weight, requests admitted and refused over budget, tokens charged, budget.
+fn draw_tenants(
+    frame: &mut Frame,
+    area: Rect,
+    tenants: &[mvllm_router::status::TenantStatus],
+    t: Theme,
+) {
+    let block = Block::new()
+        .borders(Borders::TOP)
+        .border_style(t.dim())
+        .title(" Tenants ");
+    let inner = block.inner(area);
+    frame.render_widget(block, area);
+    let mut lines = vec![Line::styled(
+        format!(
+            " {:<10} {:<8} {:>2} {:>6} {:>5} {:>7} {:>7}",
+            "TENANT", "CLASS", "W", "ADMIT", "OVER", "TOKENS", "TPM"
+        ),
+        t.dim(),
+    )];
+    lines.extend(
+        tenants
+            .iter()
+            .take(usize::from(inner.height).saturating_sub(1))
+            .map(|x| {
+                let budget = match x.tokens_per_minute {
+                    0 => "-".to_string(),
+                    n => n.to_string(),
+                };
+                let over = Span::styled(
+                    format!(" {:>5}", x.over_budget),
+                    if x.over_budget > 0 { t.bold() } else { t.dim() },
+                );
+                Line::from(vec![
+                    Span::raw(format!(
+                        " {:<10} {:<8} {:>2} {:>6}",
+                        format::short_url(&x.name, 10),
+                        x.priority,
+                        x.weight,
+                        x.admitted
+                    )),
+                    over,
+                    Span::raw(format!(" {:>7} {:>7}", x.tokens, budget)),
+                ])
+            }),
+    );
     frame.render_widget(Paragraph::new(lines), inner);
 }
 

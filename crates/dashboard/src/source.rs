@@ -60,7 +60,11 @@ impl Source {
 
     pub async fn status(&self) -> Result<FleetStatus, String> {
         match self {
-            Source::Local(app) => Ok(status::snapshot(&app.fleet, &app.telemetry)),
+            Source::Local(app) => {
+                let mut s = status::snapshot(&app.fleet, &app.telemetry);
+                s.tenants = app.admission.tenants.load().status();
+                Ok(s)
+            }
             Source::Remote {
                 base,
                 token,

@@ -326,3 +326,41 @@ fn a_disaggregated_fleet_shows_each_servers_role() {
         assert!(row("gpu-c").contains("both"), "{text}");
     }
 }
+
+#[test]
+fn tenants_show_beside_the_events_with_their_class_and_budget() {
+    use mvllm_router::status::TenantStatus;
+    let mut status = fleet();
+    status.tenants = vec![
+        TenantStatus {
+            name: "chat".into(),
+            priority: "critical".into(),
+            weight: 2.0,
+            tokens_per_minute: 0,
+            requests_per_minute: 0,
+            admitted: 1520,
+            over_budget: 0,
+            tokens: 310_000,
+        },
+        TenantStatus {
+            name: "evals".into(),
+            priority: "batch".into(),
+            weight: 1.0,
+            tokens_per_minute: 60_000,
+            requests_per_minute: 0,
+            admitted: 402,
+            over_budget: 37,
+            tokens: 59_870,
+        },
+    ];
+    let text = screen_text(&draw(&status, &ViewState::new("x", false, false), 120, 40));
+    assert!(text.contains("Tenants"), "{text}");
+    let evals = text
+        .lines()
+        .find(|l| l.contains("evals"))
+        .expect("a row for evals");
+    for want in ["batch", "402", "37", "59870", "60000"] {
+        assert!(evals.contains(want), "{want} in {evals}");
+    }
+    assert!(text.contains("Events"), "the events stay: {text}");
+}

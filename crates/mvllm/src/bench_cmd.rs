@@ -191,6 +191,9 @@ enum Suite {
         /// The budget cell's tokens per minute (default 60,000).
         #[arg(long)]
         tokens_per_minute: Option<u64>,
+        /// The noisy tenant's and the batch tenant's loads, multiples of capacity (default 3,2).
+        #[arg(long, value_delimiter = ',')]
+        flood: Option<Vec<f64>>,
         /// Also write the report as JSON here.
         #[arg(long)]
         json: Option<PathBuf>,
@@ -312,6 +315,44 @@ fn hyper_floor(
     }
 }
 
+/// `mvllm bench tenants` (split from [`run_suite`]).
+fn run_tenants(
+    suite: Suite,
+    runtime: &tokio::runtime::Runtime,
+) -> Result<(Value, Render, Output, Option<Draw>), String> {
+    let Suite::Tenants {
+        quick,
+        seconds,
+        budget_seconds,
+        tokens_per_minute,
+        flood,
+        json,
+    } = suite
+    else {
+        unreachable!("only called with the tenants suite")
+    };
+    let opts = mvllm_bench::tenants_suite::Options {
+        quick,
+        seconds,
+        budget_seconds,
+        tokens_per_minute,
+        flood: flood
+            .filter(|f| !f.is_empty())
+            .map(|f| (f[0], f.get(1).copied().unwrap_or(f[0]))),
+    };
+    runtime
+        .block_on(mvllm_bench::tenants_suite::run(opts))
+        .map(|r| {
+            let output = Output { json, plot: None };
+            (
+                r,
+                mvllm_bench::tenants_suite::render as Render,
+                output,
+                None,
+            )
+        })
+}
+
 /// Runs one suite (all but `hyper-floor`): its report, how to print and draw it, where to write it.
 fn run_suite(
     suite: Suite,
@@ -385,30 +426,7 @@ fn run_suite(
                 None,
             )
         }),
-        Suite::Tenants {
-            quick,
-            seconds,
-            budget_seconds,
-            tokens_per_minute,
-            json,
-        } => runtime
-            .block_on(mvllm_bench::tenants_suite::run(
-                mvllm_bench::tenants_suite::Options {
-                    quick,
-                    seconds,
-                    budget_seconds,
-                    tokens_per_minute,
-                },
-            ))
-            .map(|r| {
-                let output = Output { json, plot: None };
-                (
-                    r,
-                    mvllm_bench::tenants_suite::render as Render,
-                    output,
-                    None,
-                )
-            }),
+        tenants @ Suite::Tenants { .. } => run_tenants(tenants, runtime),
         Suite::Sim { quick, json } => runtime
             .block_on(sim_suite::run(sim_suite::Options { quick }))
             .map(|r| {

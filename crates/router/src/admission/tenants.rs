@@ -385,6 +385,9 @@ impl Tenants {
 #[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct TenantStatus {
     pub name: String,
+    /// `critical`, `standard` or `batch`.
+    pub priority: String,
+    pub weight: f64,
     pub tokens_per_minute: u64,
     pub requests_per_minute: u64,
     /// Requests let through (not counting those refunded: refused later, or unanswered).
@@ -395,17 +398,19 @@ pub struct TenantStatus {
 }
 
 impl Tenants {
-    /// Every tenant, by name; empty when none has a budget.
+    /// Every tenant, by name; empty when tenants do not matter (no budget, class or weight).
     pub fn status(&self) -> Vec<TenantStatus> {
         use std::sync::atomic::Ordering::Relaxed;
         let tenants = self;
-        if !tenants.any_limited() {
+        if !tenants.active() {
             return Vec::new();
         }
         let mut out: Vec<TenantStatus> = tenants
             .all()
             .map(|t| TenantStatus {
                 name: t.name.clone(),
+                priority: t.priority.name().to_string(),
+                weight: t.weight,
                 tokens_per_minute: t.tokens_per_minute,
                 requests_per_minute: t.requests_per_minute,
                 admitted: t.counts.admitted.load(Relaxed),

@@ -21,7 +21,7 @@
 //! (told so: 429 with `Retry-After`); a request of the lowest class waiting finds it full. No
 //! waiter is ever dropped silently: each leaves served, shed, or timed out, and says which.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
@@ -68,59 +68,114 @@ struct Waiter {
     tx: oneshot::Sender<Wake>,
 }
 
+/// The waiters by class, then by tenant, each tenant's first come first; and each tenant's
+/// virtual time by class. Picking the next waiter costs a look at each tenant of the top class,
+/// not at every waiter.
 #[derive(Default)]
 struct Line {
-    waiters: Vec<Waiter>,
+    classes: [HashMap<Arc<str>, VecDeque<Waiter>>; 3],
+    len: usize,
     /// Each tenant's virtual time, by class.
-    served: HashMap<(Priority, Arc<str>), f64>,
+    served: [HashMap<Arc<str>, f64>; 3],
     /// Each class's virtual time: where the last request served started.
-    clock: HashMap<Priority, f64>,
+    clock: [f64; 3],
 }
 
 impl Line {
-    /// The waiter to serve next (see the module doc).
-    fn next(&self) -> Option<usize> {
-        let class = self.waiters.iter().map(|w| w.place.priority).min()?;
-        let vtime = |w: &Waiter| {
-            self.served
-                .get(&(class, w.place.tenant.clone()))
-                .copied()
-                .unwrap_or(0.0)
-        };
-        self.waiters
+    /// The class and tenant whose first waiter goes next (see the module doc).
+    fn next(&self) -> Option<(usize, Arc<str>)> {
+        let class = (0..3).find(|&c| !self.classes[c].is_empty())?;
+        let served = &self.served[class];
+        self.classes[class]
             .iter()
-            .enumerate()
-            .filter(|(_, w)| w.place.priority == class)
-            .min_by(|(_, a), (_, b)| {
-                vtime(a)
-                    .total_cmp(&vtime(b))
+            .filter_map(|(tenant, q)| q.front().map(|w| (tenant, w)))
+            .min_by(|(ta, a), (tb, b)| {
+                let va = served.get(*ta).copied().unwrap_or(0.0);
+                let vb = served.get(*tb).copied().unwrap_or(0.0);
+                va.total_cmp(&vb)
                     .then(b.front.cmp(&a.front))
                     .then(a.id.cmp(&b.id))
             })
-            .map(|(i, _)| i)
+            .map(|(tenant, _)| (class, tenant.clone()))
+    }
+
+    fn pop_next(&mut self) -> Option<Waiter> {
+        let (class, tenant) = self.next()?;
+        self.take(class, &tenant, |q| q.pop_front())
+    }
+
+    /// Takes a waiter out of `tenant`'s line in `class`, dropping the line once empty.
+    fn take(
+        &mut self,
+        class: usize,
+        tenant: &Arc<str>,
+        how: impl FnOnce(&mut VecDeque<Waiter>) -> Option<Waiter>,
+    ) -> Option<Waiter> {
+        let lines = &mut self.classes[class];
+        let q = lines.get_mut(tenant)?;
+        let w = how(q);
+        if q.is_empty() {
+            lines.remove(tenant);
+        }
+        if w.is_some() {
+            self.len -= 1;
+        }
+        w
+    }
+
+    fn push(&mut self, w: Waiter) {
+        let q = self.classes[w.place.priority as usize]
+            .entry(w.place.tenant.clone())
+            .or_default();
+        if w.front {
+            q.push_front(w);
+        } else {
+            q.push_back(w);
+        }
+        self.len += 1;
+    }
+
+    /// Takes out the waiter with ticket `id` (it gave up), if it is still in line.
+    fn remove(&mut self, id: u64, place: &Place) -> bool {
+        self.take(place.priority as usize, &place.tenant, |q| {
+            let i = q.iter().position(|w| w.id == id)?;
+            q.remove(i)
+        })
+        .is_some()
+    }
+
+    /// The newest waiter of the lowest class below `priority`, to make room for a higher one.
+    fn newest_below(&mut self, priority: Priority) -> Option<Waiter> {
+        let class = (priority as usize + 1..3)
+            .rev()
+            .find(|&c| !self.classes[c].is_empty())?;
+        let tenant = self.classes[class]
+            .iter()
+            .filter_map(|(t, q)| q.back().map(|w| (t, w.id)))
+            .max_by_key(|(_, id)| *id)
+            .map(|(t, _)| t.clone())?;
+        self.take(class, &tenant, |q| q.pop_back())
     }
 
     /// Charges `place`'s tenant for being served (`sign` -1 takes a charge back).
     fn charge(&mut self, place: &Place, sign: f64) {
-        let key = (place.priority, place.tenant.clone());
-        let v = self.served.entry(key).or_insert(0.0);
+        let class = place.priority as usize;
+        let v = self.served[class]
+            .entry(place.tenant.clone())
+            .or_insert(0.0);
         if sign > 0.0 {
-            self.clock.insert(place.priority, *v);
+            self.clock[class] = *v;
         }
         *v += sign * place.cost / place.weight.max(1e-9);
     }
 
     /// A tenant with nothing waiting in its class starts at the class's clock.
     fn catch_up(&mut self, place: &Place) {
-        let idle = !self
-            .waiters
-            .iter()
-            .any(|w| w.place.priority == place.priority && w.place.tenant == place.tenant);
-        if idle {
-            let clock = self.clock.get(&place.priority).copied().unwrap_or(0.0);
-            let v = self
-                .served
-                .entry((place.priority, place.tenant.clone()))
+        let class = place.priority as usize;
+        if !self.classes[class].contains_key(&place.tenant) {
+            let clock = self.clock[class];
+            let v = self.served[class]
+                .entry(place.tenant.clone())
                 .or_insert(0.0);
             *v = v.max(clock);
         }
@@ -184,17 +239,20 @@ impl Ticket<'_> {
             return self.told == Some(Wake::Turn);
         }
         let mut line = self.queue.line.lock();
-        let Some(i) = line.next() else {
+        let Some((class, tenant)) = line.next() else {
             return false;
         };
-        if line.waiters[i].id != self.id {
+        let mine = line.classes[class]
+            .get(&tenant)
+            .and_then(|q| q.front())
+            .is_some_and(|w| w.id == self.id);
+        if !mine {
             return false;
         }
-        let w = line.waiters.remove(i);
-        line.charge(&w.place, 1.0);
-        self.queue
-            .waiting
-            .store(line.waiters.len(), Ordering::Relaxed);
+        if let Some(w) = line.pop_next() {
+            line.charge(&w.place, 1.0);
+        }
+        self.queue.waiting.store(line.len, Ordering::Relaxed);
         self.told = Some(Wake::Turn);
         self.got_turn();
         true
@@ -221,9 +279,8 @@ impl Drop for Ticket<'_> {
             queue.turns.fetch_sub(1, Ordering::Relaxed);
         }
         let mut line = queue.line.lock();
-        if let Some(i) = line.waiters.iter().position(|w| w.id == self.id) {
-            line.waiters.remove(i);
-            queue.waiting.store(line.waiters.len(), Ordering::Relaxed);
+        if line.remove(self.id, &self.place) {
+            queue.waiting.store(line.len, Ordering::Relaxed);
         } else {
             drop(line);
             if !self.used && self.try_wake() == Some(Wake::Turn) {
@@ -272,15 +329,8 @@ impl WaitQueue {
 
     fn enter(&self, max: usize, place: Place, front: bool) -> Option<Ticket<'_>> {
         let mut line = self.line.lock();
-        if line.waiters.len() >= max {
-            let lowest = line
-                .waiters
-                .iter()
-                .enumerate()
-                .filter(|(_, w)| w.place.priority > place.priority)
-                .max_by_key(|(_, w)| (w.place.priority, w.id))
-                .map(|(i, _)| i)?;
-            let shed = line.waiters.remove(lowest);
+        if line.len >= max {
+            let shed = line.newest_below(place.priority)?;
             let _ = shed.tx.send(Wake::Shed);
         }
         if !front {
@@ -288,13 +338,13 @@ impl WaitQueue {
         }
         let id = self.next_ticket.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = oneshot::channel();
-        line.waiters.push(Waiter {
+        line.push(Waiter {
             id,
             place: place.clone(),
             front,
             tx,
         });
-        self.waiting.store(line.waiters.len(), Ordering::Relaxed);
+        self.waiting.store(line.len, Ordering::Relaxed);
         Some(Ticket {
             queue: self,
             id,
@@ -311,14 +361,13 @@ impl WaitQueue {
             return;
         }
         let mut line = self.line.lock();
-        while let Some(i) = line.next() {
-            let w = line.waiters.remove(i);
+        while let Some(w) = line.pop_next() {
             if w.tx.send(Wake::Turn).is_ok() {
                 line.charge(&w.place, 1.0);
                 break;
             }
         }
-        self.waiting.store(line.waiters.len(), Ordering::Relaxed);
+        self.waiting.store(line.len, Ordering::Relaxed);
     }
 }
 
