@@ -311,9 +311,22 @@ async fn send(
     } else {
         body
     };
-    if let Some(ticket) = wait_for_slot(app, &mut view, &could_serve, place).await? {
-        ticket.used();
-    }
+    let waited = match wait_for_slot(app, &mut view, &could_serve, place).await? {
+        Some(ticket) => {
+            ticket.used();
+            true
+        }
+        None => false,
+    };
+    // A request that waited for a slot takes a server with one free, while there is one: the
+    // slot it waited for, not a place in some full server's own queue.
+    let servers = &view.servers;
+    let could_serve = |s: &Server| {
+        could_serve(s)
+            && (!waited
+                || s.has_free_slot()
+                || !servers.iter().any(|o| could_serve(o) && o.has_free_slot()))
+    };
     let (settings, policy) = (&view.settings, &view.policy);
     let session = meta.session_key(
         parts
