@@ -203,18 +203,26 @@ struct Origin<'a> {
 /// The header with which a request lowers its own class (`batch`, say), never raising it.
 const PRIORITY_HEADER: &str = "x-mvllm-priority";
 
-/// A request's place if it has to wait: its tenant's class (lowered by the request's own
-/// header), the tenant's share, and its estimated tokens.
-fn place_in_line(parts: &axum::http::request::Parts, meta: &RequestMeta) -> Place {
-    let tenant = parts.extensions.get::<TenantOf>().map(|t| &t.0);
-    let asked = parts
+/// A request's class: its tenant's, lowered by the request's own header.
+fn class_of(parts: &axum::http::request::Parts) -> Priority {
+    let own = parts
+        .extensions
+        .get::<TenantOf>()
+        .map_or(Priority::Standard, |t| t.0.priority);
+    parts
         .headers
         .get(PRIORITY_HEADER)
         .and_then(|v| v.to_str().ok())
-        .and_then(Priority::parse);
-    let own = tenant.map_or(Priority::Standard, |t| t.priority);
+        .and_then(Priority::parse)
+        .map_or(own, |p| p.max(own))
+}
+
+/// A request's place if it has to wait (only then worked out): its class, its tenant's share,
+/// and its estimated tokens.
+fn place_in_line(parts: &axum::http::request::Parts, meta: &RequestMeta) -> Place {
+    let tenant = parts.extensions.get::<TenantOf>().map(|t| &t.0);
     Place {
-        priority: asked.map_or(own, |p| p.max(own)),
+        priority: class_of(parts),
         tenant: tenant.map_or_else(|| Arc::from(""), |t| Arc::from(t.name.as_str())),
         weight: tenant.map_or(1.0, |t| t.weight),
         cost: estimated_tokens(meta) as f64,
@@ -305,13 +313,13 @@ async fn send(
         pinned.as_deref().is_none_or(|url| s.url() == url)
             && meta.model.as_deref().is_none_or(|m| s.serves(m))
     };
-    let place = place_in_line(&parts, &meta);
     let body = if view.settings.set_vllm_priority && meta.json && !meta.has_priority {
-        with_vllm_priority(body, place.priority)
+        with_vllm_priority(body, class_of(&parts))
     } else {
         body
     };
-    let waited = match wait_for_slot(app, &mut view, &could_serve, place).await? {
+    let place = || place_in_line(&parts, &meta);
+    let waited = match wait_for_slot(app, &mut view, &could_serve, &place).await? {
         Some(ticket) => {
             ticket.used();
             true
@@ -383,7 +391,7 @@ async fn wait_for_slot<'a>(
     app: &'a AppState,
     view: &mut Arc<FleetView>,
     could_serve: &(dyn Fn(&Server) -> bool + Sync),
-    place: Place,
+    place: &(dyn Fn() -> Place + Sync),
 ) -> Result<Option<crate::admission::wait_queue::Ticket<'a>>, ProxyError> {
     let settings = view.settings.clone();
     let queue = &app.admission.wait_queue;
@@ -411,6 +419,7 @@ async fn wait_for_slot<'a>(
         return Ok(None);
     }
     // Lower classes give up sooner: batch waits half of `queue_timeout`, critical twice it.
+    let place = place();
     let patience = match place.priority {
         Priority::Critical => 2.0,
         Priority::Standard => 1.0,
