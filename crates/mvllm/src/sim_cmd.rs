@@ -38,6 +38,10 @@ pub struct SimArgs {
     /// KV cache capacity per engine, in tokens.
     #[arg(long, default_value_t = 400_000)]
     kv_cache_tokens: usize,
+    /// Tokens per KV block, as vLLM's --block-size: 16 (GPUs); vLLM's CPU build uses 128.
+    /// Prefix-cache hits, cached_tokens and KV events come in whole blocks.
+    #[arg(long, default_value_t = 16)]
+    block_size: usize,
     /// Longest prompt plus output.
     #[arg(long, default_value_t = 131_072)]
     max_model_len: usize,
@@ -213,6 +217,7 @@ impl SimArgs {
                     max_num_seqs: self.max_num_seqs,
                     max_num_batched_tokens: self.max_num_batched_tokens,
                     kv_cache_tokens: self.kv_cache_tokens,
+                    block_size: self.block_size,
                     prefix_caching: !self.no_prefix_caching,
                     profile: profile.clone(),
                     speed: if self.speed.len() == 1 {

@@ -4,7 +4,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use crate::engine::Profile;
-use crate::engine::blocks::BLOCK_SIZE;
+use crate::engine::blocks::{BLOCK_SIZES, DEFAULT_BLOCK_SIZE};
 use crate::faults::Faults;
 
 pub const DEFAULT_MODEL: &str = "meta-llama/Llama-3.1-8B-Instruct";
@@ -82,8 +82,11 @@ pub struct SimConfig {
     pub max_model_len: usize,
     pub max_num_seqs: usize,
     pub max_num_batched_tokens: usize,
-    /// KV cache capacity of each engine, in tokens (rounded down to whole 16-token blocks).
+    /// KV cache capacity of each engine, in tokens (rounded down to whole blocks).
     pub kv_cache_tokens: usize,
+    /// Tokens per KV block (`--block-size`): 16, vLLM's default on GPUs; its CPU build uses 128.
+    /// Prefix-cache hits, `cached_tokens` and KV events come in whole blocks.
+    pub block_size: usize,
     pub prefix_caching: bool,
     pub profile: Profile,
     /// Relative GPU speed: 0.5 takes twice as long per step.
@@ -148,6 +151,7 @@ impl Default for SimConfig {
             max_num_seqs: 256,
             max_num_batched_tokens: 8192,
             kv_cache_tokens: 400_000,
+            block_size: DEFAULT_BLOCK_SIZE,
             prefix_caching: true,
             profile: Profile::h100_llama8b(),
             speed: 1.0,
@@ -181,7 +185,7 @@ impl SimConfig {
     }
 
     pub fn num_blocks(&self) -> usize {
-        self.kv_cache_tokens / BLOCK_SIZE
+        self.kv_cache_tokens / self.block_size
     }
 
     /// Refuses settings vLLM would refuse at start-up.
@@ -213,11 +217,17 @@ impl SimConfig {
         if self.max_model_len < 2 {
             return Err("max_model_len must be at least 2".into());
         }
-        if self.num_blocks() * BLOCK_SIZE < self.max_model_len {
+        if !BLOCK_SIZES.contains(&self.block_size) {
+            return Err(format!(
+                "block size {} is not one vLLM accepts (one of {BLOCK_SIZES:?})",
+                self.block_size
+            ));
+        }
+        if self.num_blocks() * self.block_size < self.max_model_len {
             return Err(format!(
                 "the KV cache ({} tokens) cannot hold one sequence of max_model_len {} tokens; \
                  lower max_model_len or raise kv_cache_tokens",
-                self.num_blocks() * BLOCK_SIZE,
+                self.num_blocks() * self.block_size,
                 self.max_model_len
             ));
         }

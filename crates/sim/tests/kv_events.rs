@@ -136,3 +136,69 @@ fn each_rank_and_instance_binds_its_own_port() {
         "tcp://127.0.0.1:0"
     );
 }
+
+/// vLLM's CPU build caches in blocks of 128 tokens: a repeated 555-token prompt is served 512
+/// tokens from cache (what vLLM 0.32 answered, `../shared/real-vllm/capture`), and the blocks
+/// it stored are published as one `BlockStored` of four 128-token blocks.
+#[tokio::test]
+async fn with_block_size_128_a_repeated_prompt_hits_whole_128_token_blocks() {
+    let sim = start(SimConfig {
+        block_size: 128,
+        kv_events: Some(KvEvents {
+            endpoint: "tcp://127.0.0.1:0".into(),
+            replay_endpoint: Some("tcp://127.0.0.1:0".into()),
+            topic: "kv-events".into(),
+        }),
+        kv_cache_tokens: 128 * 64,
+        max_model_len: 1024,
+        ..SimConfig::instant()
+    })
+    .await;
+    let mut cached = Vec::new();
+    for _ in 0..2 {
+        let ids: Vec<u32> = (7..7 + 555).collect();
+        let r = post_json(
+            &format!("{}/v1/completions", sim.url()),
+            json!({"prompt": ids, "max_tokens": 4, "ignore_eos": true}),
+        )
+        .await;
+        assert_eq!(r.status(), 200);
+        let body: serde_json::Value = r.json().await.unwrap();
+        assert_eq!(body["usage"]["prompt_tokens"], 555);
+        cached.push(body["usage"]["prompt_tokens_details"]["cached_tokens"].clone());
+    }
+    assert_eq!(cached, [json!(0), json!(512)]);
+    let (_, replay_at) = sim.kv_event_endpoints()[0].clone();
+    let batches = replay(
+        &replay_at.unwrap(),
+        0,
+        Limits::default(),
+        Duration::from_secs(10),
+        10_000,
+    )
+    .await
+    .unwrap();
+    let stored: Vec<_> = batches
+        .iter()
+        .flat_map(|(_, p)| decode(p).unwrap().events)
+        .filter_map(|e| match e {
+            Event::Stored(s) => Some(s),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(stored.len(), 1, "one event for the prompt's four full blocks");
+    assert_eq!(stored[0].block_size, 128);
+    assert_eq!(stored[0].block_hashes.len(), 4);
+    assert_eq!(stored[0].token_ids, (7..7 + 512).collect::<Vec<u32>>());
+    assert_eq!(sim.cached_blocks(), 4);
+}
+
+#[test]
+fn a_block_size_vllm_refuses_is_refused() {
+    let cfg = SimConfig {
+        block_size: 20,
+        ..SimConfig::instant()
+    };
+    let err = cfg.validate().unwrap_err();
+    assert!(err.contains("block size 20"), "{err}");
+}

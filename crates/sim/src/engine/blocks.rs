@@ -13,8 +13,11 @@ use mvllm_kv_events::{Event, Removed, Stored};
 
 pub type BlockId = u32;
 
-/// Tokens per KV block (vLLM's default).
-pub const BLOCK_SIZE: usize = 16;
+/// Tokens per KV block by default: vLLM's on GPUs (its CPU build uses 128).
+pub const DEFAULT_BLOCK_SIZE: usize = 16;
+
+/// The block sizes vLLM accepts (`--block-size`, `vllm/config/cache.py`).
+pub const BLOCK_SIZES: [usize; 7] = [1, 8, 16, 32, 64, 128, 256];
 
 #[derive(Debug, Clone, Default)]
 struct Block {
@@ -31,6 +34,7 @@ pub struct BlockPool {
     num_free: usize,
     cached: HashMap<u64, BlockId>,
     next_stamp: u64,
+    block_size: usize,
     prefix_caching: bool,
     /// What entered and left the cache since the last [`BlockPool::take_events`], in order, as
     /// vLLM's KV events; `None` when nobody subscribes (`--kv-events` not given).
@@ -38,13 +42,14 @@ pub struct BlockPool {
 }
 
 impl BlockPool {
-    pub fn new(num_blocks: usize, prefix_caching: bool) -> Self {
+    pub fn new(num_blocks: usize, block_size: usize, prefix_caching: bool) -> Self {
         let mut pool = BlockPool {
             blocks: vec![Block::default(); num_blocks],
             free_queue: VecDeque::with_capacity(num_blocks),
             num_free: 0,
             cached: HashMap::new(),
             next_stamp: 1,
+            block_size,
             prefix_caching,
             events: None,
         };
@@ -188,7 +193,7 @@ impl BlockPool {
             block_hashes: vec![hash],
             parent_block_hash: parent,
             token_ids: tokens.to_vec(),
-            block_size: BLOCK_SIZE as u32,
+            block_size: self.block_size as u32,
             lora_id: None,
             medium: Some("GPU".into()),
             lora_name: lora.map(str::to_string),
@@ -247,7 +252,7 @@ mod tests {
 
     #[test]
     fn allocate_evicts_least_recently_freed_and_hits_survive_until_evicted() {
-        let mut pool = BlockPool::new(4, true);
+        let mut pool = BlockPool::new(4, 16, true);
         let mut a = Vec::new();
         assert!(pool.allocate(2, &mut a));
         pool.cache(a[0], 100);
@@ -268,7 +273,7 @@ mod tests {
 
     #[test]
     fn shared_blocks_are_freed_when_last_reference_drops() {
-        let mut pool = BlockPool::new(2, true);
+        let mut pool = BlockPool::new(2, 16, true);
         let mut a = Vec::new();
         assert!(pool.allocate(1, &mut a));
         pool.cache(a[0], 7);
@@ -282,7 +287,7 @@ mod tests {
 
     #[test]
     fn disabled_prefix_caching_never_hits() {
-        let mut pool = BlockPool::new(2, false);
+        let mut pool = BlockPool::new(2, 16, false);
         let mut a = Vec::new();
         assert!(pool.allocate(1, &mut a));
         pool.cache(a[0], 7);

@@ -9,6 +9,7 @@ fn engine(max_num_seqs: usize, budget: usize, num_blocks: usize) -> EngineHandle
         max_num_seqs,
         max_num_batched_tokens: budget,
         num_blocks,
+        block_size: 16,
         prefix_caching: true,
         kv_events: false,
     };

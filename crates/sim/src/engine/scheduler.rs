@@ -15,7 +15,7 @@ use std::collections::VecDeque;
 
 use xxhash_rust::xxh3::xxh3_64_with_seed;
 
-use super::blocks::{BLOCK_SIZE, BlockId, BlockPool};
+use super::blocks::{BlockId, BlockPool};
 
 pub type ReqId = u64;
 
@@ -24,6 +24,8 @@ pub struct SchedulerConfig {
     pub max_num_seqs: usize,
     pub max_num_batched_tokens: usize,
     pub num_blocks: usize,
+    /// Tokens per KV block (vLLM's `--block-size`: 16 on GPUs, 128 on the CPU build).
+    pub block_size: usize,
     pub prefix_caching: bool,
     /// Record vLLM's KV events (stored, removed, cleared) for a publisher.
     pub kv_events: bool,
@@ -75,7 +77,8 @@ impl Seq {
         self.spec.prompt_len + self.num_output
     }
 
-    fn block_hash(&mut self, k: usize) -> u64 {
+    fn block_hash(&mut self, k: usize, block_size: usize) -> u64 {
+        let mut bytes = Vec::new();
         while self.hashes.len() <= k {
             let i = self.hashes.len();
             let parent = if i == 0 {
@@ -83,11 +86,9 @@ impl Seq {
             } else {
                 self.hashes[i - 1]
             };
-            let chunk = &self.spec.tokens[i * BLOCK_SIZE..(i + 1) * BLOCK_SIZE];
-            let mut bytes = [0u8; BLOCK_SIZE * 4];
-            for (dst, t) in bytes.chunks_exact_mut(4).zip(chunk) {
-                dst.copy_from_slice(&t.to_le_bytes());
-            }
+            let chunk = &self.spec.tokens[i * block_size..(i + 1) * block_size];
+            bytes.clear();
+            bytes.extend(chunk.iter().flat_map(|t| t.to_le_bytes()));
             self.hashes.push(xxh3_64_with_seed(&bytes, parent));
         }
         self.hashes[k]
@@ -156,7 +157,7 @@ pub struct Scheduler {
 
 impl Scheduler {
     pub fn new(cfg: SchedulerConfig) -> Self {
-        let mut pool = BlockPool::new(cfg.num_blocks, cfg.prefix_caching);
+        let mut pool = BlockPool::new(cfg.num_blocks, cfg.block_size, cfg.prefix_caching);
         if cfg.kv_events {
             pool.record_events();
         }
@@ -304,7 +305,7 @@ impl Scheduler {
                     break;
                 };
                 let hit_blocks = self.find_cached_prefix(&mut seq);
-                let hit_tokens = hit_blocks.len() * BLOCK_SIZE;
+                let hit_tokens = hit_blocks.len() * self.cfg.block_size;
                 // KV pulled from a prefill server counts once, at first admission (a preempted
                 // request recomputes what its cache no longer holds).
                 let remote = if seq.cached_prompt_tokens.is_none() {
@@ -317,7 +318,7 @@ impl Scheduler {
                 let start = hit_tokens.max(remote);
                 let need = seq.num_tokens() - start;
                 let n = need.min(budget);
-                let fresh = (start + n).div_ceil(BLOCK_SIZE) - hit_blocks.len();
+                let fresh = (start + n).div_ceil(self.cfg.block_size) - hit_blocks.len();
                 self.pool.touch(&hit_blocks);
                 let mut new_blocks = Vec::with_capacity(fresh);
                 if !self.pool.allocate(fresh, &mut new_blocks) {
@@ -351,6 +352,7 @@ impl Scheduler {
     /// Applies a planned step: tokens become computed, full blocks enter the prefix cache, and
     /// requests that completed emit one token (finished ones leave and free their blocks).
     pub fn finish_step(&mut self, plan: &StepPlan, emitted: &mut Vec<Emitted>) {
+        let block_size = self.cfg.block_size;
         let mut finished_any = false;
         for s in &plan.scheduled {
             let Some(seq) = self.running.iter_mut().find(|q| q.id == s.id) else {
@@ -365,12 +367,12 @@ impl Scheduler {
             seq.num_computed += s.num_new_tokens;
             self.counters.prompt_tokens += prefill_part as u64;
             // Register blocks that are now full of computed tokens.
-            let full = seq.num_computed / BLOCK_SIZE;
+            let full = seq.num_computed / block_size;
             while seq.num_cached_blocks < full {
                 let k = seq.num_cached_blocks;
-                let h = seq.block_hash(k);
+                let h = seq.block_hash(k, block_size);
                 let parent = k.checked_sub(1).map(|p| seq.hashes[p]);
-                let tokens = &seq.spec.tokens[k * BLOCK_SIZE..(k + 1) * BLOCK_SIZE];
+                let tokens = &seq.spec.tokens[k * block_size..(k + 1) * block_size];
                 let stored = (parent, tokens, seq.spec.lora_name.as_deref());
                 self.pool.cache_block(seq.blocks[k], h, Some(stored));
                 seq.num_cached_blocks += 1;
@@ -405,7 +407,7 @@ impl Scheduler {
     /// Makes sure running request `idx` has blocks for `n` more tokens.
     fn grow(&mut self, idx: usize, n: usize) -> bool {
         let seq = &mut self.running[idx];
-        let want = (seq.num_computed + n).div_ceil(BLOCK_SIZE);
+        let want = (seq.num_computed + n).div_ceil(self.cfg.block_size);
         let extra = want.saturating_sub(seq.blocks.len());
         extra == 0 || self.pool.allocate(extra, &mut seq.blocks)
     }
@@ -423,10 +425,11 @@ impl Scheduler {
 
     /// The longest run of cached leading blocks, leaving at least one token to compute.
     fn find_cached_prefix(&mut self, seq: &mut Seq) -> Vec<BlockId> {
-        let max_blocks = (seq.num_tokens() - 1) / BLOCK_SIZE;
+        let block_size = self.cfg.block_size;
+        let max_blocks = (seq.num_tokens() - 1) / block_size;
         let mut hits = Vec::new();
         for k in 0..max_blocks {
-            let h = seq.block_hash(k);
+            let h = seq.block_hash(k, block_size);
             match self.pool.lookup(h) {
                 Some(b) => hits.push(b),
                 None => break,

@@ -5,6 +5,7 @@ fn cfg(max_num_seqs: usize, budget: usize, num_blocks: usize) -> SchedulerConfig
         max_num_seqs,
         max_num_batched_tokens: budget,
         num_blocks,
+        block_size: 16,
         prefix_caching: true,
         kv_events: false,
     }

@@ -134,6 +134,7 @@ pub async fn spawn(cfg: SimConfig) -> std::io::Result<SimHandle> {
         max_num_seqs: cfg.max_num_seqs,
         max_num_batched_tokens: cfg.max_num_batched_tokens,
         num_blocks: cfg.num_blocks(),
+        block_size: cfg.block_size,
         prefix_caching: cfg.prefix_caching,
         kv_events: false,
     };

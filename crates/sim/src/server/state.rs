@@ -79,7 +79,7 @@ impl Sim {
             engines: &engines,
             legacy: self.cfg.legacy_metrics,
             max_loras: self.cfg.max_loras,
-            block_size: crate::engine::blocks::BLOCK_SIZE,
+            block_size: self.cfg.block_size,
             prefix_caching: self.cfg.prefix_caching,
             kv_connector: self.cfg.kv_transfer.is_some(),
         }
