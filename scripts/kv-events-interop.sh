@@ -35,8 +35,9 @@ while time.time() < deadline:
         ident, _, start = rep.recv_multipart()
         s = int.from_bytes(start, "big")
         for q, p in buf:
-            if q >= s: rep.send_multipart((ident, b"", q.to_bytes(8, "big"), p))
-        rep.send_multipart((ident, b"", (-1).to_bytes(8, "big", signed=True), b""))
+            # As vLLM 0.32's _service_replay: the topic before each batch and the end marker.
+            if q >= s: rep.send_multipart((ident, b"", b"kv-events", q.to_bytes(8, "big"), p))
+        rep.send_multipart((ident, b"", b"", (-1).to_bytes(8, "big", signed=True), b""))
 PY
 PYPID=$!
 "$SUB" "tcp://127.0.0.1:$P1" 3 "tcp://127.0.0.1:$R1" | tee /tmp/kv-interop-1.txt
@@ -60,7 +61,7 @@ d = ctx.socket(zmq.DEALER); d.connect(f"tcp://127.0.0.1:{sys.argv[2]}")
 d.send_multipart((b"", (2).to_bytes(8, "big")))
 seqs = []
 while True:
-    _, seq, payload = d.recv_multipart()
+    _, _topic, seq, payload = d.recv_multipart()  # vLLM 0.32's shape
     s = int.from_bytes(seq, "big", signed=True)
     if s == -1: break
     seqs.append(s)

@@ -216,10 +216,12 @@ impl Task {
         let Some(router) = self.replay.as_mut() else {
             return;
         };
+        // As vLLM 0.32 answers: `["", topic, seq, payload]`, then `["", "", -1, ""]`.
         for (seq, payload) in self.buffer.iter().filter(|(s, _)| *s >= start) {
             let frames = vec![
                 identity.clone(),
                 Bytes::new(),
+                self.topic.clone(),
                 Bytes::copy_from_slice(&seq.to_be_bytes()),
                 payload.clone(),
             ];
@@ -231,6 +233,7 @@ impl Task {
         }
         let end = vec![
             identity.clone(),
+            Bytes::new(),
             Bytes::new(),
             Bytes::copy_from_slice(&END_SEQ),
             Bytes::new(),

@@ -94,24 +94,16 @@ pub async fn replay(
         let mut out = Vec::new();
         loop {
             let frames = conn.recv().await.map_err(io_err)?;
-            let malformed = |what: String| ReplayError::Malformed {
-                endpoint: endpoint.to_string(),
-                what,
-            };
-            // ["", seq, payload]
-            let [empty, seq, payload] = <[Bytes; 3]>::try_from(frames)
-                .map_err(|f| malformed(format!("{} frames, not 3", f.len())))?;
-            if !empty.is_empty() {
-                return Err(malformed("no empty delimiter".into()));
-            }
-            let seq = <[u8; 8]>::try_from(seq.as_ref())
-                .map_err(|_| malformed("a sequence number of other than 8 bytes".into()))?;
-            let seq = i64::from_be_bytes(seq);
-            if seq == -1 {
+            let Some((seq, payload)) =
+                replay_reply(frames).map_err(|what| ReplayError::Malformed {
+                    endpoint: endpoint.to_string(),
+                    what,
+                })?
+            else {
                 return Ok(out);
-            }
+            };
             if out.len() < max_batches {
-                out.push((seq as u64, payload));
+                out.push((seq, payload));
             } else {
                 return Ok(out);
             }
@@ -122,9 +114,55 @@ pub async fn replay(
         .map_err(|_| ReplayError::Timeout(endpoint.to_string()))?
 }
 
+/// One reply of a replay: a batch, or `None` for the end marker (sequence number -1).
+///
+/// vLLM 0.32 answers `["", topic, seq, payload]` and ends with `["", "", -1, ""]`
+/// (`ZmqEventPublisher._service_replay`); releases before it sent no topic: `["", seq,
+/// payload]` and `["", -1, ""]`. Both are read.
+fn replay_reply(frames: Vec<Bytes>) -> Result<Option<(u64, Bytes)>, String> {
+    let (empty, seq, payload) = match <[Bytes; 4]>::try_from(frames) {
+        Ok([empty, _topic, seq, payload]) => (empty, seq, payload),
+        Err(frames) => match <[Bytes; 3]>::try_from(frames) {
+            Ok([empty, seq, payload]) => (empty, seq, payload),
+            Err(f) => return Err(format!("{} frames, not 3 or 4", f.len())),
+        },
+    };
+    if !empty.is_empty() {
+        return Err("no empty delimiter".into());
+    }
+    let seq = <[u8; 8]>::try_from(seq.as_ref())
+        .map_err(|_| "a sequence number of other than 8 bytes".to_string())?;
+    match i64::from_be_bytes(seq) {
+        -1 => Ok(None),
+        seq => Ok(Some((seq as u64, payload))),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn replay_replies_of_vllm_0_32_and_of_older_releases_are_read() {
+        let f = |v: &[&[u8]]| replay_reply(v.iter().map(|b| Bytes::copy_from_slice(b)).collect());
+        let seven = 7u64.to_be_bytes();
+        let end = (-1i64).to_be_bytes();
+        // vLLM 0.32: with the topic.
+        assert_eq!(
+            f(&[b"", b"kv-events", &seven, b"p"]).unwrap(),
+            Some((7, Bytes::from_static(b"p")))
+        );
+        assert_eq!(f(&[b"", b"", &end, b""]).unwrap(), None);
+        // Before: without.
+        assert_eq!(
+            f(&[b"", &seven, b"p"]).unwrap(),
+            Some((7, Bytes::from_static(b"p")))
+        );
+        assert_eq!(f(&[b"", &end, b""]).unwrap(), None);
+        assert!(f(&[b"x", &seven, b"p"]).is_err());
+        assert!(f(&[b"", b"t", b"short", b"p"]).is_err());
+        assert!(f(&[b"", b"p"]).is_err());
+    }
 
     #[test]
     fn shapes_other_than_topic_seq_payload_are_malformed() {

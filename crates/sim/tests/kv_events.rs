@@ -186,7 +186,11 @@ async fn with_block_size_128_a_repeated_prompt_hits_whole_128_token_blocks() {
             _ => None,
         })
         .collect();
-    assert_eq!(stored.len(), 1, "one event for the prompt's four full blocks");
+    assert_eq!(
+        stored.len(),
+        1,
+        "one event for the prompt's four full blocks"
+    );
     assert_eq!(stored[0].block_size, 128);
     assert_eq!(stored[0].block_hashes.len(), 4);
     assert_eq!(stored[0].token_ids, (7..7 + 512).collect::<Vec<u32>>());
