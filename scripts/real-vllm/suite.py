@@ -91,13 +91,14 @@ def free_port():
 
 
 def poll(what, fn, deadline_s, every=0.25):
-    """Calls fn until it returns a truthy value; fails with `what` after the deadline."""
+    """Calls fn until it returns a truthy value other than a dict (a dict says what is there
+    instead, for the message); fails with `what` after the deadline."""
     end = time.monotonic() + deadline_s
     last = None
     while time.monotonic() < end:
         try:
             last = fn()
-            if last:
+            if last is True or (last and not isinstance(last, dict)):
                 return last
         except (OSError, urllib.error.URLError, ValueError) as e:
             last = e
@@ -292,9 +293,13 @@ class Fleet:
         return {s["url"]: s for s in get_json(self.url + "/load-stats")["servers"]}
 
     def all_exact(self):
+        """True when both are healthy with exact cache state; else what they are (for the
+        message when this never comes)."""
         st = self.status()
-        return all(st[s.url]["state"] == "healthy" and st[s.url]["cache_state"] == "exact"
-                   for s in self.servers)
+        got = {s.name: (st[s.url]["state"], st[s.url]["cache_state"],
+                        (st[s.url].get("kv_events") or {}).get("reason"))
+               for s in self.servers}
+        return all(g[:2] == ("healthy", "exact") for g in got.values()) or got
 
     def chat(self, content, max_tokens=8, **extra):
         body = {"model": MODEL, "messages": [{"role": "user", "content": content}],
@@ -462,8 +467,8 @@ def exact_block_counts_equal_what_the_servers_published(fleet):
         st = fleet.status()
         got = {s.name: (st[s.url]["cache_state"], st[s.url]["cached_blocks"],
                         s.listener.count()) for s in fleet.servers}
-        return got if all(c == "exact" and a == b for c, a, b in got.values()) else None
-    got = poll("the router's cached_blocks equal the servers' KV events", equal, 15)
+        return [got] if all(c == "exact" and a == b for c, a, b in got.values()) else got
+    got = poll("the router's cached_blocks equal the servers' KV events", equal, 15)[0]
     assert sum(b for _, b, _ in got.values()) > 0, got
     print(f"    blocks per server (router, events): {got}", flush=True)
 
@@ -478,29 +483,32 @@ def a_server_killed_and_restarted_loses_no_request(fleet):
         while not stop.is_set():
             results.append(fleet.chat(f"client {k} request {i}", max_tokens=16)[0])
             i += 1
+            stop.wait(0.1)  # a steady trickle: the restarting server needs the CPU too
 
     with ThreadPoolExecutor(3) as pool:
         clients = [pool.submit(client, k) for k in range(3)]
-        poll("traffic flowing", lambda: len(results) >= 6, 60)
-        victim.proc.kill()
-        killed_at = time.monotonic()
-        poll("the killed server ejected",
-             lambda: fleet.status()[victim.url]["state"] == "unhealthy", 30)
-        ejected_after = time.monotonic() - killed_at
-        victim.proc.start()
-        victim.wait_healthy()
-        victim.listen()
-        poll("the restarted server back in rotation, cache state exact",
-             lambda: fleet.status()[victim.url]["state"] == "healthy"
-             and fleet.status()[victim.url]["cache_state"] == "exact", 60)
-        before = len(results)
-        poll("more requests after the return", lambda: len(results) >= before + 6, 60)
-        stop.set()
+        try:
+            poll("traffic flowing", lambda: len(results) >= 6, 60)
+            victim.proc.kill()
+            killed_at = time.monotonic()
+            poll("the killed server ejected",
+                 lambda: fleet.status()[victim.url]["state"] == "unhealthy", 30)
+            ejected_after = time.monotonic() - killed_at
+            victim.proc.start()
+            victim.wait_healthy()
+            victim.listen()
+            poll("the restarted server back in rotation, cache state exact",
+                 lambda: fleet.all_exact(), 60)
+            back_after = time.monotonic() - killed_at
+            before = len(results)
+            poll("more requests after the return", lambda: len(results) >= before + 6, 60)
+        finally:
+            stop.set()
         for c in clients:
             c.result()
     bad = [c for c in results if c != 200]
-    print(f"    ejected {ejected_after:.1f} s after the kill; {len(results)} requests",
-          flush=True)
+    print(f"    ejected {ejected_after:.1f} s after the kill, back {back_after:.0f} s after it; "
+          f"{len(results)} requests", flush=True)
     assert not bad, f"{len(bad)} of {len(results)} requests failed: {sorted(set(bad))}"
 
 

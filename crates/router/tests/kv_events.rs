@@ -247,11 +247,13 @@ async fn a_silent_or_garbage_sending_publisher_is_counted_and_never_trusted() {
         },
     )
     .await;
-    // Then it falls silent while requests go to the server.
-    for _ in 0..6 {
+    // Then it falls silent while requests that must store blocks go to the server (prompts of
+    // token ids longer than any block: short prompts store nothing, and do not count).
+    for i in 0..6u32 {
+        let ids: Vec<u32> = (i * 1000..i * 1000 + 300).collect();
         post(
-            &format!("{}/v1/chat/completions", r.url()),
-            &chat("hello there", 4, false),
+            &format!("{}/v1/completions", r.url()),
+            &json!({"model": MODEL, "prompt": ids, "max_tokens": 4}),
         )
         .await;
     }

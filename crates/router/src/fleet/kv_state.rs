@@ -59,6 +59,11 @@ pub struct KvState {
     pub counters: KvCounters,
     /// A subscriber task is running for this server (one at a time).
     subscribed: AtomicU8,
+    /// Requests routed here that must make it store blocks (some of their prompt's full blocks
+    /// were not held): the measure of a silent publisher. A request whose prompt is all cached,
+    /// or shorter than a block (common on vLLM's CPU build, 128-token blocks), stores nothing
+    /// and publishes nothing, so plain request counts would call a healthy publisher silent.
+    pub expected_stores: AtomicU64,
 }
 
 impl Default for KvState {
@@ -69,6 +74,7 @@ impl Default for KvState {
             reason: Mutex::new("no KV events configured".into()),
             counters: KvCounters::default(),
             subscribed: AtomicU8::new(0),
+            expected_stores: AtomicU64::new(0),
         }
     }
 }
@@ -126,6 +132,9 @@ impl KvState {
     }
 }
 
+/// The largest `--block-size` vLLM accepts.
+const LARGEST_BLOCK_SIZE: usize = 256;
+
 /// One request's prompt as exact-index chains: computed once per block size and adapter the
 /// fleet's exact servers use (usually one), on first need.
 pub struct PromptChains<'a> {
@@ -161,18 +170,26 @@ impl<'a> PromptChains<'a> {
         Some((index.matched(chain, now) * size) as f64)
     }
 
-    /// The request went to `kv`'s server: its blocks count as held there until stored.
+    /// The request went to `kv`'s server: its blocks count as held there until stored, and
+    /// when it must store some, an event is expected ([`KvState::expected_stores`]).
     pub fn routed(&mut self, kv: &KvState) {
         let Some(tokens) = self.tokens.filter(|_| kv.is_exact()) else {
             return;
         };
         let mut index = kv.index.lock();
-        let Some(size) = index.block_size() else {
-            return;
+        let fresh = match index.block_size() {
+            Some(size) => {
+                let seed = index.seed_for(self.model);
+                let chain = self.chain(tokens, size, seed).to_vec();
+                index.routed(&chain, tokio::time::Instant::now())
+            }
+            // Nothing stored yet, block size unknown: a prompt longer than vLLM's largest
+            // block fills one whatever it is.
+            None => tokens.len() > LARGEST_BLOCK_SIZE,
         };
-        let seed = index.seed_for(self.model);
-        let chain = self.chain(tokens, size, seed).to_vec();
-        index.routed(&chain, tokio::time::Instant::now());
+        if fresh {
+            kv.expected_stores.fetch_add(1, Ordering::Relaxed);
+        }
     }
 
     fn chain(&mut self, tokens: &[u32], size: usize, seed: u64) -> &[u64] {

@@ -34,7 +34,8 @@ use crate::config::KvEventsSource;
 /// Batches one replay may bring (vLLM keeps 10,000).
 const MAX_REPLAY: usize = 20_000;
 const REPLAY_TIMEOUT: Duration = Duration::from_secs(10);
-/// Requests sent to a server with no event since, that make its publisher count as silent.
+/// Requests sent to a server that must make it store blocks ([`KvState::expected_stores`]),
+/// with no event since, that make its publisher count as silent.
 const SILENT_REQUESTS: u64 = 4;
 
 /// Starts a subscriber for every server that has `kv_events` and none running; checks every
@@ -81,8 +82,10 @@ struct Subscriber<'a> {
     recovering_until: Option<Instant>,
     /// When the last loss was (a batch must have come since for the state to be exact).
     lost_at: Instant,
+    /// When the stream was last known live (a batch, or a complete replay), and the server's
+    /// expected stores then.
     last_batch_at: Instant,
-    requests_at_last_batch: u64,
+    expected_at_last_batch: u64,
 }
 
 impl<'a> Subscriber<'a> {
@@ -99,7 +102,7 @@ impl<'a> Subscriber<'a> {
             recovering_until: None,
             lost_at: Instant::now(),
             last_batch_at: Instant::now(),
-            requests_at_last_batch: 0,
+            expected_at_last_batch: 0,
         }
     }
 
@@ -189,8 +192,8 @@ impl<'a> Subscriber<'a> {
             self.recovering_until = None;
             self.kv.set_exact();
         }
-        let sent = self.server.stats.requests.load(Ordering::Relaxed);
-        let since = sent.saturating_sub(self.requests_at_last_batch);
+        let expected = self.kv.expected_stores.load(Ordering::Relaxed);
+        let since = expected.saturating_sub(self.expected_at_last_batch);
         if self.kv.is_exact()
             && since >= SILENT_REQUESTS
             && now.duration_since(self.last_batch_at) >= self.silent_after()
@@ -249,6 +252,7 @@ impl<'a> Subscriber<'a> {
             }
             self.replayed_to = self.last;
             self.recovering_until = None;
+            self.live_now();
             self.kv.set_exact();
         } else if batches.first().is_some_and(|(s, _)| *s > last) {
             self.kv
@@ -273,8 +277,7 @@ impl<'a> Subscriber<'a> {
     fn apply(&mut self, seq: u64, payload: &[u8]) {
         self.last = Some(seq);
         self.last_payload = xxhash_rust::xxh3::xxh3_64(payload);
-        self.last_batch_at = Instant::now();
-        self.requests_at_last_batch = self.server.stats.requests.load(Ordering::Relaxed);
+        self.live_now();
         let c = &self.kv.counters;
         match mvllm_kv_events::decode(payload) {
             Ok(batch) => {
@@ -311,6 +314,7 @@ impl<'a> Subscriber<'a> {
         self.replayed_to = self.last;
         if complete {
             self.recovering_until = None;
+            self.live_now();
             self.kv.set_exact();
         } else {
             self.kv
@@ -341,6 +345,12 @@ impl<'a> Subscriber<'a> {
                 None
             }
         }
+    }
+
+    /// The stream is known live now: silence is measured from here.
+    fn live_now(&mut self) {
+        self.last_batch_at = Instant::now();
+        self.expected_at_last_batch = self.kv.expected_stores.load(Ordering::Relaxed);
     }
 
     fn recover(&mut self, why: String) {

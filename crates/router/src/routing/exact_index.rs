@@ -208,8 +208,10 @@ impl ExactIndex {
     }
 
     /// A prompt with these blocks was routed here at `now`: they count as held until stored or
-    /// for [`PENDING_TTL`].
-    pub fn routed(&mut self, chain: &[u64], now: Instant) {
+    /// for [`PENDING_TTL`]. Returns whether the server must store some of them (some are
+    /// neither held nor already expected from an earlier request): then an event must follow.
+    pub fn routed(&mut self, chain: &[u64], now: Instant) -> bool {
+        let fresh = self.matched(chain, now) < chain.len();
         let room = self
             .budget_blocks
             .saturating_sub(self.by_engine.len())
@@ -225,6 +227,7 @@ impl ExactIndex {
                 self.pending.insert(h, now);
             }
         }
+        fresh
     }
 
     fn expire_pending(&mut self, now: Instant) {
@@ -331,8 +334,9 @@ mod tests {
         let t: Vec<u32> = (0..64).collect();
         let c = chain(&t, 16, 0);
         let now = Instant::now();
-        idx.routed(&c, now);
+        assert!(idx.routed(&c, now), "new blocks: the server must store them");
         assert_eq!(idx.matched(&c, now), 4);
+        assert!(!idx.routed(&c, now), "already expected from the first: no new store");
         assert_eq!(idx.matched(&c, now + PENDING_TTL), 0, "stale");
         idx.apply(&batch(vec![stored(&[1, 2], None, &t[..32], 16)]));
         assert_eq!(idx.pending(), 2, "the stored ones are no longer pending");
@@ -345,5 +349,10 @@ mod tests {
             128,
         )]));
         assert_eq!((idx.len(), idx.block_size()), (1, Some(128)));
+        // A prompt shorter than a block, or all held, makes the server store nothing.
+        let later = now + 2 * PENDING_TTL;
+        assert!(!idx.routed(&chain(&t[..100], 128, 0), later), "shorter than a block");
+        assert!(!idx.routed(&chain(&(0..200).collect::<Vec<_>>(), 128, 0), later), "held");
+        assert!(idx.routed(&chain(&(0..256).collect::<Vec<_>>(), 128, 0), later));
     }
 }
