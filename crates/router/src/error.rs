@@ -17,7 +17,10 @@ use serde_json::{Value, json};
 pub struct ApiError {
     pub status: StatusCode,
     pub message: String,
-    pub param: Option<&'static str>,
+    pub param: Option<String>,
+    /// `type` when it is not the status's ([`error_type`]): "Bad Request" for a body vLLM's
+    /// front could not validate.
+    pub kind: Option<&'static str>,
     /// Seconds for `Retry-After` (429 and 503 get 1 when unset).
     pub retry_after: Option<u64>,
 }
@@ -28,13 +31,21 @@ impl ApiError {
             status,
             message: message.into(),
             param: None,
+            kind: None,
             retry_after: None,
         }
     }
 
-    pub fn with_param(mut self, param: &'static str) -> Self {
-        self.param = Some(param);
+    pub fn with_param(mut self, param: impl Into<String>) -> Self {
+        self.param = Some(param.into());
         self
+    }
+
+    /// The 400 vLLM gives for a body its front could not validate (malformed JSON).
+    pub fn validation(v: &mvllm_validation::Validation) -> Self {
+        let mut e = ApiError::new(StatusCode::BAD_REQUEST, v.message()).with_param(v.param());
+        e.kind = Some(mvllm_validation::VALIDATION_ERROR_TYPE);
+        e
     }
 
     pub fn retry_after(mut self, seconds: u64) -> Self {
@@ -46,7 +57,7 @@ impl ApiError {
     pub fn body(&self) -> Value {
         json!({"error": {
             "message": self.message,
-            "type": error_type(self.status),
+            "type": self.kind.map_or_else(|| error_type(self.status), str::to_string),
             "param": self.param,
             "code": self.status.as_u16(),
         }})

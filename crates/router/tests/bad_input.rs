@@ -23,7 +23,6 @@ async fn bodies_that_are_not_a_json_object_get_a_clear_400_and_reach_no_server()
         "[1,2]",
         r#""hi""#,
         "42",
-        "",
     ] {
         let resp = c
             .post(format!("{}/v1/chat/completions", r.url()))
@@ -42,6 +41,49 @@ async fn bodies_that_are_not_a_json_object_get_a_clear_400_and_reach_no_server()
         );
     }
     assert_eq!(attempts(&r), 0, "nothing was forwarded");
+}
+
+/// The JSON body a real vLLM 0.32 answered, as captured in the simulator's test data.
+fn real_vllm_answer(name: &str) -> Value {
+    let path = format!(
+        "{}/../sim/tests/real-vllm/{name}.txt",
+        env!("CARGO_MANIFEST_DIR")
+    );
+    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{path}: {e}"));
+    let body = text.split_once("\n\n").expect("headers, then the body").1;
+    serde_json::from_str(body.lines().next().unwrap()).unwrap()
+}
+
+#[tokio::test]
+async fn what_the_router_answers_itself_is_what_vllm_answers_word_for_word() {
+    let s = sims(
+        1,
+        SimConfig {
+            served_model_names: vec!["tiny".into()],
+            ..SimConfig::instant()
+        },
+    )
+    .await;
+    let r = router_over(&s).await;
+    let url = format!("{}/v1/chat/completions", r.url());
+    let c = client();
+    for (name, body) in [("err_malformed_json", "{bad json"), ("err_empty_body", "")] {
+        let resp = c
+            .post(&url)
+            .header("content-type", "application/json")
+            .body(body)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 400);
+        assert_eq!(resp.json::<Value>().await.unwrap(), real_vllm_answer(name));
+    }
+    let body = json!({"model": "nope", "messages": [{"role": "user", "content": "hi"}]});
+    let resp = post(&url, &body).await;
+    assert_eq!(resp.status(), 404);
+    let got: Value = resp.json().await.unwrap();
+    assert_eq!(got, real_vllm_answer("err_unknown_model"));
+    assert_eq!(attempts(&r), 0, "the router answered all three itself");
 }
 
 #[tokio::test]

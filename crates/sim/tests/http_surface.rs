@@ -80,7 +80,7 @@ async fn health_ping_version_and_load() {
         .json()
         .await
         .unwrap();
-    assert_eq!(v, json!({"version": "0.33.0"}));
+    assert_eq!(v, json!({"version": "0.32.0"}));
     let v: Value = c
         .get(format!("{}/load", sim.url()))
         .send()
@@ -375,25 +375,8 @@ async fn errors_have_vllm_status_and_nested_body() {
     let c = client();
     let url = format!("{}/v1/chat/completions", sim.url());
 
-    let (s, v) = error_of(
-        c.post(&url)
-            .header("content-type", "application/json")
-            .body("{not json")
-            .send()
-            .await
-            .unwrap(),
-    )
-    .await;
-    assert_eq!(s, 400);
-    assert_eq!(v["error"]["type"], "BadRequestError");
-    assert_eq!(v["error"]["code"], 400);
-    assert!(
-        v["error"]["message"]
-            .as_str()
-            .unwrap()
-            .contains("Invalid JSON")
-    );
-
+    // Malformed JSON, unknown models and the context checks are pinned against the real
+    // vLLM's answers in real_vllm_answers.rs.
     let (s, v) = error_of(
         c.post(&url)
             .header("content-type", "text/plain")
@@ -433,38 +416,8 @@ async fn errors_have_vllm_status_and_nested_body() {
     assert_eq!(s, 400);
     assert_eq!(
         v["error"]["message"],
-        "max_tokens must be at least 1, got 0."
+        "max_tokens must be at least 1, got 0. (parameter=max_tokens, value=0)"
     );
-
-    let mut body = chat_body("x", 3, false);
-    body["model"] = json!("no-such-model");
-    let (s, v) = error_of(c.post(&url).json(&body).send().await.unwrap()).await;
-    assert_eq!(s, 404);
-    assert_eq!(
-        v,
-        json!({"error": {"message": "The model `no-such-model` does not exist.", "type": "NotFoundError", "param": "model", "code": 404}})
-    );
-
-    let (s, v) = error_of(
-        c.post(&url)
-            .json(&chat_body("x", 200_000, false))
-            .send()
-            .await
-            .unwrap(),
-    )
-    .await;
-    assert_eq!(s, 400);
-    assert!(
-        v["error"]["message"]
-            .as_str()
-            .unwrap()
-            .starts_with("This model's maximum context length is 131072 tokens.")
-    );
-
-    let (s, v) = error_of(c.get(format!("{}/nope", sim.url())).send().await.unwrap()).await;
-    assert_eq!((s, v), (404, json!({"detail": "Not Found"})));
-    let (s, v) = error_of(c.get(&url).send().await.unwrap()).await;
-    assert_eq!((s, v), (405, json!({"detail": "Method Not Allowed"})));
 }
 
 #[tokio::test]

@@ -14,6 +14,8 @@ pub const MODELS_LISTED: usize = 20;
 pub enum ProxyError {
     /// The client's request is malformed (400).
     BadRequest(String),
+    /// The body is not valid JSON: vLLM's own 400 for it, word for word.
+    Validation(mvllm_validation::Validation),
     /// The body is larger than `max_body_bytes` (413).
     TooLarge(usize),
     /// The body did not arrive within `body_read_timeout`, or slower than its minimum rate (408).
@@ -46,7 +48,7 @@ pub enum ProxyError {
 impl ProxyError {
     pub fn status(&self) -> StatusCode {
         match self {
-            Self::BadRequest(_) => StatusCode::BAD_REQUEST,
+            Self::BadRequest(_) | Self::Validation(_) => StatusCode::BAD_REQUEST,
             Self::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             Self::BodyTimeout(_) => StatusCode::REQUEST_TIMEOUT,
             Self::Forbidden(_) => StatusCode::FORBIDDEN,
@@ -62,14 +64,15 @@ impl ProxyError {
 
     pub fn api_error(&self) -> ApiError {
         let message = match self {
+            Self::Validation(v) => return ApiError::validation(v),
             Self::BadRequest(m) | Self::BodyTimeout(m) | Self::Forbidden(m) => m.clone(),
             Self::TooLarge(limit) => {
                 format!("request body is larger than the limit of {limit} bytes")
             }
             Self::LoopDetected => "this request already passed through this router: its config lists the router itself as a server".into(),
+            // vLLM's own words (`OpenAIServing._check_model`), over the fleet's models.
             Self::UnknownModel { model, available } => {
                 let listed = match available.len() {
-                    0 => "none".to_string(),
                     n if n <= MODELS_LISTED => available.join(", "),
                     n => format!(
                         "{} and {} more (GET /v1/models lists them all)",
@@ -77,7 +80,7 @@ impl ProxyError {
                         n - MODELS_LISTED
                     ),
                 };
-                format!("The model `{model}` does not exist. Available models: {listed}")
+                format!("The model `{model}` does not exist. Valid aliases: {listed}.")
             }
             Self::NoServerAvailable(why) => {
                 format!("No server is available to handle this request: {why}. Please retry.")

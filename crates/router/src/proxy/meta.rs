@@ -117,8 +117,9 @@ pub async fn read_meta(
 ) -> Result<RequestMeta, ProxyError> {
     if body.is_empty() {
         if generation {
-            return Err(ProxyError::BadRequest(
-                "this route needs a JSON object as its request body".into(),
+            // vLLM's own answer to a generation request without a body.
+            return Err(ProxyError::Validation(
+                mvllm_validation::Validation::missing("", None),
             ));
         }
         return Ok(RequestMeta::default());
@@ -135,6 +136,12 @@ pub async fn read_meta(
         .to_ascii_lowercase();
     if mime == "application/json" || mime.ends_with("+json") {
         let first = body.iter().find(|b| !b.is_ascii_whitespace());
+        if first.is_none() {
+            // vLLM's own answer to no body at all.
+            return Err(ProxyError::Validation(
+                mvllm_validation::Validation::missing("", None),
+            ));
+        }
         if first != Some(&b'{') {
             return Err(ProxyError::BadRequest(
                 "the request body must be a JSON object".into(),
@@ -146,7 +153,11 @@ pub async fn read_meta(
                 Category::Data => ProxyError::BadRequest(format!(
                     "invalid request body: {e} (`model` must be a string, `stream` a boolean)"
                 )),
-                _ => ProxyError::BadRequest(format!("request body is not valid JSON: {e}")),
+                // What vLLM itself answers for it, so that the client cannot tell who did.
+                _ => mvllm_validation::Validation::malformed_json(body).map_or_else(
+                    || ProxyError::BadRequest(format!("request body is not valid JSON: {e}")),
+                    ProxyError::Validation,
+                ),
             }
         })?;
         let fingerprint = super::prompt::fingerprint(&super::prompt::PromptFields {
@@ -315,9 +326,13 @@ mod tests {
     async fn rejects_invalid_json_and_other_content_types() {
         assert!(matches!(
             read_meta(&json_headers(), &Bytes::from_static(b"{nope"), true).await,
-            Err(ProxyError::BadRequest(_))
+            Err(ProxyError::Validation(_))
         ));
-        for body in [&b"[1]"[..], b"[\"m\", true]", b"\"m\"", b"  7", b""] {
+        assert!(matches!(
+            read_meta(&json_headers(), &Bytes::from_static(b" "), true).await,
+            Err(ProxyError::Validation(_))
+        ));
+        for body in [&b"[1]"[..], b"[\"m\", true]", b"\"m\"", b"  7"] {
             match read_meta(&json_headers(), &Bytes::from_static(body), true).await {
                 Err(ProxyError::BadRequest(m)) => {
                     assert!(!m.contains("struct") && !m.contains("JsonFields"), "{m}")

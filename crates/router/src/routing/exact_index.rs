@@ -334,9 +334,15 @@ mod tests {
         let t: Vec<u32> = (0..64).collect();
         let c = chain(&t, 16, 0);
         let now = Instant::now();
-        assert!(idx.routed(&c, now), "new blocks: the server must store them");
+        assert!(
+            idx.routed(&c, now),
+            "new blocks: the server must store them"
+        );
         assert_eq!(idx.matched(&c, now), 4);
-        assert!(!idx.routed(&c, now), "already expected from the first: no new store");
+        assert!(
+            !idx.routed(&c, now),
+            "already expected from the first: no new store"
+        );
         assert_eq!(idx.matched(&c, now + PENDING_TTL), 0, "stale");
         idx.apply(&batch(vec![stored(&[1, 2], None, &t[..32], 16)]));
         assert_eq!(idx.pending(), 2, "the stored ones are no longer pending");
@@ -351,8 +357,14 @@ mod tests {
         assert_eq!((idx.len(), idx.block_size()), (1, Some(128)));
         // A prompt shorter than a block, or all held, makes the server store nothing.
         let later = now + 2 * PENDING_TTL;
-        assert!(!idx.routed(&chain(&t[..100], 128, 0), later), "shorter than a block");
-        assert!(!idx.routed(&chain(&(0..200).collect::<Vec<_>>(), 128, 0), later), "held");
+        assert!(
+            !idx.routed(&chain(&(0..100).collect::<Vec<_>>(), 128, 0), later),
+            "shorter than a block"
+        );
+        assert!(
+            !idx.routed(&chain(&(0..200).collect::<Vec<_>>(), 128, 0), later),
+            "held"
+        );
         assert!(idx.routed(&chain(&(0..256).collect::<Vec<_>>(), 128, 0), later));
     }
 }

@@ -4,6 +4,8 @@
 use axum::http::{HeaderMap, header};
 use serde::de::DeserializeOwned;
 
+use mvllm_validation::Validation;
+
 use super::errors::ApiError;
 
 pub fn parse_json<T: DeserializeOwned>(
@@ -21,15 +23,13 @@ pub fn parse_json<T: DeserializeOwned>(
             "Unsupported Media Type: Only 'application/json' is allowed, got '{ct}'"
         )));
     }
-    serde_json::from_slice(body).map_err(|e| {
-        use serde_json::error::Category;
-        match e.classify() {
-            Category::Syntax | Category::Eof | Category::Io => {
-                ApiError::bad_request(format!("Invalid JSON in request body: {e}"))
-            }
-            Category::Data => {
-                ApiError::bad_request(format!("1 validation error for {schema}\n{e}"))
-            }
-        }
-    })
+    if body.iter().all(u8::is_ascii_whitespace) {
+        // FastAPI reads no body at all as a missing one.
+        return Err(ApiError::validation(&Validation::missing("", None)));
+    }
+    if let Some(v) = Validation::malformed_json(body) {
+        return Err(ApiError::validation(&v));
+    }
+    serde_json::from_slice(body)
+        .map_err(|e| ApiError::bad_request(format!("1 validation error for {schema}\n{e}")))
 }

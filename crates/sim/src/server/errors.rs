@@ -13,7 +13,9 @@ use serde_json::json;
 pub struct ApiError {
     pub status: StatusCode,
     pub message: String,
-    pub param: Option<&'static str>,
+    pub param: Option<String>,
+    /// `type` when not the status's: "Bad Request" for a body FastAPI could not validate.
+    pub kind: Option<&'static str>,
 }
 
 impl ApiError {
@@ -22,6 +24,17 @@ impl ApiError {
             status,
             message: message.into(),
             param: None,
+            kind: None,
+        }
+    }
+
+    /// FastAPI's 400 for a body it could not read or validate, as vLLM 0.32 words it.
+    pub fn validation(v: &mvllm_validation::Validation) -> Self {
+        ApiError {
+            status: StatusCode::BAD_REQUEST,
+            message: v.message(),
+            param: Some(v.param().to_string()),
+            kind: Some(mvllm_validation::VALIDATION_ERROR_TYPE),
         }
     }
 
@@ -29,11 +42,26 @@ impl ApiError {
         Self::new(StatusCode::BAD_REQUEST, message)
     }
 
-    pub fn model_not_found(model: &str) -> Self {
+    /// vLLM's `VLLMValidationError`: the parameter and its value are named in the message too.
+    pub fn invalid_param(message: String, param: &str, value: String) -> Self {
+        ApiError {
+            status: StatusCode::BAD_REQUEST,
+            message: format!("{message} (parameter={param}, value={value})"),
+            param: Some(param.into()),
+            kind: None,
+        }
+    }
+
+    /// vLLM's words (`OpenAIServing._check_model`): the served names, not the adapters.
+    pub fn model_not_found(model: &str, served: &[String]) -> Self {
         ApiError {
             status: StatusCode::NOT_FOUND,
-            message: format!("The model `{model}` does not exist."),
-            param: Some("model"),
+            message: format!(
+                "The model `{model}` does not exist. Valid aliases: {}.",
+                served.join(", ")
+            ),
+            param: Some("model".into()),
+            kind: None,
         }
     }
 
@@ -57,6 +85,9 @@ impl ApiError {
 
     /// vLLM's `type` field for this status.
     pub fn kind(&self) -> &'static str {
+        if let Some(k) = self.kind {
+            return k;
+        }
         match self.status.as_u16() {
             400 => "BadRequestError",
             401 => "UnauthorizedError",

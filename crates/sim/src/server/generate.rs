@@ -14,7 +14,7 @@ use serde_json::{Value, json};
 
 use super::body::parse_json;
 use super::errors::ApiError;
-use super::generation::{Generation, Kind, LoadGuard, finish_str, usage};
+use super::generation::{Generation, Kind, LoadGuard, UsageIn, finish_str, usage};
 use super::kv_lease::KvParams;
 use super::kv_transfer;
 use super::state::Sim;
@@ -49,6 +49,7 @@ struct GenerationRequest {
     #[serde(default)]
     ignore_eos: bool,
     n: Option<u32>,
+    temperature: Option<f64>,
     #[serde(default = "yes")]
     add_generation_prompt: bool,
     #[serde(default = "yes")]
@@ -177,6 +178,86 @@ pub(crate) fn encode_prompt_value(
     }
 }
 
+/// FastAPI's error for a required field the body's object lacks (it counts the object's keys).
+fn missing_field(field: &str, body: &[u8]) -> ApiError {
+    let items =
+        serde_json::from_slice::<serde_json::Map<String, Value>>(body).map_or(0, |m| m.len());
+    ApiError::validation(&mvllm_validation::Validation::missing(field, Some(items)))
+}
+
+/// How many tokens a request may generate, or vLLM 0.32's 400 for a request it refuses, in
+/// the order vLLM checks (`TokenizeParams`, the prompt's length, then `SamplingParams`). A
+/// prompt plus `max_tokens` longer than the context is not refused: the output is cut to what
+/// fits (`get_max_tokens`), and finishes with "length".
+fn output_budget(
+    req: &GenerationRequest,
+    prompt_len: usize,
+    prompt_is_text: bool,
+    max_len: usize,
+) -> Result<usize, ApiError> {
+    let requested = req.max_completion_tokens.or(req.max_tokens);
+    if let Some(m) = requested
+        && m > 0
+        && m as u64 > max_len as u64
+    {
+        return Err(ApiError::invalid_param(
+            format!(
+                "max_tokens={m} cannot be greater than max_model_len={max_len}. Please request fewer output tokens."
+            ),
+            "max_tokens",
+            m.to_string(),
+        ));
+    }
+    if prompt_len > max_len {
+        // vLLM's tokenizer stops one token past the limit, so a text prompt is "at least" that.
+        let count = if prompt_is_text {
+            max_len + 1
+        } else {
+            prompt_len
+        };
+        let qualifier = if count == max_len + 1 {
+            "at least "
+        } else {
+            ""
+        };
+        return Err(ApiError::invalid_param(
+            format!(
+                "This model's maximum context length is {max_len} tokens. However, your prompt contains {qualifier}{count} input tokens, which exceeds this limit even without any output tokens. Please reduce the length of the input prompt."
+            ),
+            "input_tokens",
+            count.to_string(),
+        ));
+    }
+    if let Some(t) = req.temperature {
+        let problem = if !t.is_finite() {
+            Some("must be a finite number")
+        } else if t < 0.0 {
+            Some("must be non-negative")
+        } else if t > 2.0 {
+            Some("must be in [0, 2]")
+        } else {
+            None
+        };
+        if let Some(problem) = problem {
+            return Err(ApiError::invalid_param(
+                format!("temperature {problem}, got {t:?}."),
+                "temperature",
+                format!("{t:?}"),
+            ));
+        }
+    }
+    let room = max_len - prompt_len;
+    let budget = requested.map_or(room as i64, |m| m.min(room as i64));
+    if budget < 1 {
+        return Err(ApiError::invalid_param(
+            format!("max_tokens must be at least 1, got {budget}."),
+            "max_tokens",
+            budget.to_string(),
+        ));
+    }
+    Ok(budget as usize)
+}
+
 /// The served model a request names (a base name or a loaded adapter), and its cache salt.
 pub(crate) fn resolve_model(sim: &Sim, requested: Option<&str>) -> Result<(String, u64), ApiError> {
     let Some(name) = requested else {
@@ -187,7 +268,7 @@ pub(crate) fn resolve_model(sim: &Sim, requested: Option<&str>) -> Result<(Strin
     }
     match sim.lora_index(name) {
         Some(i) => Ok((name.to_string(), 1 + i as u64)),
-        None => Err(ApiError::model_not_found(name)),
+        None => Err(ApiError::model_not_found(name, &sim.cfg.served_model_names)),
     }
 }
 
@@ -217,11 +298,10 @@ fn prepare(
     }
     let prompt = match kind {
         Kind::Chat => {
-            let messages = req.messages.as_deref().ok_or_else(|| {
-                ApiError::bad_request(format!(
-                    "1 validation error for {schema}\nmessages\n  Field required"
-                ))
-            })?;
+            let messages = req
+                .messages
+                .as_deref()
+                .ok_or_else(|| missing_field("messages", body))?;
             if messages.is_empty() {
                 return Err(ApiError::bad_request(
                     "messages must contain at least one message",
@@ -234,33 +314,18 @@ fn prepare(
             )?
         }
         Kind::Completion => {
-            let prompt = req.prompt.as_ref().ok_or_else(|| {
-                ApiError::bad_request(format!(
-                    "1 validation error for {schema}\nprompt\n  Field required"
-                ))
-            })?;
+            let prompt = req
+                .prompt
+                .as_ref()
+                .ok_or_else(|| missing_field("prompt", body))?;
             encode_prompt_value(sim.tokenizer.as_deref(), prompt, req.add_special_tokens)?
         }
     };
     if prompt.is_empty() {
         return Err(ApiError::bad_request("The prompt cannot be empty."));
     }
-    let max_len = sim.cfg.max_model_len;
-    let requested = req.max_completion_tokens.or(req.max_tokens);
-    if let Some(m) = requested
-        && m < 1
-    {
-        return Err(ApiError::bad_request(format!(
-            "max_tokens must be at least 1, got {m}."
-        )));
-    }
-    let max_tokens = requested.map_or(max_len.saturating_sub(prompt.len()), |m| m as usize);
-    if prompt.len() >= max_len || prompt.len() + max_tokens > max_len {
-        return Err(ApiError::bad_request(format!(
-            "This model's maximum context length is {max_len} tokens. However, your request has {} input tokens and requested {max_tokens} output tokens. Please reduce the length of the input or the number of requested output tokens.",
-            prompt.len()
-        )));
-    }
+    let prompt_is_text = kind == Kind::Chat || req.prompt.as_ref().is_some_and(Value::is_string);
+    let max_tokens = output_budget(&req, prompt.len(), prompt_is_text, sim.cfg.max_model_len)?;
     let fingerprint = tokenizer::prompt_fingerprint(sim.cfg.seed ^ salt, &prompt);
     let natural = if req.ignore_eos {
         usize::MAX
@@ -303,6 +368,8 @@ fn prepare(
         words,
         output: sim.output.clone(),
         finish,
+        block_size: sim.cfg.block_size,
+        fingerprint: sim.fingerprint.clone(),
     })
 }
 
@@ -432,26 +499,31 @@ impl Drop for ReleaseOnDrop<'_> {
 
 fn full_response(g: &Generation, cached: usize, kv_transfer_params: Value) -> Value {
     let text = g.text(0..g.words.len());
-    let usage = usage(g.prompt_tokens(), g.words.len(), cached);
+    let usage = usage(g, g.words.len(), cached, UsageIn::Answer);
+    // vLLM 0.32's fields, in its order (`null` where the simulator has nothing to say).
     match g.kind {
         Kind::Chat => json!({
             "id": g.id, "object": "chat.completion", "created": g.created, "model": g.model,
             "choices": [{
                 "index": 0,
                 "message": {"role": "assistant", "content": text, "refusal": null, "annotations": null,
-                            "audio": null, "function_call": null, "tool_calls": [], "reasoning_content": null},
+                            "audio": null, "function_call": null, "reasoning": null},
                 "logprobs": null, "finish_reason": finish_str(g.finish), "stop_reason": null,
+                "token_ids": null, "routed_experts": null,
             }],
-            "service_tier": null, "system_fingerprint": null, "usage": usage,
-            "prompt_logprobs": null, "kv_transfer_params": kv_transfer_params,
+            "service_tier": null, "system_fingerprint": &*g.fingerprint, "usage": usage,
+            "prompt_logprobs": null, "prompt_token_ids": null, "prompt_text": null,
+            "kv_transfer_params": kv_transfer_params, "ec_transfer_params": null, "metrics": null,
         }),
         Kind::Completion => json!({
             "id": g.id, "object": "text_completion", "created": g.created, "model": g.model,
             "choices": [{
                 "index": 0, "text": text, "logprobs": null, "finish_reason": finish_str(g.finish),
-                "stop_reason": null, "prompt_logprobs": null,
+                "stop_reason": null, "token_ids": null, "prompt_logprobs": null,
+                "prompt_token_ids": null, "routed_experts": null,
             }],
-            "service_tier": null, "system_fingerprint": null, "usage": usage, "kv_transfer_params": kv_transfer_params,
+            "service_tier": null, "system_fingerprint": &*g.fingerprint, "usage": usage,
+            "kv_transfer_params": kv_transfer_params, "ec_transfer_params": null, "metrics": null,
         }),
     }
 }

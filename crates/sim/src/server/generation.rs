@@ -37,6 +37,10 @@ pub(crate) struct Generation {
     pub output: Arc<OutputWords>,
     pub finish: FinishReason,
     pub kv: KvParams,
+    /// The engine's KV block size: the prompt tokens a request newly caches come in whole blocks.
+    pub block_size: usize,
+    /// `system_fingerprint`: vLLM's version and a hash of the server's configuration.
+    pub fingerprint: Arc<str>,
 }
 
 impl Generation {
@@ -68,13 +72,42 @@ impl Drop for LoadGuard {
     }
 }
 
-pub(crate) fn usage(prompt: usize, completion: usize, cached: usize) -> Value {
-    json!({
+/// Where a usage object is written: vLLM 0.32 drops its `null` fields in a stream's usage chunk.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum UsageIn {
+    Answer,
+    Stream,
+}
+
+/// `usage` as vLLM 0.32 writes it (with `--enable-prompt-tokens-details`). A chat's
+/// `created_cache_tokens` counts the prompt tokens this request newly put in the prefix cache
+/// (whole blocks not already cached); a completion's is `null`.
+pub(crate) fn usage(g: &Generation, completion: usize, cached: usize, place: UsageIn) -> Value {
+    let prompt = g.prompt_tokens();
+    let created = match g.kind {
+        Kind::Chat => {
+            let full_blocks = prompt / g.block_size.max(1) * g.block_size.max(1);
+            json!(full_blocks.saturating_sub(cached))
+        }
+        Kind::Completion => Value::Null,
+    };
+    let mut details = serde_json::Map::new();
+    details.insert("cached_tokens".into(), json!(cached));
+    details.insert("created_cache_tokens".into(), created);
+    details.insert("multimodal_tokens".into(), Value::Null);
+    let mut usage = json!({
         "prompt_tokens": prompt,
         "total_tokens": prompt + completion,
         "completion_tokens": completion,
-        "prompt_tokens_details": {"cached_tokens": cached},
-    })
+    });
+    if place == UsageIn::Stream {
+        details.retain(|_, v| !v.is_null());
+        usage["prompt_tokens_details"] = Value::Object(details);
+    } else {
+        usage["prompt_tokens_details"] = Value::Object(details);
+        usage["completion_tokens_details"] = Value::Null;
+    }
+    usage
 }
 
 pub(crate) fn finish_str(r: FinishReason) -> &'static str {

@@ -61,8 +61,11 @@ pub async fn health() -> StatusCode {
     StatusCode::OK
 }
 
+/// The vLLM release the simulator answers as: the one whose real answers are pinned in tests.
+pub const VLLM_VERSION: &str = "0.32.0";
+
 pub async fn version() -> Json<Value> {
-    Json(json!({"version": "0.33.0"}))
+    Json(json!({ "version": VLLM_VERSION }))
 }
 
 pub async fn load(State(sim): State<Arc<Sim>>) -> Json<Value> {

@@ -193,7 +193,14 @@ pub async fn spawn(cfg: SimConfig) -> std::io::Result<SimHandle> {
         }
         None => (None, Arc::new(crate::output_words::OutputWords::builtin())),
     };
+    let fingerprint = format!(
+        "vllm-{}-{:08x}",
+        misc::VLLM_VERSION,
+        xxhash_rust::xxh3::xxh3_64(format!("{:?}{}", cfg.served_model_names, cfg.seed).as_bytes())
+            as u32
+    );
     let sim = Arc::new(Sim {
+        fingerprint: fingerprint.into(),
         tokenizer,
         output,
         kv_event_endpoints,

@@ -52,6 +52,9 @@ pub(crate) struct Sim {
     pub tokenizer: Option<Arc<ModelTokenizer>>,
     /// The words answers are written in, one token each.
     pub output: Arc<OutputWords>,
+    /// `system_fingerprint` of every answer: `vllm-<version>-<8 hex digits>`, the digits a hash
+    /// of what this server serves, as vLLM hashes its configuration.
+    pub fingerprint: Arc<str>,
 }
 
 impl Sim {

@@ -18,7 +18,7 @@ use axum::response::Response;
 use futures_util::stream;
 use serde_json::json;
 
-use super::generation::{Generation, Kind, LoadGuard, finish_str, usage};
+use super::generation::{Generation, Kind, LoadGuard, UsageIn, finish_str, usage};
 use crate::engine::Submission;
 
 struct StreamState {
@@ -82,7 +82,7 @@ impl StreamState {
         let mut out = String::with_capacity(256);
         if self.sent == 0 && self.g.kind == Kind::Chat && progress.emitted > 0 {
             out.push_str(&self.prefix);
-            out.push_str("{\"index\":0,\"delta\":{\"role\":\"assistant\",\"content\":\"\"},\"logprobs\":null,\"finish_reason\":null}]}\n\n");
+            out.push_str("{\"index\":0,\"delta\":{\"role\":\"assistant\",\"content\":\"\"},\"logprobs\":null,\"finish_reason\":null}],\"prompt_token_ids\":null,\"prompt_text\":null}\n\n");
         }
         if progress.emitted > self.sent {
             if self.die_after.is_some_and(|n| self.content_chunks >= n) {
@@ -103,9 +103,9 @@ impl StreamState {
                 out.push_str(&self.prefix);
                 out.push_str("],\"usage\":");
                 out.push_str(
-                    &usage(self.g.prompt_tokens(), self.sent, progress.cached_tokens).to_string(),
+                    &usage(&self.g, self.sent, progress.cached_tokens, UsageIn::Stream).to_string(),
                 );
-                out.push_str("}\n\n");
+                self.push_fingerprint(&mut out);
             }
             out.push_str("data: [DONE]\n\n");
             self.done = true;
@@ -131,9 +131,27 @@ impl StreamState {
         if last {
             out.push_str("\"finish_reason\":\"");
             out.push_str(finish_str(self.g.finish));
-            out.push_str("\",\"stop_reason\":null}]}\n\n");
+            out.push_str("\",\"stop_reason\":null,");
+        } else if self.g.kind == Kind::Chat {
+            out.push_str("\"finish_reason\":null,");
         } else {
-            out.push_str("\"finish_reason\":null}]}\n\n");
+            out.push_str("\"finish_reason\":null,\"stop_reason\":null,");
         }
+        if self.g.kind == Kind::Completion {
+            out.push_str("\"prompt_token_ids\":null,");
+        }
+        out.push_str("\"token_ids\":null}]");
+        if last && !self.g.include_usage {
+            self.push_fingerprint(out);
+        } else {
+            out.push_str("}\n\n");
+        }
+    }
+
+    /// Ends a chunk with `system_fingerprint`, as vLLM ends a stream's last chunk.
+    fn push_fingerprint(&self, out: &mut String) {
+        out.push_str(",\"system_fingerprint\":");
+        out.push_str(&serde_json::to_string(&*self.g.fingerprint).unwrap_or_default());
+        out.push_str("}\n\n");
     }
 }
