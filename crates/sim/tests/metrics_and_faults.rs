@@ -34,7 +34,6 @@ async fn metrics_have_vllm_names_types_and_count_requests() {
         "# TYPE vllm:num_requests_waiting_by_reason gauge",
         "# TYPE vllm:kv_cache_usage_perc gauge",
         "# TYPE vllm:engine_sleep_state gauge",
-        "# TYPE vllm:lora_requests_info gauge",
         "# TYPE vllm:cache_config_info gauge",
         "# TYPE vllm:prefix_cache_queries_total counter",
         "# TYPE vllm:prefix_cache_hits_total counter",
@@ -61,7 +60,7 @@ async fn metrics_have_vllm_names_types_and_count_requests() {
         metric(
             &text,
             &format!(
-                "vllm:request_success_total{{finished_reason=\"length\",engine=\"0\",model_name=\"{M}\"}}"
+                "vllm:request_success_total{{engine=\"0\",finished_reason=\"length\",model_name=\"{M}\"}}"
             )
         ),
         Some(3.0)
@@ -118,7 +117,12 @@ async fn data_parallel_emits_one_series_per_engine_and_spreads_requests() {
     .await;
     drop((a, b));
     let text = metrics_text(&sim.url()).await;
-    assert!(text.contains("vllm:cache_config_info{block_size=\"16\",cache_dtype=\"auto\",enable_prefix_caching=\"True\",engine=\"1\""));
+    let info: Vec<&str> = text
+        .lines()
+        .filter(|l| l.starts_with("vllm:cache_config_info{"))
+        .collect();
+    assert_eq!(info.len(), 2, "one per engine");
+    assert!(info[1].contains(",block_size=\"16\",") && info[1].contains(",engine=\"1\","));
 }
 
 #[tokio::test]
@@ -490,4 +494,26 @@ async fn bad_fault_patches_are_refused() {
     let r = post_json(&format!("{}/sim/faults", sim.url()), json!({"hnag": true})).await;
     assert_eq!(r.status(), 400);
     assert_eq!(sim.faults(), Faults::default());
+}
+
+#[tokio::test]
+async fn lora_requests_info_is_shown_only_with_adapters_loaded() {
+    // vLLM 0.32 without LoRA has no such family (the real server's /metrics did not).
+    let plain = start_instant().await;
+    assert!(
+        !metrics_text(&plain.url())
+            .await
+            .contains("lora_requests_info")
+    );
+    let with = start(SimConfig {
+        loras: vec!["sql".into()],
+        ..SimConfig::instant()
+    })
+    .await;
+    let text = metrics_text(&with.url()).await;
+    assert!(
+        text.contains("# TYPE vllm:lora_requests_info gauge"),
+        "{text}"
+    );
+    assert!(text.contains("vllm:lora_requests_info{max_lora=\"4\",running_lora_adapters=\"\","));
 }

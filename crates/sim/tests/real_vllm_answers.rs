@@ -262,3 +262,75 @@ async fn a_prompt_plus_max_tokens_over_the_context_is_cut_not_refused() {
         real["choices"][0]["finish_reason"]
     );
 }
+
+/// Each `vllm:` family's name and type, in order; and each series' name and label names.
+fn metric_layout(text: &str) -> (Vec<String>, std::collections::BTreeSet<String>) {
+    let families = text
+        .lines()
+        .filter_map(|l| l.strip_prefix("# TYPE vllm:"))
+        .map(str::to_string)
+        .collect();
+    let series = text
+        .lines()
+        .filter(|l| l.starts_with("vllm:"))
+        .map(|l| {
+            let (name, rest) = l
+                .split_once('{')
+                .unwrap_or((l.split(' ').next().unwrap(), ""));
+            let labels: Vec<&str> = rest
+                .split("\",")
+                .filter_map(|kv| kv.split_once('=').map(|(k, _)| k))
+                .collect();
+            format!("{name}{{{}}}", labels.join(","))
+        })
+        .collect();
+    (families, series)
+}
+
+#[tokio::test]
+async fn metrics_have_vllms_families_labels_buckets_and_number_format() {
+    let sim = tiny().await;
+    let (_, answer) = answer_json(&sim, CHAT, chat("Say hello to the router.", 16)).await;
+    assert_eq!(answer["usage"]["completion_tokens"], 16);
+    let (_, real) = captured("get_metrics_after");
+    let r = client()
+        .get(format!("{}/metrics", sim.url()))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        r.headers()["content-type"],
+        "text/plain; version=1.0.0; charset=utf-8",
+        "as the capture's headers say"
+    );
+    let text = r.text().await.unwrap();
+    let (want_families, want_series) = metric_layout(&real);
+    let (families, series) = metric_layout(&text);
+    assert_eq!(
+        families, want_families,
+        "the same families, types and order"
+    );
+    let missing: Vec<_> = want_series.difference(&series).collect();
+    let extra: Vec<_> = series.difference(&want_series).collect();
+    assert!(
+        missing.is_empty() && extra.is_empty(),
+        "missing {missing:?}, extra {extra:?}"
+    );
+    // Bucket bounds, label order and prometheus_client's number format, line for line.
+    let buckets = |t: &str| -> Vec<String> {
+        t.lines()
+            .filter(|l| l.starts_with("vllm:") && l.contains("_bucket{"))
+            .map(|l| l.rsplit_once(' ').unwrap().0.to_string())
+            .collect()
+    };
+    assert_eq!(buckets(&text), buckets(&real));
+    let created = |t: &str| {
+        t.lines()
+            .find(|l| l.starts_with("vllm:prefix_cache_hits_created{"))
+            .map(|l| l.rsplit_once(' ').unwrap().1.to_string())
+            .unwrap()
+    };
+    for v in [created(&text), created(&real)] {
+        assert!(v.starts_with("1.") && v.ends_with("e+09"), "{v}");
+    }
+}

@@ -140,7 +140,10 @@ impl EngineHandle {
     ) -> Self {
         cfg.kv_events = kv_events.is_some();
         let (tx, rx) = mpsc::unbounded_channel();
-        let metrics = Arc::new(Mutex::new(EngineMetrics::new(cfg.num_blocks)));
+        let metrics = Arc::new(Mutex::new(EngineMetrics::new(
+            cfg.num_blocks,
+            cfg.max_model_len,
+        )));
         let load = Arc::new(AtomicUsize::new(0));
         let handle = EngineHandle {
             tx,
@@ -225,6 +228,11 @@ struct Live {
     outbox: Arc<Outbox>,
     reason: FinishReason,
     prompt_len: usize,
+    /// `max_tokens` as the engine runs it.
+    max_tokens: usize,
+    /// Prompt tokens found in the prefix cache at first admission.
+    cached: usize,
+    preemptions: u32,
     arrival: Instant,
     scheduled: Option<Instant>,
     first_token: Option<Instant>,
@@ -280,10 +288,17 @@ impl Engine {
                     && l.scheduled.is_none()
                 {
                     l.scheduled = Some(now);
+                    l.cached = hit.min(l.prompt_len);
                     l.outbox
                         .publish(|p| p.cached_tokens = hit.min(l.prompt_len));
                 }
             }
+            for id in &plan.preempted {
+                if let Some(l) = self.live.get_mut(id) {
+                    l.preemptions += 1;
+                }
+            }
+            (self.metrics.lock().iteration_tokens).observe(plan.num_tokens() as f64);
             self.publish_gauges();
             let step = self.profile.step_time(&plan, self.speed);
             // Continue from the previous step's planned end whether the timer woke us a little
@@ -320,12 +335,20 @@ impl Engine {
                 outbox,
             } => {
                 let prompt_len = spec.prompt_len;
+                let max_tokens = if spec.max_tokens > 0 {
+                    spec.max_tokens
+                } else {
+                    spec.output_len()
+                };
                 self.sched.add(id, spec);
                 let now = Instant::now();
                 let live = Live {
                     outbox,
                     reason,
                     prompt_len,
+                    max_tokens,
+                    cached: 0,
+                    preemptions: 0,
                     arrival: now,
                     scheduled: None,
                     first_token: None,
@@ -410,6 +433,13 @@ impl Engine {
                 if e.index > 0 {
                     m.tpot.observe((now - first).as_secs_f64() / e.index as f64);
                 }
+                m.request_prompt_tokens.observe(l.prompt_len as f64);
+                m.request_generation_tokens.observe((e.index + 1) as f64);
+                m.request_params_max_tokens.observe(l.max_tokens as f64);
+                m.request_params_n.observe(1.0);
+                m.request_preemptions.observe(f64::from(l.preemptions));
+                m.request_prefill_computed
+                    .observe(l.prompt_len.saturating_sub(l.cached) as f64);
             }
         }
     }

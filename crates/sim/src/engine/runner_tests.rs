@@ -12,6 +12,7 @@ fn engine(max_num_seqs: usize, budget: usize, num_blocks: usize) -> EngineHandle
         block_size: 16,
         prefix_caching: true,
         kv_events: false,
+        max_model_len: 131072,
     };
     EngineHandle::spawn(cfg, Profile::h100_llama8b(), 1.0)
 }

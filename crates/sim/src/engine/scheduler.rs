@@ -29,6 +29,8 @@ pub struct SchedulerConfig {
     pub prefix_caching: bool,
     /// Record vLLM's KV events (stored, removed, cleared) for a publisher.
     pub kv_events: bool,
+    /// The context length: the per-request token histograms' buckets go up to it.
+    pub max_model_len: usize,
 }
 
 /// What a request will be: its prompt and the output the model will write (known in advance:
@@ -49,6 +51,8 @@ pub struct SeqSpec {
     pub hold_blocks: bool,
     /// The LoRA adapter the request runs (its blocks' `lora_name` in KV events).
     pub lora_name: Option<String>,
+    /// The request's `max_tokens` as vLLM uses it (cut to the context); 0: its output length.
+    pub max_tokens: usize,
 }
 
 impl SeqSpec {

@@ -8,6 +8,7 @@ fn cfg(max_num_seqs: usize, budget: usize, num_blocks: usize) -> SchedulerConfig
         block_size: 16,
         prefix_caching: true,
         kv_events: false,
+        max_model_len: 131072,
     }
 }
 

@@ -363,6 +363,7 @@ fn prepare(
             prompt_len,
             hash_salt: salt,
             lora_name,
+            max_tokens,
             ..Default::default()
         },
         words,

@@ -85,11 +85,15 @@ pub async fn metrics(State(sim): State<Arc<Sim>>) -> Response {
     } else {
         sim.render_metrics()
     };
+    // prometheus_client's: 1.0.0 as vLLM 0.32 sends it, 0.0.4 from the older releases.
+    let content_type = if sim.cfg.legacy_metrics {
+        "text/plain; version=0.0.4; charset=utf-8"
+    } else {
+        "text/plain; version=1.0.0; charset=utf-8"
+    };
     let mut r = text.into_response();
-    r.headers_mut().insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
-    );
+    r.headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
     r
 }
 

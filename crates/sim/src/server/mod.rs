@@ -137,6 +137,7 @@ pub async fn spawn(cfg: SimConfig) -> std::io::Result<SimHandle> {
         block_size: cfg.block_size,
         prefix_caching: cfg.prefix_caching,
         kv_events: false,
+        max_model_len: cfg.max_model_len,
     };
     let mut engines = Vec::with_capacity(cfg.data_parallel);
     let mut kv_event_endpoints = Vec::new();

@@ -82,7 +82,9 @@ impl Sim {
             engines: &engines,
             legacy: self.cfg.legacy_metrics,
             max_loras: self.cfg.max_loras,
+            lora_enabled: !self.loras.lock().is_empty(),
             block_size: self.cfg.block_size,
+            max_model_len: self.cfg.max_model_len,
             prefix_caching: self.cfg.prefix_caching,
             kv_connector: self.cfg.kv_transfer.is_some(),
         }
