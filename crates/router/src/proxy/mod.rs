@@ -344,7 +344,12 @@ async fn send(
     );
     let route = RouteRequest {
         prompt: meta.fingerprint.as_ref().filter(|_| policy.uses_prompt()),
-        prompt_tokens: meta.fingerprint.as_ref().map_or(0.0, |f| f.tokens() as f64),
+        // The prompt's own length when it was tokenized (or sent as ids); else an estimate
+        // from its bytes.
+        prompt_tokens: match (&meta.prompt_token_ids, &meta.fingerprint) {
+            (Some(ids), _) => ids.len() as f64,
+            (None, f) => f.as_ref().map_or(0.0, |f| f.tokens() as f64),
+        },
         affinity: session
             .map(|k| xxhash_rust::xxh3::xxh3_64(k.as_bytes()))
             .or_else(|| meta.fingerprint.as_ref().and_then(|f| f.affinity())),
