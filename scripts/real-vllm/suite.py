@@ -85,9 +85,18 @@ class Proc:
 
 
 def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    """A free port below the ephemeral range: vLLM binds ports of its own (port 0, from the
+    ephemeral range) while starting, and one of them once took a port given to its KV events."""
+    import random
+    low, _ = map(int, open("/proc/sys/net/ipv4/ip_local_port_range").read().split())
+    while True:
+        port = random.randint(max(1024, low - 12000), low - 1)
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
 
 
 def poll(what, fn, deadline_s, every=0.25):
@@ -230,8 +239,12 @@ class VllmServer:
         self.proc.start()
 
     def wait_healthy(self, deadline_s=300):
-        poll(f"{self.name} healthy", lambda: http("GET", self.url + "/health", timeout=5)[0] == 200,
-             deadline_s, every=1)
+        def healthy():
+            if self.proc.p.poll() is not None:
+                raise AssertionError(f"{self.name} exited ({self.proc.p.returncode}) while "
+                                     f"starting: see {self.proc.log_path}")
+            return http("GET", self.url + "/health", timeout=5)[0] == 200
+        poll(f"{self.name} healthy", healthy, deadline_s, every=1)
 
     def listen(self):
         if self.listener:
