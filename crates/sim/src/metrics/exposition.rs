@@ -6,8 +6,8 @@
 //!
 //! Pinned against a real server's `/metrics` in `tests/real_vllm_answers.rs`.
 
+use super::figures::{EngineMetrics, FinishReason, Histogram, unix_now};
 use super::text::{family, fmt_value, series};
-use super::{EngineMetrics, FinishReason, Histogram, unix_now};
 
 /// What the whole server shows on `/metrics`.
 pub struct Exposition<'a> {
@@ -424,15 +424,15 @@ impl Writer<'_, '_> {
         for (i, m) in self.x.engines.iter().enumerate() {
             let h = get(m);
             let mut cumulative = 0;
-            for (b, c) in h.bounds.iter().zip(&h.counts) {
+            for (b, c) in h.buckets() {
                 cumulative += c;
                 le.clear();
-                fmt_value(&mut le, *b);
+                fmt_value(&mut le, b);
                 self.engine_series(&bucket, i, &[("le", &le)], cumulative as f64);
             }
-            self.engine_series(&bucket, i, &[("le", "+Inf")], h.count as f64);
-            self.engine_series(&format!("{name}_count"), i, &[], h.count as f64);
-            self.engine_series(&format!("{name}_sum"), i, &[], h.sum);
+            self.engine_series(&bucket, i, &[("le", "+Inf")], h.count() as f64);
+            self.engine_series(&format!("{name}_count"), i, &[], h.count() as f64);
+            self.engine_series(&format!("{name}_sum"), i, &[], h.sum());
         }
         self.created(name, help, |w, created| {
             for (i, m) in w.x.engines.iter().enumerate() {
