@@ -18,6 +18,8 @@ use tokio::time::Instant;
 pub struct HttpClient {
     inner: Client<HttpConnector, Full<Bytes>>,
     bearer: Option<hyper::header::HeaderValue>,
+    /// Further headers sent with every request (a peer router's priority header).
+    headers: Vec<(hyper::header::HeaderName, hyper::header::HeaderValue)>,
 }
 
 impl HttpClient {
@@ -29,6 +31,15 @@ impl HttpClient {
         Ok(self)
     }
 
+    /// Sends `name: value` with every request.
+    pub fn with_header(mut self, name: &'static str, value: &str) -> Result<HttpClient, String> {
+        let value = hyper::header::HeaderValue::from_str(value)
+            .map_err(|_| format!("{name}: the value must be printable ASCII"))?;
+        self.headers
+            .push((hyper::header::HeaderName::from_static(name), value));
+        Ok(self)
+    }
+
     pub fn request(
         &self,
         mut req: Request<Full<Bytes>>,
@@ -36,6 +47,9 @@ impl HttpClient {
         if let Some(b) = &self.bearer {
             req.headers_mut()
                 .insert(hyper::header::AUTHORIZATION, b.clone());
+        }
+        for (name, value) in &self.headers {
+            req.headers_mut().insert(name.clone(), value.clone());
         }
         self.inner.request(req)
     }
@@ -49,6 +63,7 @@ pub fn http_client() -> HttpClient {
             .pool_idle_timeout(Duration::from_secs(30))
             .build(connector),
         bearer: None,
+        headers: Vec::new(),
     }
 }
 

@@ -18,5 +18,6 @@ pub mod sim_suite;
 pub mod soak;
 pub mod stats;
 pub mod stream_hold;
+pub mod tenants_peer;
 pub mod tenants_suite;
 pub mod tokenize_suite;

@@ -70,6 +70,17 @@ fn free_port() -> Result<u16, String> {
 /// Starts `peer` with `--policy cache_aware` in front of `workers`; `Ok(None)` (with a note on
 /// stderr) when it is not installed.
 pub async fn start(peer: Peer, workers: &[String]) -> Result<Option<PeerProcess>, String> {
+    start_with(peer, workers, &[], None).await
+}
+
+/// [`start`], with `extra` arguments, and `api_key` sent with the readiness probe (a peer
+/// started with keys refuses requests without one).
+pub async fn start_with(
+    peer: Peer,
+    workers: &[String],
+    extra: &[String],
+    api_key: Option<&str>,
+) -> Result<Option<PeerProcess>, String> {
     let Some(exe) = peer.executable() else {
         eprintln!(
             "  ({} is not installed: skipped; pip install {} into a venv, see bench/README.md)",
@@ -94,6 +105,7 @@ pub async fn start(peer: Peer, workers: &[String]) -> Result<Option<PeerProcess>
         .args(["--prometheus-port", &prom.to_string()])
         .args(["--worker-startup-timeout-secs", "30"])
         .args(["--worker-startup-check-interval", "1"])
+        .args(extra)
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .kill_on_drop(true);
@@ -102,7 +114,10 @@ pub async fn start(peer: Peer, workers: &[String]) -> Result<Option<PeerProcess>
         .map_err(|e| format!("cannot start {}: {e}", exe.display()))?;
     let url = format!("http://127.0.0.1:{port}");
     // Ready when a chat completion goes through it.
-    let client = http_client();
+    let client = match api_key {
+        Some(k) => http_client().with_api_key(k)?,
+        None => http_client(),
+    };
     let deadline = Instant::now() + Duration::from_secs(60);
     let model = loop {
         if let Ok(m) = crate::load::first_model(&client, &workers[0]).await {

@@ -84,7 +84,7 @@ impl Who {
 /// The router's keys: with `tenants`, each its own tenant (classes and the budget set);
 /// without, all one tenant of one class (first come first served).
 fn auth(tenants: bool, tokens_per_minute: u64) -> AuthSettings {
-    let keys = [Who::A, Who::B, Who::Batch, Who::Critical, Who::Budget]
+    let keys = ALL
         .into_iter()
         .map(|w| {
             let mut k = ApiKey::new(w.name(), w.key());
@@ -160,6 +160,7 @@ fn body(seed: u64) -> String {
         .map(|i| format!("w{} ", seed.wrapping_mul(31).wrapping_add(i) % 5000))
         .collect();
     json!({
+        "model": mvllm_sim::config::DEFAULT_MODEL,
         "messages": [{"role": "user", "content": words}],
         "max_tokens": ANSWER_TOKENS, "ignore_eos": true, "stream": true,
         "stream_options": {"include_usage": true},
@@ -212,9 +213,25 @@ async fn one(client: &HttpClient, url: &str, body: String) -> Sample {
     s
 }
 
-/// `who` sends at `rate` per second for `seconds`, Poisson arrivals, open loop.
-async fn open_loop(url: &str, who: Who, rate: f64, seconds: f64, seed: u64) -> Vec<Sample> {
-    let client = http_client().with_api_key(who.key()).expect("an ASCII key");
+/// `who` sends at `rate` per second for `seconds`, Poisson arrivals, open loop; to smg with its
+/// class in `x-smg-priority`.
+async fn open_loop(
+    url: &str,
+    who: Who,
+    rate: f64,
+    seconds: f64,
+    seed: u64,
+    smg: bool,
+) -> Vec<Sample> {
+    let mut client = http_client().with_api_key(who.key()).expect("an ASCII key");
+    if smg
+        && let Some(class) =
+            crate::tenants_peer::priority_header(who == Who::Critical, who == Who::Batch)
+    {
+        client = client
+            .with_header("x-smg-priority", class)
+            .expect("an ASCII class");
+    }
     let mut rng = StdRng::seed_from_u64(seed);
     let start = Instant::now();
     let mut at = 0.0;
@@ -290,25 +307,56 @@ async fn capacity(url: &str, seconds: f64) -> f64 {
     done.iter().sum::<usize>() as f64 / seconds
 }
 
-/// Runs `loads` (tenant, share of capacity) together through a fresh router.
+/// The router a cell runs through.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Front {
+    /// mvllm, with each key its own tenant (or all one tenant of one class).
+    Mvllm { tenants: bool },
+    /// SGLang's gateway with its priority scheduler.
+    Smg,
+}
+
+const ALL: [Who; 5] = [Who::A, Who::B, Who::Batch, Who::Critical, Who::Budget];
+
+/// Runs `loads` (tenant, share of capacity) together through a fresh router; `Null` when that
+/// router is not installed.
 async fn cell(
     sim: &SimProcess,
-    tenants: bool,
+    front: Front,
     loads: &[(Who, f64)],
     cap: f64,
     seconds: f64,
     tokens_per_minute: u64,
 ) -> Result<Value, String> {
     let timeout = Duration::from_secs_f64(seconds.max(3.0));
-    let r = start_router(&sim.urls, auth(tenants, tokens_per_minute), timeout).await?;
-    let url = format!("{}/v1/chat/completions", r.url());
+    let (mut mvllm, mut smg) = (None, None);
+    let base = match front {
+        Front::Mvllm { tenants } => {
+            let r = start_router(&sim.urls, auth(tenants, tokens_per_minute), timeout).await?;
+            let url = r.url();
+            mvllm = Some(r);
+            url
+        }
+        Front::Smg => {
+            let keys: Vec<(&str, &str)> = ALL.iter().map(|w| (w.name(), w.key())).collect();
+            let slots = 4 * CAPACITY_SETTING;
+            let Some(p) =
+                crate::tenants_peer::start(&sim.urls, &keys, slots, timeout.as_secs()).await?
+            else {
+                return Ok(Value::Null);
+            };
+            let url = p.process.url.clone();
+            smg = Some(p);
+            url
+        }
+    };
+    let url = format!("{base}/v1/chat/completions");
     let runs = join_all(loads.iter().enumerate().map(|(i, &(who, share))| {
         let url = url.clone();
         async move {
-            (
-                who,
-                open_loop(&url, who, share * cap, seconds, 11 + i as u64).await,
-            )
+            let seed = 11 + i as u64;
+            let samples = open_loop(&url, who, share * cap, seconds, seed, front == Front::Smg);
+            (who, samples.await)
         }
     }))
     .await;
@@ -316,7 +364,10 @@ async fn cell(
     for (who, samples) in runs {
         out.insert(who.name().into(), summary(&samples, seconds));
     }
-    r.shutdown(Duration::from_secs(1)).await;
+    if let Some(r) = mvllm {
+        r.shutdown(Duration::from_secs(1)).await;
+    }
+    drop(smg);
     Ok(Value::Object(out))
 }
 
@@ -337,21 +388,26 @@ pub async fn run(opts: Options) -> Result<Value, String> {
     if cap <= 0.0 {
         return Err("the fleet served nothing while its capacity was measured".into());
     }
-    let b_alone = cell(&sim, true, &[(Who::B, 0.2)], cap, seconds, tpm).await?;
+    let (on, off) = (
+        Front::Mvllm { tenants: true },
+        Front::Mvllm { tenants: false },
+    );
+    let b_alone = cell(&sim, on, &[(Who::B, 0.2)], cap, seconds, tpm).await?;
     let (noisy_load, batch_load) = opts.flood.unwrap_or((3.0, 2.0));
     let noisy = [(Who::A, noisy_load), (Who::B, 0.2)];
-    let noisy_on = cell(&sim, true, &noisy, cap, seconds, tpm).await?;
-    let noisy_off = cell(&sim, false, &noisy, cap, seconds, tpm).await?;
-    let critical_alone = cell(&sim, true, &[(Who::Critical, 0.3)], cap, seconds, tpm).await?;
+    let noisy_on = cell(&sim, on, &noisy, cap, seconds, tpm).await?;
+    let noisy_off = cell(&sim, off, &noisy, cap, seconds, tpm).await?;
+    let critical_alone = cell(&sim, on, &[(Who::Critical, 0.3)], cap, seconds, tpm).await?;
     let mixed = [(Who::Batch, batch_load), (Who::Critical, 0.3)];
-    let priority_on = cell(&sim, true, &mixed, cap, seconds, tpm).await?;
-    let priority_off = cell(&sim, false, &mixed, cap, seconds, tpm).await?;
+    let priority_on = cell(&sim, on, &mixed, cap, seconds, tpm).await?;
+    let priority_off = cell(&sim, off, &mixed, cap, seconds, tpm).await?;
+    let smg = smg_cells(&sim, cap, seconds, tpm, &noisy, &mixed).await?;
     // The budget tenant sends twice its budget: requests of ~80 prompt words and 32 tokens.
     let per_request = 80.0 * 1.3 + ANSWER_TOKENS as f64;
     let rate = 2.0 * tpm as f64 / 60.0 / per_request;
     let budget = cell(
         &sim,
-        true,
+        on,
         &[(Who::Budget, rate / cap)],
         cap,
         budget_seconds,
@@ -403,6 +459,36 @@ pub async fn run(opts: Options) -> Result<Value, String> {
             "vs_budget": served_per_minute / tpm as f64,
         },
         "unaccounted": other,
+        "smg": smg,
+    }))
+}
+
+/// The noisy-neighbour and priority cells through SGLang's gateway, each beside its alone cell
+/// through it; `Null` when smg is not installed.
+async fn smg_cells(
+    sim: &SimProcess,
+    cap: f64,
+    seconds: f64,
+    tpm: u64,
+    noisy: &[(Who, f64)],
+    mixed: &[(Who, f64)],
+) -> Result<Value, String> {
+    let b_alone = cell(sim, Front::Smg, &[(Who::B, 0.2)], cap, seconds, tpm).await?;
+    if b_alone.is_null() {
+        return Ok(Value::Null);
+    }
+    let noisy = cell(sim, Front::Smg, noisy, cap, seconds, tpm).await?;
+    let critical_alone = cell(sim, Front::Smg, &[(Who::Critical, 0.3)], cap, seconds, tpm).await?;
+    let priority = cell(sim, Front::Smg, mixed, cap, seconds, tpm).await?;
+    let ratio =
+        |a: &Value, b: &Value| a.as_f64().unwrap_or(f64::NAN) / b.as_f64().unwrap_or(f64::NAN);
+    Ok(json!({
+        "b_alone": b_alone["b"],
+        "noisy": noisy,
+        "b_p99_vs_alone": ratio(&noisy["b"]["ttft_p99"], &b_alone["b"]["ttft_p99"]),
+        "critical_alone": critical_alone["critical"],
+        "priority": priority,
+        "critical_p99_vs_alone": ratio(&priority["critical"]["ttft_p99"], &critical_alone["critical"]["ttft_p99"]),
     }))
 }
 
@@ -477,5 +563,34 @@ pub fn render(r: &Value) -> String {
         "requests neither served nor refused with Retry-After: {}\n",
         r["unaccounted"]
     );
+    s += &render_smg(&r["smg"]);
     s
+}
+
+fn render_smg(g: &Value) -> String {
+    if g.is_null() {
+        return "smg (SGLang's gateway): not installed, skipped\n".into();
+    }
+    let ms = |v: &Value| format!("{:.0} ms", v.as_f64().unwrap_or(f64::NAN) * 1e3);
+    let other = |c: &Value, who: &str| {
+        let t = &c[who];
+        format!(
+            "served {:.1} req/s, refused {} (429) {} (503), other {}",
+            t["served_per_second"].as_f64().unwrap_or(0.0),
+            t["refused_429"],
+            t["refused_503"],
+            t["other"]
+        )
+    };
+    format!(
+        "smg 1.13.0 (priority scheduler, same keys as tenants):\n  B alone p99 TTFT {}; beside A: {} ({:.2}x alone); A {}\n  critical alone p99 TTFT {}; beside batch: {} ({:.2}x alone); batch {}\n",
+        ms(&g["b_alone"]["ttft_p99"]),
+        ms(&g["noisy"]["b"]["ttft_p99"]),
+        g["b_p99_vs_alone"].as_f64().unwrap_or(f64::NAN),
+        other(&g["noisy"], "a"),
+        ms(&g["critical_alone"]["ttft_p99"]),
+        ms(&g["priority"]["critical"]["ttft_p99"]),
+        g["critical_p99_vs_alone"].as_f64().unwrap_or(f64::NAN),
+        other(&g["priority"], "batch"),
+    )
 }
