@@ -334,3 +334,49 @@ async fn metrics_have_vllms_families_labels_buckets_and_number_format() {
         assert!(v.starts_with("1.") && v.ends_with("e+09"), "{v}");
     }
 }
+
+#[tokio::test]
+async fn models_tokenize_detokenize_and_load_have_vllms_fields() {
+    let sim = tiny().await;
+    let c = client();
+    let get = |path: &str| {
+        let url = format!("{}{path}", sim.url());
+        let c = c.clone();
+        async move {
+            c.get(url)
+                .send()
+                .await
+                .unwrap()
+                .json::<Value>()
+                .await
+                .unwrap()
+        }
+    };
+    let models = get("/v1/models").await;
+    assert_eq!(shape(&models), shape(&captured_json("get_v1_models").1));
+    assert_eq!(models["data"][0]["max_model_len"], 1024);
+    assert_eq!(
+        shape(&get("/load").await),
+        shape(&captured_json("get_load").1)
+    );
+    let body = json!({"model": "tiny", "prompt": "Hello world, the router routes requests."});
+    // The ids differ (another tokenizer), not the fields.
+    let no_ids = |mut v: Value| {
+        assert!(v["tokens"].as_array().is_some_and(|t| !t.is_empty()), "{v}");
+        v["tokens"] = json!([]);
+        shape(&v)
+    };
+    let (_, tokens) = answer_json(&sim, "/tokenize", body).await;
+    let want = no_ids(captured_json("post_tokenize_prompt").1);
+    assert_eq!(no_ids(tokens.clone()), want);
+    assert_eq!(tokens["max_model_len"], 1024);
+    let body = json!({"model": "tiny", "messages": [{"role": "user", "content": "Hello world"}], "add_generation_prompt": true});
+    let (_, chat) = answer_json(&sim, "/tokenize", body).await;
+    assert_eq!(
+        no_ids(chat),
+        no_ids(captured_json("post_tokenize_messages").1)
+    );
+    let ids = tokens["tokens"].clone();
+    let (_, text) = answer_json(&sim, "/detokenize", json!({"model": "tiny", "tokens": ids})).await;
+    assert_eq!(shape(&text), shape(&captured_json("post_detokenize").1));
+}
