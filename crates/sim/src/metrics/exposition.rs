@@ -62,16 +62,7 @@ impl Writer<'_, '_> {
                 |_| 0.0,
             );
         }
-        self.gauge(
-            "vllm:num_requests_running",
-            "Number of requests in model execution batches.",
-            |m| m.running as f64,
-        );
-        self.gauge(
-            "vllm:num_requests_waiting",
-            "Number of requests waiting to be processed.",
-            |m| m.waiting as f64,
-        );
+        self.running_and_waiting();
         self.labelled(
             "vllm:num_requests_waiting_by_reason",
             "Number of waiting requests by reason. Reason labels: 'capacity' = waiting for scheduling capacity; 'deferred' = deferred by transient constraints (LoRA budget, KV transfer, blocked status). Sum of all reasons equals vllm:num_requests_waiting.",
@@ -124,16 +115,7 @@ impl Writer<'_, '_> {
             "Multi-modal cache hits, in terms of number of cached items.",
             |_| 0.0,
         );
-        self.counter(
-            "vllm:num_preemptions",
-            "Cumulative number of preemption from the engine.",
-            |m| m.preemptions as f64,
-        );
-        self.counter(
-            "vllm:prompt_tokens",
-            "Number of prefill tokens processed.",
-            |m| m.prompt_tokens as f64,
-        );
+        self.preemptions_and_prompt_tokens();
         self.labelled_counter(
             "vllm:prompt_tokens_by_source",
             "Number of prompt tokens by source.",
@@ -158,11 +140,7 @@ impl Writer<'_, '_> {
             ("source", &["device", "host", "p2p", "disk", "external_unspecified"]),
             |m, i| if i == 0 { m.prefix_hits as f64 } else { 0.0 },
         );
-        self.counter(
-            "vllm:generation_tokens",
-            "Number of generation tokens processed.",
-            |m| m.generation_tokens as f64,
-        );
+        self.generation_tokens();
         self.labelled_counter(
             "vllm:request_success",
             "Count of successfully processed requests.",
@@ -222,16 +200,7 @@ impl Writer<'_, '_> {
     }
 
     fn legacy(&mut self) {
-        self.gauge(
-            "vllm:num_requests_running",
-            "Number of requests in model execution batches.",
-            |m| m.running as f64,
-        );
-        self.gauge(
-            "vllm:num_requests_waiting",
-            "Number of requests waiting to be processed.",
-            |m| m.waiting as f64,
-        );
+        self.running_and_waiting();
         self.lora_info();
         self.gauge(
             "vllm:gpu_cache_usage_perc",
@@ -248,6 +217,34 @@ impl Writer<'_, '_> {
             "GPU prefix cache hits, in terms of number of cached tokens.",
             |m| m.prefix_hits as f64,
         );
+        self.preemptions_and_prompt_tokens();
+        self.generation_tokens();
+        self.labelled_counter(
+            "vllm:request_success",
+            "Count of successfully processed requests.",
+            ("finished_reason", &FINISHED_REASONS[..4]),
+            |m, i| m.finished(FinishReason::ALL[i]) as f64,
+        );
+        self.latencies("vllm:time_per_output_token_seconds");
+        self.kv_connector();
+        self.cache_config_info();
+    }
+
+    /// The families both layouts share, written where each puts them.
+    fn running_and_waiting(&mut self) {
+        self.gauge(
+            "vllm:num_requests_running",
+            "Number of requests in model execution batches.",
+            |m| m.running as f64,
+        );
+        self.gauge(
+            "vllm:num_requests_waiting",
+            "Number of requests waiting to be processed.",
+            |m| m.waiting as f64,
+        );
+    }
+
+    fn preemptions_and_prompt_tokens(&mut self) {
         self.counter(
             "vllm:num_preemptions",
             "Cumulative number of preemption from the engine.",
@@ -258,20 +255,14 @@ impl Writer<'_, '_> {
             "Number of prefill tokens processed.",
             |m| m.prompt_tokens as f64,
         );
+    }
+
+    fn generation_tokens(&mut self) {
         self.counter(
             "vllm:generation_tokens",
             "Number of generation tokens processed.",
             |m| m.generation_tokens as f64,
         );
-        self.labelled_counter(
-            "vllm:request_success",
-            "Count of successfully processed requests.",
-            ("finished_reason", &FINISHED_REASONS[..4]),
-            |m, i| m.finished(FinishReason::ALL[i]) as f64,
-        );
-        self.latencies("vllm:time_per_output_token_seconds");
-        self.kv_connector();
-        self.cache_config_info();
     }
 
     /// The latency histograms, in vLLM's order; `itl` is the inter-token family's name.
