@@ -340,20 +340,27 @@ async fn a_chat_goes_where_the_events_say_its_tokens_are_cached() {
     }
 }
 
-/// `mvllm sim --tokenizer` and the router's `[models."NAME"] tokenizer` agree: the next turn of
-/// a chat sent as text, quoting the previous answer, is matched against the server's own KV
-/// events block for block, the answer's generated blocks included.
-#[tokio::test]
-async fn with_one_tokenizer_a_chats_next_turn_matches_the_servers_blocks_answer_included() {
-    use mvllm_router::fleet::kv_state::PromptChains;
-    use mvllm_testkit::tokenizer::*;
+/// `n` simulators publishing KV events and a router subscribed to them, all with the same word
+/// tokenizer (kept in the returned directory), every server's state exact.
+async fn fleet_with_one_tokenizer(
+    n: usize,
+) -> (
+    tempfile::TempDir,
+    Vec<mvllm_sim::SimHandle>,
+    mvllm_router::RouterHandle,
+) {
     let dir = tempfile::tempdir().unwrap();
-    write_word_tokenizer(dir.path()).unwrap();
-    let with_tokenizer = || SimConfig {
-        tokenizer: Some(dir.path().to_path_buf()),
-        ..publishing(0, 0, "127.0.0.1:0".parse().unwrap())
-    };
-    let sims = [sim(with_tokenizer()).await, sim(with_tokenizer()).await];
+    mvllm_testkit::tokenizer::write_word_tokenizer(dir.path()).unwrap();
+    let mut sims = Vec::new();
+    for _ in 0..n {
+        sims.push(
+            sim(SimConfig {
+                tokenizer: Some(dir.path().to_path_buf()),
+                ..publishing(0, 0, "127.0.0.1:0".parse().unwrap())
+            })
+            .await,
+        );
+    }
     let r = router(
         sims.iter().map(subscribed).collect(),
         mvllm_router::Settings {
@@ -362,8 +369,19 @@ async fn with_one_tokenizer_a_chats_next_turn_matches_the_servers_blocks_answer_
         },
     )
     .await;
-    wait_state(&r, 0, "exact").await;
-    wait_state(&r, 1, "exact").await;
+    for i in 0..n {
+        wait_state(&r, i, "exact").await;
+    }
+    (dir, sims, r)
+}
+
+/// `mvllm sim --tokenizer` and the router's `[models."NAME"] tokenizer` agree: the next turn of
+/// a chat sent as text, quoting the previous answer, is matched against the server's own KV
+/// events block for block, the answer's generated blocks included.
+#[tokio::test]
+async fn with_one_tokenizer_a_chats_next_turn_matches_the_servers_blocks_answer_included() {
+    use mvllm_router::fleet::kv_state::PromptChains;
+    let (_dir, sims, r) = fleet_with_one_tokenizer(2).await;
     let url = format!("{}/v1/chat/completions", r.url());
     let tokenizer = r.fleet.tokenizer(MODEL).expect("the tokenizer loaded");
 
@@ -430,23 +448,7 @@ async fn with_one_tokenizer_a_chats_next_turn_matches_the_servers_blocks_answer_
 /// tokens where 0.88 did): over a full calibration window, predicted and actual agree.
 #[tokio::test]
 async fn with_the_tokenizer_the_predicted_hit_rate_is_the_actual_one() {
-    use mvllm_testkit::tokenizer::*;
-    let dir = tempfile::tempdir().unwrap();
-    write_word_tokenizer(dir.path()).unwrap();
-    let sims = [sim(SimConfig {
-        tokenizer: Some(dir.path().to_path_buf()),
-        ..publishing(0, 0, "127.0.0.1:0".parse().unwrap())
-    })
-    .await];
-    let r = router(
-        sims.iter().map(subscribed).collect(),
-        mvllm_router::Settings {
-            tokenizers: vec![(MODEL.to_string(), dir.path().to_path_buf())],
-            ..settings()
-        },
-    )
-    .await;
-    wait_state(&r, 0, "exact").await;
+    let (_dir, _sims, r) = fleet_with_one_tokenizer(1).await;
     let url = format!("{}/v1/chat/completions", r.url());
     // 600 words of 5 bytes or more: a byte-based guess would say 750 tokens or more.
     let doc: String = (0..600).map(|i| format!("w{} ", 1000 + i)).collect();
