@@ -1,7 +1,8 @@
 //! Admission: what guards a request before and around routing. Client keys and their limits
 //! (`access`), the wait for a free slot (`wait_queue`), the budget retries may spend
 //! (`retry_budget`), the memory buffered bodies may take (`body_budget`), tenants and their token
-//! and request budgets (`tenants`), and which server holds a stored response (`affinity`).
+//! and request budgets (`tenants`), the headroom kept for tenants under their share (`shares`),
+//! and which server holds a stored response (`affinity`).
 //!
 //! Why a room of its own: this state is about requests, not servers. It is owned by the app's
 //! state alone; the fleet knows nothing of it and tells it that a slot freed up through its
@@ -11,6 +12,7 @@ pub mod access;
 pub mod affinity;
 pub mod body_budget;
 pub mod retry_budget;
+pub mod shares;
 pub mod tenants;
 pub mod wait_queue;
 
@@ -30,6 +32,8 @@ pub struct Admission {
     pub affinity: Arc<affinity::Affinity>,
     /// Tenants and their budgets (rebuilt on reload, keeping the buckets of tenants that stay).
     pub tenants: Arc<arc_swap::ArcSwap<tenants::Tenants>>,
+    /// Which tenants and classes hold slots now: the headroom kept for those under their share.
+    pub shares: Arc<shares::Shares>,
 }
 
 impl Admission {
@@ -47,6 +51,7 @@ impl Admission {
                 &settings.auth,
                 None,
             ))),
+            shares: Arc::default(),
         }
     }
 }

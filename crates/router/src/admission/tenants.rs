@@ -28,6 +28,8 @@ use tokio::time::Instant;
 
 use crate::config::{AuthSettings, Priority};
 
+use super::shares::{Activity, Held};
+
 /// The tenant of requests that name none the router knows.
 pub const DEFAULT_TENANT: &str = "default";
 /// The answer length charged up front when a request sets no `max_tokens`.
@@ -103,6 +105,8 @@ pub struct Tenant {
     tokens: Mutex<Option<Bucket>>,
     requests: Mutex<Option<Bucket>>,
     pub counts: TenantCounts,
+    /// Its requests holding slots now (see [`super::shares`]); kept across reloads.
+    pub activity: Arc<Activity>,
 }
 
 impl Tenant {
@@ -117,6 +121,7 @@ impl Tenant {
             tokens: Mutex::new(Bucket::per_minute(tokens_per_minute, now)),
             requests: Mutex::new(Bucket::per_minute(requests_per_minute, now)),
             counts: TenantCounts::default(),
+            activity: Arc::default(),
         }
     }
 
@@ -165,6 +170,7 @@ impl Tenant {
             tenant: self.clone(),
             estimate,
             kept: false,
+            held: None,
         })
     }
 
@@ -212,15 +218,30 @@ pub struct OverBudget {
 }
 
 /// One request's charge to its tenant: refunded if dropped before it is kept (the router
-/// refused it, or no server answered), settled from usage once its answer ends.
+/// refused it, or no server answered), settled from usage once its answer ends. It also holds
+/// the request's count in its tenant's slots until then.
 #[derive(Debug)]
 pub struct Charge {
     tenant: Arc<Tenant>,
     estimate: u64,
     kept: bool,
+    held: Option<Held>,
 }
 
 impl Charge {
+    /// The request took a slot: counted in its tenant's share until its answer ends.
+    pub fn hold(&mut self, held: Held) {
+        self.held = Some(held);
+    }
+
+    pub fn activity(&self) -> &Arc<Activity> {
+        &self.tenant.activity
+    }
+
+    pub fn weight(&self) -> f64 {
+        self.tenant.weight
+    }
+
     /// A server is answering: the GPU time is spent, whatever happens next.
     pub fn keep(&mut self) {
         if !self.kept {
@@ -274,6 +295,11 @@ impl ChargeSlot {
     pub fn take(&self) -> Option<Charge> {
         self.0.lock().take()
     }
+
+    /// What `f` makes of the charge, if the request has one.
+    pub fn with<R>(&self, f: impl FnOnce(&mut Charge) -> R) -> Option<R> {
+        self.0.lock().as_mut().map(f)
+    }
 }
 
 /// A request's tenant, as the access check found it (a request extension).
@@ -312,6 +338,9 @@ impl Tenants {
                     );
                     t.priority = k.priority.unwrap_or_default();
                     t.weight = k.weight.unwrap_or(1.0);
+                    if let Some(old) = previous.and_then(|p| p.by_name.get(name)) {
+                        t.activity = old.activity.clone();
+                    }
                     Arc::new(t)
                 })
                 .clone();
@@ -320,11 +349,15 @@ impl Tenants {
         let default = by_name
             .entry(DEFAULT_TENANT.to_string())
             .or_insert_with(|| {
-                Arc::new(Tenant::new(
+                let mut t = Tenant::new(
                     DEFAULT_TENANT,
                     auth.tokens_per_minute,
                     auth.requests_per_minute,
-                ))
+                );
+                if let Some(old) = previous.and_then(|p| p.by_name.get(DEFAULT_TENANT)) {
+                    t.activity = old.activity.clone();
+                }
+                Arc::new(t)
             })
             .clone();
         if let Some(previous) = previous {

@@ -258,6 +258,11 @@ impl Ticket<'_> {
         true
     }
 
+    /// What the holder was told, as last seen (without looking again).
+    pub fn told(&self) -> Option<Wake> {
+        self.told
+    }
+
     /// What the holder has been told so far, without waiting.
     pub fn try_wake(&mut self) -> Option<Wake> {
         if self.told.is_none() {
@@ -319,12 +324,24 @@ impl WaitQueue {
         self.enter(max, place, false)
     }
 
-    /// Goes back to the front of its tenant's line (woken, but the slot was taken by the time
-    /// it looked); its tenant's charge for the turn is taken back.
-    pub fn rejoin_front(&self, place: Place) -> Ticket<'_> {
+    /// Goes back to the front of its tenant's line (woken, but the slot was not one it could
+    /// take by the time it looked); its tenant's charge for the turn is taken back. With
+    /// `pass_on`, the turn goes to the next in line (the slot was taken by someone else);
+    /// without, nobody is woken (the slot is held back for others, see `admission::shares`).
+    pub fn rejoin_front<'a>(&'a self, mut ticket: Ticket<'a>, pass_on: bool) -> Ticket<'a> {
+        let place = ticket.place.clone();
+        if !pass_on {
+            ticket.used = true;
+        }
+        drop(ticket);
         self.line.lock().charge(&place, -1.0);
         self.enter(usize::MAX, place, true)
             .expect("no bound at the front")
+    }
+
+    /// Whether `tenant` has a request waiting in `class`.
+    pub fn waits(&self, tenant: &Arc<str>, class: Priority) -> bool {
+        !self.is_empty() && self.line.lock().classes[class as usize].contains_key(tenant)
     }
 
     fn enter(&self, max: usize, place: Place, front: bool) -> Option<Ticket<'_>> {

@@ -81,6 +81,7 @@ pub struct RawSettings {
     pub max_header_bytes: Option<Spanned<i64>>,
     pub queue_size: Option<Spanned<i64>>,
     pub queue_timeout: Option<Spanned<f64>>,
+    pub share_headroom: Option<Spanned<f64>>,
     pub prefill_leg_min_tokens: Option<Spanned<i64>>,
     pub tls_ca_file: Option<Spanned<String>>,
     pub tls_cert_file: Option<Spanned<String>>,

@@ -353,6 +353,19 @@ fn requests_section(r: &mut RawSettings, at: At<'_>, s: Settings) -> Result<Sett
             d.queue_timeout,
             0.0,
         )?,
+        share_headroom: match r.share_headroom.take() {
+            None => d.share_headroom,
+            Some(v) if (0.0..=0.5).contains(v.get_ref()) => *v.get_ref(),
+            Some(v) => {
+                return Err(at(
+                    v.span(),
+                    format!(
+                        "share_headroom must be within 0..0.5 (a share of the slots), got {}",
+                        v.get_ref()
+                    ),
+                ));
+            }
+        },
         retry_budget_ratio: match r.retry_budget_ratio.take() {
             None => d.retry_budget_ratio,
             Some(v) if v.get_ref().is_finite() && *v.get_ref() >= 0.0 => *v.get_ref(),

@@ -200,6 +200,7 @@ fn the_shipped_example_loads_and_documents_every_setting() {
         "max_header_bytes",
         "queue_size",
         "queue_timeout",
+        "share_headroom",
         "prefill_leg_min_tokens",
         "kv_events_silent_after",
     ] {

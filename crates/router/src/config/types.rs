@@ -134,6 +134,10 @@ pub struct Settings {
     pub queue_size: usize,
     /// Longest wait in that queue before 503.
     pub queue_timeout: Duration,
+    /// With the queue on and tenants contending: the share of the slots that could serve a
+    /// request held free for tenants under their share and the highest active class (see
+    /// `admission::shares`; 0: none held).
+    pub share_headroom: f64,
     /// Prefill/decode disaggregation: a request whose prompt, less what its decode server is
     /// believed to hold cached, is shorter than this many tokens skips the prefill leg (the
     /// decode server computes a short prefill faster than a transfer round trip).
@@ -220,6 +224,7 @@ impl Default for Settings {
             max_header_bytes: 64 * 1024,
             queue_size: 0,
             queue_timeout: Duration::from_secs(30),
+            share_headroom: 0.125,
             prefill_leg_min_tokens: 256,
             tls_ca_file: None,
             tls_cert_file: None,

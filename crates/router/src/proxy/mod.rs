@@ -21,6 +21,7 @@ pub mod read_body;
 mod retries;
 pub mod usage;
 pub mod usage_rewrite;
+mod wait;
 
 use std::sync::Arc;
 
@@ -32,7 +33,7 @@ use rand::Rng;
 use tokio::time::Instant;
 
 use crate::admission::tenants::{ChargeSlot, DEFAULT_COMPLETION_ESTIMATE, TenantOf};
-use crate::admission::wait_queue::{Place, Wake};
+use crate::admission::wait_queue::Place;
 use crate::config::Priority;
 use crate::fleet::{FleetView, Server};
 use crate::metrics::labels::{self, RequestLabels, RouteLabels};
@@ -319,13 +320,7 @@ async fn send(
         body
     };
     let place = || place_in_line(&parts, &meta);
-    let waited = match wait_for_slot(app, &mut view, &could_serve, &place).await? {
-        Some(ticket) => {
-            ticket.used();
-            true
-        }
-        None => false,
-    };
+    let waited = wait::for_slot(app, &mut view, &could_serve, &place, charge).await?;
     // A request that waited for a slot takes a server with one free, while there is one: the
     // slot it waited for, not a place in some full server's own queue.
     let servers = &view.servers;
@@ -387,83 +382,6 @@ async fn send(
     dispatch(app, &request, &route, &whole)
         .await
         .map_err(|e| e.unwrap_or_else(|| no_server(&meta, pinned.is_some())))
-}
-
-/// With `queue_size > 0`: when no server that could serve the request has a free slot (or others
-/// are already waiting), waits in line for one, up to `queue_timeout`. `Ok(None)`: no wait was
-/// needed; `Ok(Some)`: a slot freed up for this request (mark the ticket used).
-async fn wait_for_slot<'a>(
-    app: &'a AppState,
-    view: &mut Arc<FleetView>,
-    could_serve: &(dyn Fn(&Server) -> bool + Sync),
-    place: &(dyn Fn() -> Place + Sync),
-) -> Result<Option<crate::admission::wait_queue::Ticket<'a>>, ProxyError> {
-    let settings = view.settings.clone();
-    let queue = &app.admission.wait_queue;
-    let free = |v: &FleetView| {
-        v.servers
-            .iter()
-            .any(|s| could_serve(s) && s.has_free_slot())
-    };
-    let free_slots = |v: &FleetView| {
-        v.servers
-            .iter()
-            .filter(|s| could_serve(s) && s.takes_requests())
-            .map(|s| (s.capacity() as usize).saturating_sub(s.in_flight()))
-            .sum::<usize>()
-    };
-    if settings.queue_size == 0 || (queue.is_empty() && free(view)) {
-        return Ok(None);
-    }
-    // Nothing healthy could ever serve it: do not wait for nothing.
-    if !view
-        .servers
-        .iter()
-        .any(|s| could_serve(s) && s.takes_requests())
-    {
-        return Ok(None);
-    }
-    // Lower classes give up sooner: batch waits half of `queue_timeout`, critical twice it.
-    let place = place();
-    let patience = match place.priority {
-        Priority::Critical => 2.0,
-        Priority::Standard => 1.0,
-        Priority::Batch => 0.5,
-    };
-    let deadline = Instant::now() + settings.queue_timeout.mul_f64(patience);
-    let mut ticket = queue
-        .join(settings.queue_size, place)
-        .ok_or(ProxyError::Overloaded("the wait queue is full"))?;
-    loop {
-        // Woken when a slot frees up; a periodic look catches servers that joined or recovered.
-        let look = (Instant::now() + std::time::Duration::from_millis(100)).min(deadline);
-        let told = ticket.wait(look).await;
-        if told == Some(Wake::Shed) {
-            return Err(ProxyError::Shed(ticket.place().priority.name()));
-        }
-        // Nothing was decided from the view yet: a request leaving the line routes on the
-        // fleet as it is then (servers may have joined while it waited).
-        *view = app.fleet.view();
-        // A slot is taken in turn: when woken, or on a look when this request is next in line
-        // and a slot is free beyond those about to be taken by waiters already woken.
-        let turn = told == Some(Wake::Turn)
-            || (free_slots(view) > queue.turns_given() && ticket.claim_if_next());
-        if turn && free(view) {
-            return Ok(Some(ticket));
-        }
-        if Instant::now() >= deadline {
-            return Err(ProxyError::Overloaded(
-                "no slot freed up within queue_timeout",
-            ));
-        }
-        if told == Some(Wake::Turn) {
-            // Woken, but the slot was not one this request can use: pass the turn on, and
-            // keep this request's place at the front.
-            let place = ticket.place().clone();
-            drop(ticket);
-            ticket = queue.rejoin_front(place);
-        }
-    }
 }
 
 #[cfg(test)]
