@@ -44,20 +44,24 @@ impl Validation {
         })
     }
 
-    /// A required field absent from a JSON object of `items` keys (`None`: no body at all, and
-    /// then `field` is ignored: the body itself is missing).
-    pub fn missing(field: &str, items: Option<usize>) -> Validation {
+    /// A required field absent from a JSON object of `items` keys.
+    pub fn missing(field: &str, items: usize) -> Validation {
         Validation {
             kind: "missing",
-            loc: match items {
-                Some(_) => format!("body.{field}"),
-                None => "body".into(),
-            },
+            loc: format!("body.{field}"),
             msg: "Field required",
-            input: match items {
-                Some(n) => format!("'<dict of {n} items>'"),
-                None => "'None'".into(),
-            },
+            input: format!("'<dict of {items} items>'"),
+            ctx_error: None,
+        }
+    }
+
+    /// No body at all where one is required.
+    pub fn missing_body() -> Validation {
+        Validation {
+            kind: "missing",
+            loc: "body".into(),
+            msg: "Field required",
+            input: "'None'".into(),
             ctx_error: None,
         }
     }
@@ -98,13 +102,13 @@ mod tests {
             v.message(),
             "1 validation error:\n  {'type': 'json_invalid', 'loc': 'body.1', 'msg': 'JSON decode error', 'input': '<dict of 0 items>', 'ctx': {'error': 'Expecting property name enclosed in double quotes'}}"
         );
-        let v = Validation::missing("messages", Some(1));
+        let v = Validation::missing("messages", 1);
         assert_eq!(
             v.message(),
             "1 validation error:\n  {'type': 'missing', 'loc': 'body.messages', 'msg': 'Field required', 'input': '<dict of 1 items>'}"
         );
         assert_eq!(v.param(), "body.messages");
-        let v = Validation::missing("messages", None);
+        let v = Validation::missing_body();
         assert_eq!(
             v.message(),
             "1 validation error:\n  {'type': 'missing', 'loc': 'body', 'msg': 'Field required', 'input': 'None'}"

@@ -119,7 +119,7 @@ pub async fn read_meta(
         if generation {
             // vLLM's own answer to a generation request without a body.
             return Err(ProxyError::Validation(
-                mvllm_validation::Validation::missing("", None),
+                mvllm_validation::Validation::missing_body(),
             ));
         }
         return Ok(RequestMeta::default());
@@ -139,7 +139,7 @@ pub async fn read_meta(
         if first.is_none() {
             // vLLM's own answer to no body at all.
             return Err(ProxyError::Validation(
-                mvllm_validation::Validation::missing("", None),
+                mvllm_validation::Validation::missing_body(),
             ));
         }
         if first != Some(&b'{') {

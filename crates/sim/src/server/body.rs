@@ -25,7 +25,7 @@ pub fn parse_json<T: DeserializeOwned>(
     }
     if body.iter().all(u8::is_ascii_whitespace) {
         // FastAPI reads no body at all as a missing one.
-        return Err(ApiError::validation(&Validation::missing("", None)));
+        return Err(ApiError::validation(&Validation::missing_body()));
     }
     if let Some(v) = Validation::malformed_json(body) {
         return Err(ApiError::validation(&v));

@@ -182,7 +182,7 @@ pub(crate) fn encode_prompt_value(
 fn missing_field(field: &str, body: &[u8]) -> ApiError {
     let items =
         serde_json::from_slice::<serde_json::Map<String, Value>>(body).map_or(0, |m| m.len());
-    ApiError::validation(&mvllm_validation::Validation::missing(field, Some(items)))
+    ApiError::validation(&mvllm_validation::Validation::missing(field, items))
 }
 
 /// How many tokens a request may generate, or vLLM 0.32's 400 for a request it refuses, in
