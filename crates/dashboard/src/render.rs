@@ -100,9 +100,9 @@ pub fn draw(frame: &mut Frame, status: &FleetStatus, view: &ViewState, now: f64)
         theme,
     );
     if events_height > 0 && !status.tenants.is_empty() {
+        // The tenants' table is 58 columns wide; the events take the rest (40 at least).
         let [left, right] =
-            Layout::horizontal([Constraint::Percentage(55), Constraint::Percentage(45)])
-                .areas(events);
+            Layout::horizontal([Constraint::Min(40), Constraint::Length(58)]).areas(events);
         draw_events(frame, left, &status.events, now, theme);
         draw_tenants(frame, right, &status.tenants, theme);
     } else if events_height > 0 {
@@ -454,7 +454,8 @@ fn draw_events(frame: &mut Frame, area: Rect, events: &[Event], now: f64, t: The
     frame.render_widget(Paragraph::new(lines), inner);
 }
 
-/// Tenants: class, weight, requests admitted and refused over budget, tokens charged, budget.
+/// Tenants: class, weight, requests holding slots, admitted and refused over budget, tokens
+/// charged, budget.
 fn draw_tenants(
     frame: &mut Frame,
     area: Rect,
@@ -469,8 +470,8 @@ fn draw_tenants(
     frame.render_widget(block, area);
     let mut lines = vec![Line::styled(
         format!(
-            " {:<10} {:<8} {:>2} {:>6} {:>5} {:>7} {:>7}",
-            "TENANT", "CLASS", "W", "ADMIT", "OVER", "TOKENS", "TPM"
+            " {:<10} {:<8} {:>2} {:>4} {:>6} {:>5} {:>7} {:>7}",
+            "TENANT", "CLASS", "W", "RUN", "ADMIT", "OVER", "TOKENS", "TPM"
         ),
         t.dim(),
     )];
@@ -489,10 +490,11 @@ fn draw_tenants(
                 );
                 Line::from(vec![
                     Span::raw(format!(
-                        " {:<10} {:<8} {:>2} {:>6}",
+                        " {:<10} {:<8} {:>2} {:>4} {:>6}",
                         format::short_url(&x.name, 10),
                         x.priority,
                         x.weight,
+                        x.in_flight,
                         x.admitted
                     )),
                     over,

@@ -341,6 +341,7 @@ fn tenants_show_beside_the_events_with_their_class_and_budget() {
             admitted: 1520,
             over_budget: 0,
             tokens: 310_000,
+            in_flight: 4,
         },
         TenantStatus {
             name: "evals".into(),
@@ -351,6 +352,7 @@ fn tenants_show_beside_the_events_with_their_class_and_budget() {
             admitted: 402,
             over_budget: 37,
             tokens: 59_870,
+            in_flight: 23,
         },
     ];
     let text = screen_text(&draw(&status, &ViewState::new("x", false, false), 120, 40));
@@ -359,7 +361,7 @@ fn tenants_show_beside_the_events_with_their_class_and_budget() {
         .lines()
         .find(|l| l.contains("evals"))
         .expect("a row for evals");
-    for want in ["batch", "402", "37", "59870", "60000"] {
+    for want in ["batch", " 23 ", "402", "37", "59870", "60000"] {
         assert!(evals.contains(want), "{want} in {evals}");
     }
     assert!(text.contains("Events"), "the events stay: {text}");

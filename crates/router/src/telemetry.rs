@@ -38,6 +38,11 @@ fn register_kv_and_tenants(r: &mut Registry, t: &Telemetry) {
             t.tenant_requests.clone(),
         );
     r.register(
+        "tenant_in_flight",
+        "Each tenant's requests holding slots now (counted with the wait queue on)",
+        t.tenant_in_flight.clone(),
+    );
+    r.register(
             "tenant_tokens",
             "Tokens charged to each tenant since start (prompt and completion, settled from the answers' usage)",
             t.tenant_tokens.clone(),
@@ -83,6 +88,7 @@ pub struct Telemetry {
     kv_events: Family<KvEventLabels, Gauge>,
     tenant_requests: Family<TenantLabels, Gauge>,
     tenant_tokens: Family<TenantLabels, Gauge>,
+    tenant_in_flight: Family<TenantNameLabels, Gauge>,
     /// Client requests, errors, retries and time to first token over the last minutes.
     pub live: parking_lot::Mutex<Window>,
     pub started: std::time::Instant,
@@ -128,6 +134,7 @@ impl Telemetry {
             kv_events: Family::default(),
             tenant_requests: Family::default(),
             tenant_tokens: Family::default(),
+            tenant_in_flight: Family::default(),
             live: parking_lot::Mutex::new(Window::new(FLEET_WINDOW_SECONDS)),
             started: std::time::Instant::now(),
             registry: Registry::default(),
@@ -274,6 +281,7 @@ impl Telemetry {
     pub fn set_tenants(&self, status: &[crate::admission::tenants::TenantStatus]) {
         self.tenant_requests.clear();
         self.tenant_tokens.clear();
+        self.tenant_in_flight.clear();
         for t in status {
             for (outcome, n) in [("admitted", t.admitted), ("over_budget", t.over_budget)] {
                 let l = TenantLabels {
@@ -287,6 +295,12 @@ impl Telemetry {
                 outcome: "charged",
             };
             self.tenant_tokens.get_or_create(&l).set(t.tokens as i64);
+            let l = TenantNameLabels {
+                tenant: t.name.clone(),
+            };
+            self.tenant_in_flight
+                .get_or_create(&l)
+                .set(t.in_flight as i64);
         }
     }
 

@@ -113,6 +113,16 @@ async fn a_flood_leaves_the_headroom_to_an_active_tenant_under_its_share() {
     assert_eq!(light, 200);
     assert!(floods.iter().all(|f| !f.is_finished()));
     assert_eq!(r.state.admission.wait_queue.len(), 5);
+    // Each tenant's requests holding slots, in /metrics.
+    let metrics = get_text(&format!("{}/metrics", r.url())).await;
+    assert!(
+        metrics.contains("mvllm_tenant_in_flight{tenant=\"flood\"} 7\n"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("mvllm_tenant_in_flight{tenant=\"light\"} 0\n"),
+        "{metrics}"
+    );
     // Released, the flood is served in full: nothing was lost while it waited.
     released.store(true, Ordering::SeqCst);
     go.notify_waiters();

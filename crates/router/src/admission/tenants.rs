@@ -428,6 +428,9 @@ pub struct TenantStatus {
     pub over_budget: u64,
     /// Tokens charged, settled from the answers' usage where reported.
     pub tokens: u64,
+    /// Its requests holding slots now.
+    #[serde(default)]
+    pub in_flight: u64,
 }
 
 impl Tenants {
@@ -449,6 +452,7 @@ impl Tenants {
                 admitted: t.counts.admitted.load(Relaxed),
                 over_budget: t.counts.over_budget.load(Relaxed),
                 tokens: t.counts.tokens.load(Relaxed),
+                in_flight: t.activity.in_flight() as u64,
             })
             .collect();
         out.sort_by(|a, b| a.name.cmp(&b.name));

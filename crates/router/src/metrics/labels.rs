@@ -59,6 +59,12 @@ pub struct TenantLabels {
     pub outcome: &'static str,
 }
 
+/// One tenant (bounded as [`TenantLabels`]).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct TenantNameLabels {
+    pub tenant: String,
+}
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct DecisionLabels {
     pub policy: &'static str,
