@@ -17,7 +17,10 @@
 //!
 //! Replicas: among servers within [`TOLERANCE`] requests of the best cost ([`COLD_TOLERANCE`]
 //! when no server is known to hold the conversation), the choice is the one holding the most of
-//! the prompt, then by rendezvous hashing of the request's affinity key (its session key, or a block of its first user message) with each
+//! the prompt, then by rendezvous hashing of the request's affinity key (its session key, or a
+//! block of its first user message; for a new conversation that opens with a shared preamble,
+//! the preamble, so that conversations sharing a system prompt start on one server and each
+//! server prefills it only once load sends some there) with each
 //! server's id. A prefix nothing is known about yet therefore goes to the same
 //! server from every router replica, without any shared state, as long as the loads they see are
 //! within the tolerance; and a conversation stays where it was unless that server is busier than
@@ -119,6 +122,16 @@ pub fn choose(request: &RouteRequest<'_>, candidates: &[Candidate], cursor: &Ato
         .all(|c| c.cached_tokens < request.anchor_tokens);
     let tolerance = if cold { COLD_TOLERANCE } else { TOLERANCE };
     let slack = tolerance / candidates[best_i].capacity;
+    // A new conversation that opens with a shared preamble goes by the preamble's own
+    // rendezvous order: conversations sharing a system prompt start on the same server while it
+    // is within the tolerance, and spill to the next in that order beyond it, so each server
+    // prefills a system prompt only once it is needed there, on every replica alike.
+    let key = match request.prompt {
+        Some(p) if cold && p.preamble_blocks > 0 => {
+            p.blocks.get(p.preamble_blocks - 1).copied().unwrap_or(key)
+        }
+        _ => key,
+    };
     // Among those, the one holding the most of the prompt, then the key's rendezvous server.
     (0..candidates.len())
         .filter(|&i| costs[i] <= best + slack + 1e-12)
@@ -541,34 +554,29 @@ mod tests {
     }
 
     #[test]
-    fn a_shared_system_prompt_does_not_pull_conversations_onto_one_server() {
-        // Replica A sent a conversation with this system prompt (40 blocks) to one server;
-        // replica B, nothing. New conversations sharing the preamble are placed by their own
-        // key on both, not all onto the server A saw first.
+    fn new_conversations_sharing_a_system_prompt_start_on_its_server_then_spill_in_its_order() {
+        // Replica A sent a conversation with this system prompt (40 blocks) to server 1;
+        // replica B, nothing. Both place new conversations sharing it alike: on the preamble's
+        // rendezvous server while it is within the cold tolerance, then on the next in its
+        // order, not on the server A happened to use first.
         let a = CacheAware::default();
         let b = CacheAware::default();
         for p in [&a, &b] {
             p.fleet_changed(&[1, 2, 3, 4], 1 << 20);
         }
-        let mut first = prompt(0..60);
-        first.preamble_blocks = 40;
-        route(&a, &request(&first), &mut [server(1, 0.0)]);
-        let mut spread = [0usize; 4];
-        for k in 0..40u64 {
-            let mut conversation = prompt(0..60);
-            conversation.preamble_blocks = 40;
-            conversation.anchor = Some(45);
-            conversation.blocks[40..]
-                .iter_mut()
-                .for_each(|h| *h += 1000 * (k + 1));
-            let r = request(&conversation);
-            let mut here = [
-                server(1, 0.0),
-                server(2, 0.0),
-                server(3, 0.0),
-                server(4, 0.0),
-            ];
-            let mut there = here;
+        let conversation = |system: u64, k: u64| {
+            let mut c = prompt(0..60);
+            c.blocks.iter_mut().for_each(|h| *h += 1_000_000 * system);
+            c.preamble_blocks = 40;
+            c.anchor = Some(45);
+            c.blocks[40..].iter_mut().for_each(|h| *h += 1000 * (k + 1));
+            c
+        };
+        route(&a, &request(&conversation(0, 99)), &mut [server(1, 0.0)]);
+        let place = |f: &Fingerprint, loads: [f64; 4]| {
+            let r = request(f);
+            let mut here: Vec<Candidate> = (0..4).map(|i| server(i as u64 + 1, loads[i])).collect();
+            let mut there = here.clone();
             a.assess(&r, &mut here);
             b.assess(&r, &mut there);
             let rng = &mut StdRng::seed_from_u64(0);
@@ -577,8 +585,24 @@ mod tests {
                 b.pick(&r, &there, rng).unwrap(),
             );
             assert_eq!(here[i].id, there[j].id, "both replicas choose alike");
-            spread[i] += 1;
+            i
+        };
+        let home = place(&conversation(0, 0), [0.0; 4]);
+        for k in 1..20 {
+            assert_eq!(place(&conversation(0, k), [0.0; 4]), home, "one server");
         }
-        assert!(spread.iter().all(|&n| n >= 4), "{spread:?}");
+        // Its server busier than the tolerance: the next in the preamble's order, for all.
+        let mut loads = [0.0; 4];
+        loads[home] = COLD_TOLERANCE + 1.0;
+        let next = place(&conversation(0, 0), loads);
+        assert_ne!(next, home);
+        for k in 1..20 {
+            assert_eq!(place(&conversation(0, k), loads), next);
+        }
+        // Other system prompts have servers of their own.
+        let homes: std::collections::HashSet<usize> = (1..40)
+            .map(|system| place(&conversation(system, 0), [0.0; 4]))
+            .collect();
+        assert_eq!(homes.len(), 4, "{homes:?}");
     }
 }
