@@ -24,8 +24,6 @@ use tokio::time::Instant;
 
 use crate::config::Priority;
 
-use super::tenants::Tenants;
-
 /// How long after its last request took a slot a tenant or class still counts as active: long
 /// enough to span the pauses of a chat between its turns.
 pub const ACTIVE_FOR: Duration = Duration::from_secs(30);
@@ -76,7 +74,7 @@ impl Default for Shares {
     }
 }
 
-/// Who is asking: a request's tenant and class.
+/// A tenant as the headroom sees it (and a request: its tenant, with the request's class).
 #[derive(Debug, Clone, Copy)]
 pub struct Claimant<'a> {
     pub tenant: &'a Arc<Activity>,
@@ -103,8 +101,14 @@ impl Shares {
     }
 
     /// Whether `who` may take one of the slots held back, out of `slots` that could serve it:
-    /// no class above its own is active, and its tenant holds fewer than its share.
-    pub fn may_use_headroom(&self, tenants: &Tenants, who: Claimant<'_>, slots: usize) -> bool {
+    /// no class above its own is active, and its tenant holds fewer than its share among
+    /// `tenants` (every tenant, each with its own class).
+    pub fn may_use_headroom<'a>(
+        &self,
+        tenants: impl IntoIterator<Item = Claimant<'a>>,
+        who: Claimant<'_>,
+        slots: usize,
+    ) -> bool {
         let now = self.now_ms();
         if self.classes[..who.class as usize]
             .iter()
@@ -113,11 +117,9 @@ impl Shares {
             return false;
         }
         let others: f64 = tenants
-            .all()
+            .into_iter()
             .filter(|t| {
-                t.priority == who.class
-                    && !Arc::ptr_eq(&t.activity, who.tenant)
-                    && t.activity.active(now)
+                t.class == who.class && !Arc::ptr_eq(t.tenant, who.tenant) && t.tenant.active(now)
             })
             .map(|t| t.weight)
             .sum();
@@ -158,92 +160,93 @@ pub fn held_back(fraction: f64, slots: usize, may_use: impl FnOnce() -> bool) ->
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::{ApiKey, AuthSettings};
 
-    fn tenants(keys: &[(&str, Priority, f64)]) -> Tenants {
-        let keys = keys
-            .iter()
-            .enumerate()
-            .map(|(i, &(name, priority, weight))| {
-                let mut k = ApiKey::new(name, format!("sk-0123456789abcde{i}"));
-                k.priority = Some(priority);
-                k.weight = Some(weight);
-                k
+    /// Tenants by name: their activity, class and weight.
+    struct Fleet(Vec<(&'static str, Arc<Activity>, Priority, f64)>);
+
+    impl Fleet {
+        fn new(tenants: &[(&'static str, Priority, f64)]) -> Fleet {
+            Fleet(
+                tenants
+                    .iter()
+                    .map(|&(n, p, w)| (n, Arc::default(), p, w))
+                    .collect(),
+            )
+        }
+
+        fn all(&self) -> impl Iterator<Item = Claimant<'_>> {
+            self.0.iter().map(|(_, a, class, weight)| Claimant {
+                tenant: a,
+                weight: *weight,
+                class: *class,
             })
-            .collect();
-        Tenants::new(
-            &AuthSettings {
-                keys,
-                ..AuthSettings::default()
-            },
-            None,
-        )
-    }
+        }
 
-    fn claimant<'a>(tenants: &'a Tenants, name: &str) -> Claimant<'a> {
-        let t = tenants.all().find(|t| t.name == name).unwrap();
-        Claimant {
-            tenant: &t.activity,
-            weight: t.weight,
-            class: t.priority,
+        fn get(&self, name: &str) -> Claimant<'_> {
+            self.all()
+                .zip(&self.0)
+                .find(|(_, t)| t.0 == name)
+                .unwrap()
+                .0
         }
     }
 
     #[tokio::test(start_paused = true)]
     async fn a_tenant_over_its_share_leaves_the_headroom_to_one_under_it() {
         let shares = Arc::new(Shares::default());
-        let t = tenants(&[
+        let t = Fleet::new(&[
             ("a", Priority::Standard, 1.0),
             ("b", Priority::Standard, 1.0),
         ]);
-        let (a, b) = (claimant(&t, "a"), claimant(&t, "b"));
+        let (a, b) = (t.get("a"), t.get("b"));
         // a alone: its share is every slot.
         let mut held: Vec<Held> = (0..31).map(|_| shares.hold(a.tenant, a.class)).collect();
-        assert!(shares.may_use_headroom(&t, a, 32), "alone, a may take all");
+        assert!(
+            shares.may_use_headroom(t.all(), a, 32),
+            "alone, a may take all"
+        );
         // b starts: a holds 31 of its 16, b none.
         let one_of_b = shares.hold(b.tenant, b.class);
-        assert!(!shares.may_use_headroom(&t, a, 32));
-        assert!(shares.may_use_headroom(&t, b, 32));
+        assert!(!shares.may_use_headroom(t.all(), a, 32));
+        assert!(shares.may_use_headroom(t.all(), b, 32));
         // b at its share (16) may not take more headroom either.
         held.extend((0..15).map(|_| shares.hold(b.tenant, b.class)));
-        assert!(!shares.may_use_headroom(&t, b, 32));
+        assert!(!shares.may_use_headroom(t.all(), b, 32));
         // b's requests end, and 30 s later it no longer counts: a may take all again.
         held.truncate(31);
         drop(one_of_b);
         assert_eq!(b.tenant.in_flight(), 0);
         tokio::time::advance(ACTIVE_FOR - Duration::from_millis(1)).await;
-        assert!(!shares.may_use_headroom(&t, a, 32), "b is still active");
+        assert!(
+            !shares.may_use_headroom(t.all(), a, 32),
+            "b is still active"
+        );
         tokio::time::advance(Duration::from_millis(2)).await;
-        assert!(shares.may_use_headroom(&t, a, 32));
+        assert!(shares.may_use_headroom(t.all(), a, 32));
     }
 
     #[tokio::test(start_paused = true)]
     async fn shares_follow_weights_and_a_higher_class_takes_the_headroom() {
         let shares = Arc::new(Shares::default());
-        let t = tenants(&[
+        let t = Fleet::new(&[
             ("a", Priority::Standard, 3.0),
             ("b", Priority::Standard, 1.0),
             ("c", Priority::Critical, 1.0),
             ("d", Priority::Batch, 1.0),
         ]);
-        let (a, b, c, d) = (
-            claimant(&t, "a"),
-            claimant(&t, "b"),
-            claimant(&t, "c"),
-            claimant(&t, "d"),
-        );
+        let (a, b, c, d) = (t.get("a"), t.get("b"), t.get("c"), t.get("d"));
         let _b = shares.hold(b.tenant, b.class);
         let _a: Vec<Held> = (0..23).map(|_| shares.hold(a.tenant, a.class)).collect();
         // a's share is 3/4 of 32: 24.
-        assert!(shares.may_use_headroom(&t, a, 32));
+        assert!(shares.may_use_headroom(t.all(), a, 32));
         let _a24 = shares.hold(a.tenant, a.class);
-        assert!(!shares.may_use_headroom(&t, a, 32));
+        assert!(!shares.may_use_headroom(t.all(), a, 32));
         // Batch while standard is active: never.
-        assert!(!shares.may_use_headroom(&t, d, 32));
+        assert!(!shares.may_use_headroom(t.all(), d, 32));
         // Critical: yes, and then standard no longer may, even b under its share.
-        assert!(shares.may_use_headroom(&t, c, 32));
+        assert!(shares.may_use_headroom(t.all(), c, 32));
         let _c = shares.hold(c.tenant, c.class);
-        assert!(!shares.may_use_headroom(&t, b, 32));
+        assert!(!shares.may_use_headroom(t.all(), b, 32));
     }
 
     #[test]

@@ -81,9 +81,13 @@ fn held_back(
             weight: who.weight,
             class: who.class,
         };
-        app.admission
-            .shares
-            .may_use_headroom(&app.admission.tenants.load(), claimant, slots)
+        let tenants = app.admission.tenants.load();
+        let all = tenants.all().map(|t| Claimant {
+            tenant: &t.activity,
+            weight: t.weight,
+            class: t.priority,
+        });
+        app.admission.shares.may_use_headroom(all, claimant, slots)
     })
 }
 
