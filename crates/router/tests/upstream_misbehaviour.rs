@@ -77,36 +77,60 @@ async fn a_busy_fleet_answers_the_servers_busy_status_with_retry_after() {
 #[tokio::test]
 async fn a_stream_cut_mid_event_ends_that_event_before_the_error_event() {
     let chunk = r#"data: {"id":"c","object":"chat.completion.chunk","choices":[{"index":0,"delta":{"content":"a"}}]}"#;
+    // The server sends one event, then half of the next, then dies: each part only once the
+    // client has received the one before, so none is merged with the server's end.
+    let go = std::sync::Arc::new(tokio::sync::Semaphore::new(0));
+    let permits = go.clone();
     let app = axum::Router::new().route(
         "/v1/chat/completions",
-        route_post(move || async move {
-            let parts: Vec<Result<Bytes, std::io::Error>> = vec![
-                Ok(Bytes::from(format!("{chunk}\n\n"))),
-                Ok(Bytes::from_static(b"data: {\"id\":\"c\",\"obj")),
-                Err(std::io::Error::other("the server died")),
-            ];
-            // Each part after a pause, so the head and the first parts are sent before the end.
-            let paced = futures_util::stream::unfold(parts.into_iter(), |mut rest| async move {
-                tokio::time::sleep(Duration::from_millis(30)).await;
-                rest.next().map(|part| (part, rest))
-            });
-            (
-                [("content-type", "text/event-stream")],
-                Body::from_stream(paced),
-            )
+        route_post(move || {
+            let go = permits.clone();
+            async move {
+                let parts: Vec<Result<Bytes, std::io::Error>> = vec![
+                    Ok(Bytes::from(format!("{chunk}\n\n"))),
+                    Ok(Bytes::from_static(b"data: {\"id\":\"c\",\"obj")),
+                    Err(std::io::Error::other("the server died")),
+                ];
+                let paced = futures_util::stream::unfold(
+                    (parts.into_iter(), go, true),
+                    |(mut rest, go, first)| async move {
+                        if !first {
+                            go.acquire().await.expect("open").forget();
+                        }
+                        rest.next().map(|part| (part, (rest, go, false)))
+                    },
+                );
+                (
+                    [("content-type", "text/event-stream")],
+                    Body::from_stream(paced),
+                )
+            }
         }),
     );
     let addr = serve(app).await;
     let mut settings = fast_settings();
     settings.enable_active_health_check = false;
     let r = router(vec![trusted(format!("http://{addr}"))], settings).await;
-    let resp = post(
+    let mut resp = post(
         &format!("{}/v1/chat/completions", r.url()),
         &chat("hi", 2, true),
     )
     .await;
     assert_eq!(resp.status(), 200);
-    let text = resp.text().await.unwrap();
+    let mut text = String::new();
+    // The first event, then the half one (the second `"obj`), then the end.
+    for (received, count, then) in [("\n\n", 1, 1), ("\"obj", 2, 1), ("[DONE]", 1, 0)] {
+        while text.matches(received).count() < count {
+            let chunk = tokio::time::timeout(Duration::from_secs(10), resp.chunk())
+                .await
+                .expect("the next part within 10 s")
+                .unwrap()
+                .expect("more of the stream");
+            text.push_str(std::str::from_utf8(&chunk).unwrap());
+        }
+        go.add_permits(then);
+    }
+    assert!(resp.chunk().await.unwrap().is_none(), "the stream ends");
     let events: Vec<&str> = text.split("\n\n").filter(|e| !e.is_empty()).collect();
     assert_eq!(events.len(), 4, "{text:?}");
     assert_eq!(
