@@ -57,6 +57,25 @@ fn int(
     }
 }
 
+/// A number that `ok` accepts; the error says it must be `want`.
+fn number(
+    at: At<'_>,
+    v: Option<Spanned<f64>>,
+    name: &str,
+    default: f64,
+    ok: impl Fn(f64) -> bool,
+    want: &str,
+) -> Result<f64, ConfigError> {
+    match v {
+        None => Ok(default),
+        Some(v) if ok(*v.get_ref()) => Ok(*v.get_ref()),
+        Some(v) => Err(at(
+            v.span(),
+            format!("{name} must be {want}, got {}", v.get_ref()),
+        )),
+    }
+}
+
 pub(super) fn settings(
     mut r: RawSettings,
     file: &str,
@@ -94,19 +113,14 @@ pub(super) fn settings(
             )
         })?,
     };
-    let min_success_rate = match r.health_check_min_success_rate.take() {
-        None => d.health_check_min_success_rate,
-        Some(v) if (0.0..=1.0).contains(v.get_ref()) => *v.get_ref(),
-        Some(v) => {
-            return Err(at(
-                v.span(),
-                format!(
-                    "health_check_min_success_rate must be within 0..1, got {}",
-                    v.get_ref()
-                ),
-            ));
-        }
-    };
+    let min_success_rate = number(
+        at,
+        r.health_check_min_success_rate.take(),
+        "health_check_min_success_rate",
+        d.health_check_min_success_rate,
+        |v| (0.0..=1.0).contains(&v),
+        "within 0..1",
+    )?;
     let max_body = match r.max_body_bytes.take() {
         None => d.max_body_bytes,
         Some(v) if *v.get_ref() >= 1024 => *v.get_ref() as usize,
@@ -353,42 +367,30 @@ fn requests_section(r: &mut RawSettings, at: At<'_>, s: Settings) -> Result<Sett
             d.queue_timeout,
             0.0,
         )?,
-        share_headroom: match r.share_headroom.take() {
-            None => d.share_headroom,
-            Some(v) if (0.0..=0.5).contains(v.get_ref()) => *v.get_ref(),
-            Some(v) => {
-                return Err(at(
-                    v.span(),
-                    format!(
-                        "share_headroom must be within 0..0.5 (a share of the slots), got {}",
-                        v.get_ref()
-                    ),
-                ));
-            }
-        },
-        retry_budget_ratio: match r.retry_budget_ratio.take() {
-            None => d.retry_budget_ratio,
-            Some(v) if v.get_ref().is_finite() && *v.get_ref() >= 0.0 => *v.get_ref(),
-            Some(v) => {
-                return Err(at(
-                    v.span(),
-                    format!("retry_budget_ratio must be >= 0, got {}", v.get_ref()),
-                ));
-            }
-        },
-        retry_budget_min_per_second: match r.retry_budget_min_per_second.take() {
-            None => d.retry_budget_min_per_second,
-            Some(v) if v.get_ref().is_finite() && *v.get_ref() >= 0.0 => *v.get_ref(),
-            Some(v) => {
-                return Err(at(
-                    v.span(),
-                    format!(
-                        "retry_budget_min_per_second must be >= 0, got {}",
-                        v.get_ref()
-                    ),
-                ));
-            }
-        },
+        share_headroom: number(
+            at,
+            r.share_headroom.take(),
+            "share_headroom",
+            d.share_headroom,
+            |v| (0.0..=0.5).contains(&v),
+            "within 0..0.5 (a share of the slots)",
+        )?,
+        retry_budget_ratio: number(
+            at,
+            r.retry_budget_ratio.take(),
+            "retry_budget_ratio",
+            d.retry_budget_ratio,
+            |v| v.is_finite() && v >= 0.0,
+            ">= 0",
+        )?,
+        retry_budget_min_per_second: number(
+            at,
+            r.retry_budget_min_per_second.take(),
+            "retry_budget_min_per_second",
+            d.retry_budget_min_per_second,
+            |v| v.is_finite() && v >= 0.0,
+            ">= 0",
+        )?,
         generation_timeout: secs(
             at,
             r.generation_timeout.take(),

@@ -136,6 +136,16 @@ fn bad_values_are_refused_naming_the_line() {
             2,
             "within 0..1",
         ),
+        (
+            "[config]\nshare_headroom = 0.6\n",
+            2,
+            "share_headroom must be within 0..0.5",
+        ),
+        (
+            "[config]\nretry_budget_ratio = -0.1\n",
+            2,
+            "retry_budget_ratio must be >= 0, got -0.1",
+        ),
         ("[config]\nmax_retries = \"three\"\n", 2, "invalid type"),
         ("[servers\n", 1, ""),
     ];
