@@ -326,6 +326,13 @@ impl Tenants {
     pub fn new(auth: &AuthSettings, previous: Option<&Tenants>) -> Tenants {
         let mut by_name: HashMap<String, Arc<Tenant>> = HashMap::new();
         let mut of_key = HashMap::new();
+        // A tenant that stays keeps its activity: its requests in flight still hold slots.
+        let staying = |mut t: Tenant| {
+            if let Some(old) = previous.and_then(|p| p.by_name.get(&t.name)) {
+                t.activity = old.activity.clone();
+            }
+            Arc::new(t)
+        };
         for k in &auth.keys {
             let name = k.tenant();
             let tenant = by_name
@@ -338,10 +345,7 @@ impl Tenants {
                     );
                     t.priority = k.priority.unwrap_or_default();
                     t.weight = k.weight.unwrap_or(1.0);
-                    if let Some(old) = previous.and_then(|p| p.by_name.get(name)) {
-                        t.activity = old.activity.clone();
-                    }
-                    Arc::new(t)
+                    staying(t)
                 })
                 .clone();
             of_key.insert(k.name.clone(), tenant);
@@ -349,15 +353,11 @@ impl Tenants {
         let default = by_name
             .entry(DEFAULT_TENANT.to_string())
             .or_insert_with(|| {
-                let mut t = Tenant::new(
+                staying(Tenant::new(
                     DEFAULT_TENANT,
                     auth.tokens_per_minute,
                     auth.requests_per_minute,
-                );
-                if let Some(old) = previous.and_then(|p| p.by_name.get(DEFAULT_TENANT)) {
-                    t.activity = old.activity.clone();
-                }
-                Arc::new(t)
+                ))
             })
             .clone();
         if let Some(previous) = previous {
@@ -531,8 +531,12 @@ mod tests {
         assert_eq!(tenants.of(None, &h).unwrap().name, "team-a");
         h.insert("x-tenant-id", "nobody".parse().unwrap());
         assert_eq!(tenants.of(None, &h).unwrap().name, DEFAULT_TENANT);
-        // A reload keeps the empty bucket.
+        // A reload keeps the empty bucket, and each staying tenant's activity.
         let reloaded = Tenants::new(&config, Some(&tenants));
         assert!(reloaded.of(Some("a1"), &none).unwrap().charge(10).is_err());
+        for name in ["team-a", DEFAULT_TENANT] {
+            let (old, new) = (&tenants.by_name[name], &reloaded.by_name[name]);
+            assert!(Arc::ptr_eq(&old.activity, &new.activity), "{name}");
+        }
     }
 }

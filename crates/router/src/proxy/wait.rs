@@ -17,11 +17,11 @@ use crate::config::Priority;
 use crate::fleet::{FleetView, Server};
 use crate::state::AppState;
 
-/// A request's tenant and class, when headroom is in play for it.
+/// A request's tenant and its place in line (worked out once), when headroom is in play.
 struct Who {
     activity: Arc<Activity>,
     weight: f64,
-    class: Priority,
+    place: Place,
 }
 
 /// Waits, if it must, for a slot on a server that `could_serve` the request: `Ok(true)` when it
@@ -36,17 +36,18 @@ pub(super) async fn for_slot(
     charge: &ChargeSlot,
 ) -> Result<bool, ProxyError> {
     let settings = &view.settings;
-    let in_play = settings.queue_size > 0 && settings.share_headroom > 0.0;
-    let who = charge
-        .with(|c| Who {
+    let who = if settings.queue_size > 0 && settings.share_headroom > 0.0 {
+        charge.with(|c| Who {
             activity: c.activity().clone(),
             weight: c.weight(),
-            class: place().priority,
+            place: place(),
         })
-        .filter(|_| in_play);
+    } else {
+        None
+    };
     let taken = wait(app, view, could_serve, place, who.as_ref()).await?;
     if let Some(who) = &who {
-        let held = app.admission.shares.hold(&who.activity, who.class);
+        let held = app.admission.shares.hold(&who.activity, who.place.priority);
         charge.with(|c| c.hold(held));
     }
     Ok(taken)
@@ -79,7 +80,7 @@ fn held_back(
         let claimant = Claimant {
             tenant: &who.activity,
             weight: who.weight,
-            class: who.class,
+            class: who.place.priority,
         };
         let tenants = app.admission.tenants.load();
         let all = tenants.all().map(|t| Claimant {
@@ -122,7 +123,7 @@ async fn wait(
     // them (unless its own tenant already waits in its class: first come first served).
     if let (Some(0), Some(who)) = (held, who)
         && free_slots(view, could_serve) > queue.turns_given()
-        && !queue.waits(&place().tenant, who.class)
+        && !queue.waits(&who.place.tenant, who.place.priority)
     {
         return Ok(true);
     }
@@ -135,7 +136,7 @@ async fn wait(
         return Ok(false);
     }
     // Lower classes give up sooner: batch waits half of `queue_timeout`, critical twice it.
-    let place = place();
+    let place = who.map_or_else(place, |w| w.place.clone());
     let patience = match place.priority {
         Priority::Critical => 2.0,
         Priority::Standard => 1.0,
