@@ -39,6 +39,7 @@ fn server(url: &str, state: ServerState) -> ServerStatus {
         actual_hit_rate: None,
         cache_state: "approximate".into(),
         cached_blocks: None,
+        seconds_per_token: None,
     }
 }
 

@@ -121,6 +121,11 @@ pub struct ServerStatus {
     /// Blocks in its prefix cache, from its KV events (`None` without them).
     #[serde(default)]
     pub cached_blocks: Option<u64>,
+    /// Its mean seconds per output token lately, from its own inter-token latency histogram
+    /// (`None` until it has generated enough): how fast it is. `cache_aware` weighs the cost of
+    /// a server markedly slower than the fastest by the ratio.
+    #[serde(default)]
+    pub seconds_per_token: Option<f64>,
 }
 
 fn approximate() -> String {
@@ -241,5 +246,6 @@ fn server_status(s: &Server, max_age: Duration, policy: &dyn Policy) -> ServerSt
             .kv_events
             .is_some()
             .then(|| s.kv.cached_blocks() as u64),
+        seconds_per_token: scrape.pace.seconds_per_token(),
     }
 }

@@ -23,6 +23,11 @@ use crate::metrics::labels::*;
 /// Registers the families of KV-event state and tenants (split from [`Telemetry::new`]).
 fn register_kv_and_tenants(r: &mut Registry, t: &Telemetry) {
     r.register(
+        "server_seconds_per_token",
+        "The server's mean seconds per output token lately, from its inter-token latency histogram: how fast it is (cache_aware weighs a markedly slower server's cost by the ratio to the fastest)",
+        t.seconds_per_token.clone(),
+    );
+    r.register(
         "server_cached_blocks",
         "Blocks in the server's prefix cache, as its KV events say",
         t.cached_blocks.clone(),
@@ -85,6 +90,7 @@ pub struct Telemetry {
     prefix_actual: Family<ServerLabels, FGauge>,
     cache_exact: Family<ServerLabels, Gauge>,
     cached_blocks: Family<ServerLabels, Gauge>,
+    seconds_per_token: Family<ServerLabels, FGauge>,
     kv_events: Family<KvEventLabels, Gauge>,
     tenant_requests: Family<TenantLabels, Gauge>,
     tenant_tokens: Family<TenantLabels, Gauge>,
@@ -131,6 +137,7 @@ impl Telemetry {
             prefix_actual: Family::default(),
             cache_exact: Family::default(),
             cached_blocks: Family::default(),
+            seconds_per_token: Family::default(),
             kv_events: Family::default(),
             tenant_requests: Family::default(),
             tenant_tokens: Family::default(),
@@ -316,6 +323,7 @@ impl Telemetry {
             &self.kv_usage,
             &self.prefix_predicted,
             &self.prefix_actual,
+            &self.seconds_per_token,
         ] {
             f.clear();
         }
@@ -336,10 +344,17 @@ impl Telemetry {
             self.draining
                 .get_or_create(&l)
                 .set(i64::from(s.draining.load(Ordering::Relaxed)));
-            if let Some(at) = s.scrape.lock().at {
+            let (at, pace) = {
+                let scrape = s.scrape.lock();
+                (scrape.at, scrape.pace.seconds_per_token())
+            };
+            if let Some(at) = at {
                 self.scrape_age
                     .get_or_create(&l)
                     .set(at.elapsed().as_secs_f64());
+            }
+            if let Some(pace) = pace {
+                self.seconds_per_token.get_or_create(&l).set(pace);
             }
             if let Some(m) = s.fresh_metrics(max_age) {
                 self.running.get_or_create(&l).set(m.running);

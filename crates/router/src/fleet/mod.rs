@@ -16,6 +16,7 @@ pub mod kv_subscriber;
 pub mod loops;
 pub mod membership;
 pub mod observer;
+pub mod pace;
 pub mod probe;
 pub mod probe_error;
 pub mod probing;

@@ -20,6 +20,11 @@ pub struct ServerMetrics {
     pub prefix_cache_hits: f64,
     /// Output tokens generated since the server started (`vllm:generation_tokens_total`).
     pub generation_tokens: f64,
+    /// The inter-token latency histogram's sum (seconds) and count (tokens), summed over
+    /// engines (`vllm:inter_token_latency_seconds`, before 0.11 `time_per_output_token_seconds`):
+    /// between two scrapes, the server's mean seconds per output token.
+    pub inter_token_seconds: f64,
+    pub inter_tokens: f64,
     /// Engines seen (series of `num_requests_running`).
     pub engines: u32,
     /// Tokens the server's KV cache holds, from `vllm:cache_config_info` (`num_gpu_blocks` x
@@ -62,6 +67,9 @@ pub fn parse(text: &str) -> Result<ServerMetrics, String> {
             "vllm:prefix_cache_hits_total" | "vllm:gpu_prefix_cache_hits_total" => 4,
             "vllm:generation_tokens_total" => 5,
             "process_max_fds" => 6,
+            "vllm:inter_token_latency_seconds_sum" | "vllm:time_per_output_token_seconds_sum" => 7,
+            "vllm:inter_token_latency_seconds_count"
+            | "vllm:time_per_output_token_seconds_count" => 8,
             _ => continue,
         };
         let value =
@@ -93,7 +101,9 @@ pub fn parse(text: &str) -> Result<ServerMetrics, String> {
             3 => m.prefix_cache_queries += value,
             4 => m.prefix_cache_hits += value,
             5 => m.generation_tokens += value,
-            _ => m.process_max_fds = Some(value),
+            6 => m.process_max_fds = Some(value),
+            7 => m.inter_token_seconds += value,
+            _ => m.inter_tokens += value,
         }
     }
     if m.engines == 0 || !seen_waiting {
@@ -242,5 +252,22 @@ vllm:generation_tokens_total{engine="1",model_name="m"} 23.0
         assert!(parse("vllm:num_requests_running{engine=\"0\" 3 garbage\n").is_err());
         assert!(parse("vllm:num_requests_running 1\nvllm:num_requests_waiting abc\n").is_err());
         assert!(parse("").is_err());
+    }
+
+    #[test]
+    fn reads_the_inter_token_latency_a_real_vllm_writes_and_the_older_name() {
+        let real = include_str!("../../../sim/tests/real-vllm/get_metrics_after.txt");
+        let body = &real[real.find("\n\n").unwrap() + 2..];
+        let m = parse(body).unwrap();
+        assert_eq!(
+            (m.inter_tokens, m.inter_token_seconds),
+            (11638.0, 127.04418696699031)
+        );
+        let old = "vllm:num_requests_running 0\nvllm:num_requests_waiting 0\n\
+                   vllm:time_per_output_token_seconds_sum{engine=\"0\"} 2.5\n\
+                   vllm:time_per_output_token_seconds_count{engine=\"0\"} 100\n\
+                   vllm:time_per_output_token_seconds_count{engine=\"1\"} 150\n";
+        let m = parse(old).unwrap();
+        assert_eq!((m.inter_tokens, m.inter_token_seconds), (250.0, 2.5));
     }
 }

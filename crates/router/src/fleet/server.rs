@@ -54,6 +54,8 @@ pub struct Scrape {
     /// Prefix-cache queries and output tokens at the last successful scrape, kept across failed
     /// ones: counters that went back mean the server restarted.
     pub counters: Option<(f64, f64)>,
+    /// Seconds per output token, learned over scrapes (kept across failed ones).
+    pub pace: super::pace::Pace,
 }
 
 impl Scrape {
@@ -216,6 +218,7 @@ impl Server {
                 errors: 0,
                 tokens_per_second: None,
                 counters: None,
+                pace: Default::default(),
             }),
             overloaded_until: Mutex::new(None),
             models: ArcSwap::from_pointee(models),
@@ -402,14 +405,15 @@ impl Server {
     }
 
     pub fn candidate(&self, max_age: Duration) -> Candidate {
-        let scraped = {
+        let (scraped, seconds_per_token) = {
             let s = self.scrape.lock();
-            s.fresh(max_age).map(|m| Scraped {
+            let scraped = s.fresh(max_age).map(|m| Scraped {
                 running: m.running,
                 waiting: m.waiting,
                 kv_usage: m.kv_usage,
                 in_flight_then: s.in_flight_then as f64,
-            })
+            });
+            (scraped, s.pace.seconds_per_token())
         };
         Candidate {
             id: self.id,
@@ -422,6 +426,7 @@ impl Server {
             awaiting_first_byte: self.awaiting_first_byte() as f64,
             overloaded: self.is_overloaded(),
             scraped,
+            seconds_per_token,
         }
     }
 
@@ -480,6 +485,10 @@ impl Server {
                     prefix_hits: m.prefix_cache_hits,
                     prefix_queries: m.prefix_cache_queries,
                 });
+                match s.metrics {
+                    Some(prev) => s.pace.observe(&prev, &m),
+                    None => s.pace.start(&m),
+                }
                 s.tokens_per_second = match (s.metrics, s.at) {
                     (Some(prev), Some(at)) if m.generation_tokens >= prev.generation_tokens => {
                         let dt = now.duration_since(at).as_secs_f64();

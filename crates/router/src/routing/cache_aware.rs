@@ -3,11 +3,13 @@
 //! A request's time to first token on a server is the work queued ahead of it plus its own
 //! prefill, on that server's speed. The router knows most of it: its exact in-flight count (and
 //! which of those still await their first byte), the load other clients put on the server (from
-//! its `/metrics`), the uncached prefill it has already sent there, and, from its prefix index,
-//! how much of this prompt the server holds. So the cost of a server is `adaptive`'s load
-//! (requests relative to capacity; capacity stands for speed, and a slow server's requests stay
-//! in flight longer, so its load shows it) plus the prefill still to do there, converted at
-//! [`PREFILL_TOKENS_PER_REQUEST`] tokens to one request's worth of work.
+//! its `/metrics`), the uncached prefill it has already sent there, from its prefix index how
+//! much of this prompt the server holds, and from the server's inter-token latency how much
+//! slower than the fastest it is (`speed`). So the cost of a server is `adaptive`'s load
+//! (requests relative to capacity; a slow server's requests stay in flight longer, so its load
+//! shows its speed) plus the prefill still to do there (on a slower server, times its slowness
+//! and at least [`MIN_PREFILL_TOKENS`]), converted at [`PREFILL_TOKENS_PER_REQUEST`] tokens to one request's worth of
+//! work.
 //!
 //! What this buys, unlike a cache threshold: a hot prefix stays on its server until that server
 //! is busier than another by more than the prefill it saves, then spreads to a second server
@@ -20,8 +22,7 @@
 //! the prompt, then by rendezvous hashing of the request's affinity key (its session key, or a
 //! block of its first user message; for a new conversation that opens with a shared preamble,
 //! the preamble, so that conversations sharing a system prompt start on one server and each
-//! server prefills it only once load sends some there) with each
-//! server's id. A prefix nothing is known about yet therefore goes to the same
+//! server prefills it only once load sends some there) with each server's id. A prefix nothing is known about yet therefore goes to the same
 //! server from every router replica, without any shared state, as long as the loads they see are
 //! within the tolerance; and a conversation stays where it was unless that server is busier than
 //! the others by more than the tolerance.
@@ -40,6 +41,7 @@ use super::kind::PolicyKind;
 use super::policy::{Ended, Policy, PrefixReport, RouteRequest, ServerChange, ServerId};
 use super::prefix_index::{BYTES_PER_BLOCK, Calibration, Prediction, PrefixIndex};
 use super::scores::{adaptive_score, lowest};
+use super::speed::{fastest, slowness};
 
 /// Prefill tokens that cost as much as one more request queued on a server. Measured, not
 /// derived: `mvllm bench routing --workload chat-sessions` over 32..1024 (with TOLERANCE 1..6)
@@ -81,20 +83,36 @@ pub fn prefill_tokens_per_request(candidates: &[Candidate]) -> f64 {
     PREFILL_TOKENS_PER_REQUEST * (least / FULL_WEIGHT_LOAD).clamp(MIN_WEIGHT, 1.0)
 }
 
-/// The estimated cost of sending `request` to `c` (see the module doc).
+/// The estimated cost of sending `request` to `c` (see the module doc), as if `c` were as fast
+/// as the fleet's fastest server.
 pub fn cost(request: &RouteRequest<'_>, c: &Candidate) -> f64 {
-    cost_at(request, c, PREFILL_TOKENS_PER_REQUEST)
+    cost_at(request, c, PREFILL_TOKENS_PER_REQUEST, 1.0)
 }
 
-/// [`cost`] with prefill converted at `ptpr` tokens a request. Below its capacity a server's
+/// [`cost`] with prefill converted at `ptpr` tokens a request, on a server `slowness` times
+/// slower than the fastest. Below its capacity a server's
 /// requests in flight count at that rate; beyond it they queue, and each counts in full (as
-/// [`PREFILL_TOKENS_PER_REQUEST`] tokens), however light the rest of the fleet.
-fn cost_at(request: &RouteRequest<'_>, c: &Candidate, ptpr: f64) -> f64 {
+/// [`PREFILL_TOKENS_PER_REQUEST`] tokens), however light the rest of the fleet. Slowness
+/// multiplies the prefill to do, of at least [`MIN_PREFILL_TOKENS`] (a slow server's
+/// in-flight count already shows its speed: its requests stay longer).
+fn cost_at(request: &RouteRequest<'_>, c: &Candidate, ptpr: f64, slowness: f64) -> f64 {
     let uncached = (request.prompt_tokens - c.cached_tokens).max(0.0);
     let load = adaptive_score(c);
     let queued = (load - 1.0).max(0.0) * (PREFILL_TOKENS_PER_REQUEST / ptpr - 1.0);
-    load + queued + (uncached + c.pending_prefill_tokens) / (ptpr * c.capacity)
+    let mut prefill = uncached + c.pending_prefill_tokens;
+    if slowness > 1.0 {
+        prefill = slowness * prefill.max(MIN_PREFILL_TOKENS);
+    }
+    load + queued + prefill / (ptpr * c.capacity)
 }
+
+/// The least prefill a slower server is charged for, however much of the prompt it holds: a
+/// prefill takes at least one forward pass of the model, which on a GPU takes about as long as
+/// computing this many tokens (the pass is bound by reading the weights until then), and that
+/// pass is slower there too. So even a request that prefills little starts sooner on a lightly
+/// loaded fast server than on an idle slow one. (Between servers of one speed it would add the
+/// same to both, and is left out.)
+pub const MIN_PREFILL_TOKENS: f64 = 128.0;
 
 /// Rendezvous (highest random weight) hashing: the server a key belongs to, the same on every
 /// replica, and moving as few keys as possible when servers come and go.
@@ -105,12 +123,11 @@ pub fn weight(key: u64, server: u64) -> u64 {
 /// The choice among `candidates` (not empty) for `request`, as assessed (see the module doc).
 pub fn choose(request: &RouteRequest<'_>, candidates: &[Candidate], cursor: &AtomicUsize) -> usize {
     let ptpr = prefill_tokens_per_request(candidates);
-    let costs: Vec<f64> = candidates
-        .iter()
-        .map(|c| cost_at(request, c, ptpr))
-        .collect();
+    let fastest = fastest(candidates);
+    let timed = |c: &Candidate| cost_at(request, c, ptpr, slowness(c, fastest));
+    let costs: Vec<f64> = candidates.iter().map(timed).collect();
     let Some(key) = request.affinity else {
-        return lowest(candidates, cursor, |c| cost_at(request, c, ptpr));
+        return lowest(candidates, cursor, timed);
     };
     let (best, best_i) = costs
         .iter()
@@ -441,6 +458,56 @@ mod tests {
         assert_ne!(pick_one(&DOC, &held), 0);
         held[0].in_flight -= 11.0;
         assert_eq!(pick_one(&DOC, &held), 0, "within it, the holder");
+    }
+
+    #[test]
+    fn new_conversations_start_on_fast_servers_until_load_makes_a_slow_one_sooner() {
+        let at = |pace: [f64; 4], in_flight: f64| {
+            let mut c = [
+                server(11, 0.0),
+                server(22, 0.0),
+                server(33, 0.0),
+                server(44, 0.0),
+            ];
+            for (i, s) in c.iter_mut().enumerate() {
+                s.seconds_per_token = Some(pace[i]);
+                s.in_flight = if i < 2 { in_flight } else { 0.0 };
+            }
+            c
+        };
+        let shares = |c: &[Candidate], other_replica: &[Candidate]| {
+            let mut chosen = [0usize; 4];
+            for key in 0..400u64 {
+                let r = RouteRequest {
+                    prompt: None,
+                    prompt_tokens: 500.0,
+                    affinity: Some(key),
+                    anchor_tokens: 0.0,
+                };
+                let here = pick_one(&r, c);
+                assert_eq!(c[here].id, other_replica[pick_one(&r, other_replica)].id);
+                chosen[here] += 1;
+            }
+            chosen
+        };
+        // Servers 3 and 4 take twice as long per token; another replica's figures differ a little.
+        let light = at([0.010, 0.011, 0.020, 0.021], 0.0);
+        let light_there = at([0.0102, 0.0108, 0.0203, 0.0207], 0.0);
+        let chosen = shares(&light, &light_there);
+        assert_eq!(chosen[2] + chosen[3], 0, "{chosen:?}");
+        assert!(chosen[0] > 150 && chosen[1] > 150, "{chosen:?}");
+        // Busy fast servers: the slow ones are sooner.
+        let chosen = shares(
+            &at([0.010, 0.011, 0.020, 0.021], 40.0),
+            &at([0.0102, 0.0108, 0.0203, 0.0207], 40.0),
+        );
+        assert_eq!(chosen[0] + chosen[1], 0, "{chosen:?}");
+        // Within 1.2x of the fastest every server counts as fast: keys spread over all four.
+        let chosen = shares(
+            &at([0.010, 0.011, 0.012, 0.0118], 0.0),
+            &at([0.0101, 0.011, 0.012, 0.0124], 0.0),
+        );
+        assert!(chosen.iter().all(|&n| n > 60), "{chosen:?}");
     }
 
     #[test]

@@ -25,6 +25,9 @@ pub struct Candidate {
     pub overloaded: bool,
     /// `None` when the last scrape failed or is too old to trust.
     pub scraped: Option<Scraped>,
+    /// The server's mean seconds per output token lately, from its own `/metrics` (`None`
+    /// until known): how fast it is, which its capacity does not say.
+    pub seconds_per_token: Option<f64>,
     /// Tokens of this request's prompt the server is believed to hold in its prefix cache,
     /// for its cost: a preamble shared by conversations counts as held everywhere.
     pub cached_tokens: f64,

@@ -16,6 +16,7 @@ pub mod kind;
 pub mod policy;
 pub mod prefix_index;
 pub mod scores;
+pub mod speed;
 
 pub use candidate::{Candidate, Scraped};
 pub use kind::PolicyKind;
