@@ -9,9 +9,10 @@
 //!
 //! The first figure is the server's mean over its life so far (its histogram's totals at the
 //! first scrape), so a router that starts beside servers that have been serving knows their
-//! speeds at once. The estimate moves only when the server generated enough tokens between two scrapes to say
-//! something: an idle server keeps its last figure (idling makes it neither faster nor slower),
-//! and counters that went back (a restart) are skipped rather than read as a negative pace.
+//! speeds at once. The estimate moves only when the server generated enough tokens between two
+//! scrapes to say something: an idle server keeps its last figure (idling makes it neither
+//! faster nor slower), and counters that went back (a restart) are skipped rather than read as
+//! a negative pace.
 
 use super::prom::ServerMetrics;
 
@@ -71,8 +72,7 @@ mod tests {
     }
 
     #[test]
-    fn starts_from_its_life_so_far_learns_from_busy_intervals_and_keeps_its_figure_while_idle_or_after_a_restart()
-     {
+    fn starts_from_its_life_so_far_then_learns_only_from_busy_intervals() {
         let mut p = Pace::default();
         p.start(&at(10.0, 1.0));
         assert_eq!(p.seconds_per_token(), None, "10 tokens say too little");

@@ -405,14 +405,18 @@ mod tests {
         assert_eq!(pick_one(&DOC, &[slow, fast]), 1);
     }
 
-    #[test]
-    fn all_cold_every_replica_makes_the_same_choice_and_keys_spread() {
-        let c = [
+    fn four_servers() -> [Candidate; 4] {
+        [
             server(11, 0.0),
             server(22, 0.0),
             server(33, 0.0),
             server(44, 0.0),
-        ];
+        ]
+    }
+
+    /// How many of 400 new 500-token conversations each of `here`'s servers gets; `there`, the
+    /// same servers as another replica sees them, must choose the same server for each.
+    fn shares_agreeing(here: &[Candidate], there: &[Candidate]) -> [usize; 4] {
         let mut chosen = [0usize; 4];
         for key in 0..400u64 {
             let r = RouteRequest {
@@ -421,14 +425,20 @@ mod tests {
                 affinity: Some(key),
                 anchor_tokens: 0.0,
             };
-            // Another replica sees the servers in another order and with its own cursor.
-            let mut reversed = c;
-            reversed.reverse();
-            let here = pick_one(&r, &c);
-            let there = pick_one(&r, &reversed);
-            assert_eq!(c[here].id, reversed[there].id, "key {key}");
-            chosen[here] += 1;
+            let i = pick_one(&r, here);
+            assert_eq!(here[i].id, there[pick_one(&r, there)].id, "key {key}");
+            chosen[i] += 1;
         }
+        chosen
+    }
+
+    #[test]
+    fn all_cold_every_replica_makes_the_same_choice_and_keys_spread() {
+        let c = four_servers();
+        // Another replica sees the servers in another order and with its own cursor.
+        let mut reversed = c;
+        reversed.reverse();
+        let chosen = shares_agreeing(&c, &reversed);
         assert!(chosen.iter().all(|&n| n > 60), "{chosen:?}");
     }
 
@@ -463,47 +473,27 @@ mod tests {
     #[test]
     fn new_conversations_start_on_fast_servers_until_load_makes_a_slow_one_sooner() {
         let at = |pace: [f64; 4], in_flight: f64| {
-            let mut c = [
-                server(11, 0.0),
-                server(22, 0.0),
-                server(33, 0.0),
-                server(44, 0.0),
-            ];
+            let mut c = four_servers();
             for (i, s) in c.iter_mut().enumerate() {
                 s.seconds_per_token = Some(pace[i]);
                 s.in_flight = if i < 2 { in_flight } else { 0.0 };
             }
             c
         };
-        let shares = |c: &[Candidate], other_replica: &[Candidate]| {
-            let mut chosen = [0usize; 4];
-            for key in 0..400u64 {
-                let r = RouteRequest {
-                    prompt: None,
-                    prompt_tokens: 500.0,
-                    affinity: Some(key),
-                    anchor_tokens: 0.0,
-                };
-                let here = pick_one(&r, c);
-                assert_eq!(c[here].id, other_replica[pick_one(&r, other_replica)].id);
-                chosen[here] += 1;
-            }
-            chosen
-        };
         // Servers 3 and 4 take twice as long per token; another replica's figures differ a little.
         let light = at([0.010, 0.011, 0.020, 0.021], 0.0);
         let light_there = at([0.0102, 0.0108, 0.0203, 0.0207], 0.0);
-        let chosen = shares(&light, &light_there);
+        let chosen = shares_agreeing(&light, &light_there);
         assert_eq!(chosen[2] + chosen[3], 0, "{chosen:?}");
         assert!(chosen[0] > 150 && chosen[1] > 150, "{chosen:?}");
         // Busy fast servers: the slow ones are sooner.
-        let chosen = shares(
+        let chosen = shares_agreeing(
             &at([0.010, 0.011, 0.020, 0.021], 40.0),
             &at([0.0102, 0.0108, 0.0203, 0.0207], 40.0),
         );
         assert_eq!(chosen[0] + chosen[1], 0, "{chosen:?}");
         // Within 1.2x of the fastest every server counts as fast: keys spread over all four.
-        let chosen = shares(
+        let chosen = shares_agreeing(
             &at([0.010, 0.011, 0.012, 0.0118], 0.0),
             &at([0.0101, 0.011, 0.012, 0.0124], 0.0),
         );
