@@ -8,8 +8,8 @@
 //! slower than the fastest it is (`speed`). So the cost of a server is `adaptive`'s load
 //! (requests relative to capacity; a slow server's requests stay in flight longer, so its load
 //! shows its speed) plus the prefill still to do there (on a slower server, times its slowness
-//! and at least [`MIN_PREFILL_TOKENS`]), converted at [`PREFILL_TOKENS_PER_REQUEST`] tokens to one request's worth of
-//! work.
+//! and at least [`MIN_PREFILL_TOKENS`]), converted at [`PREFILL_TOKENS_PER_REQUEST`] tokens
+//! to one request's worth of work.
 //!
 //! What this buys, unlike a cache threshold: a hot prefix stays on its server until that server
 //! is busier than another by more than the prefill it saves, then spreads to a second server
@@ -22,9 +22,9 @@
 //! the prompt, then by rendezvous hashing of the request's affinity key (its session key, or a
 //! block of its first user message; for a new conversation that opens with a shared preamble,
 //! the preamble, so that conversations sharing a system prompt start on one server and each
-//! server prefills it only once load sends some there) with each server's id. A prefix nothing is known about yet therefore goes to the same
-//! server from every router replica, without any shared state, as long as the loads they see are
-//! within the tolerance; and a conversation stays where it was unless that server is busier than
+//! server prefills it only once load sends some there) with each server's id. A prefix nothing
+//! is known about yet therefore goes to the same server from every router replica, without any
+//! shared state, as long as the loads they see are within the tolerance; and a conversation stays where it was unless that server is busier than
 //! the others by more than the tolerance.
 
 use std::collections::HashMap;
