@@ -24,8 +24,8 @@
 //! the preamble, so that conversations sharing a system prompt start on one server and each
 //! server prefills it only once load sends some there) with each server's id. A prefix nothing
 //! is known about yet therefore goes to the same server from every router replica, without any
-//! shared state, as long as the loads they see are within the tolerance; and a conversation stays where it was unless that server is busier than
-//! the others by more than the tolerance.
+//! shared state, as long as the loads they see are within the tolerance; and a conversation
+//! stays where it was unless that server is busier than the others by more than the tolerance.
 
 use std::collections::HashMap;
 use std::sync::Arc;
