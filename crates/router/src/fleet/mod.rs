@@ -13,6 +13,7 @@ pub mod events;
 pub mod health;
 pub mod kv_state;
 pub mod kv_subscriber;
+pub mod limit;
 pub mod loops;
 pub mod membership;
 pub mod observer;

@@ -56,6 +56,8 @@ pub struct Scrape {
     pub counters: Option<(f64, f64)>,
     /// Seconds per output token, learned over scrapes (kept across failed ones).
     pub pace: super::pace::Pace,
+    /// Whether its capacity is its real limit (kept across failed scrapes).
+    pub limit: super::limit::CapacityLimit,
 }
 
 impl Scrape {
@@ -219,6 +221,7 @@ impl Server {
                 tokens_per_second: None,
                 counters: None,
                 pace: Default::default(),
+                limit: Default::default(),
             }),
             overloaded_until: Mutex::new(None),
             models: ArcSwap::from_pointee(models),
@@ -405,7 +408,7 @@ impl Server {
     }
 
     pub fn candidate(&self, max_age: Duration) -> Candidate {
-        let (scraped, seconds_per_token) = {
+        let (scraped, seconds_per_token, capacity_is_limit) = {
             let s = self.scrape.lock();
             let scraped = s.fresh(max_age).map(|m| Scraped {
                 running: m.running,
@@ -413,7 +416,7 @@ impl Server {
                 kv_usage: m.kv_usage,
                 in_flight_then: s.in_flight_then as f64,
             });
-            (scraped, s.pace.seconds_per_token())
+            (scraped, s.pace.seconds_per_token(), s.limit.is_real())
         };
         Candidate {
             id: self.id,
@@ -427,6 +430,7 @@ impl Server {
             overloaded: self.is_overloaded(),
             scraped,
             seconds_per_token,
+            capacity_is_limit,
         }
     }
 
@@ -489,6 +493,7 @@ impl Server {
                     Some(prev) => s.pace.observe(&prev, &m),
                     None => s.pace.start(&m),
                 }
+                s.limit.observe(&m, f64::from(self.capacity()));
                 s.tokens_per_second = match (s.metrics, s.at) {
                     (Some(prev), Some(at)) if m.generation_tokens >= prev.generation_tokens => {
                         let dt = now.duration_since(at).as_secs_f64();

@@ -92,14 +92,21 @@ pub fn cost(request: &RouteRequest<'_>, c: &Candidate) -> f64 {
 
 /// [`cost`] with prefill converted at `ptpr` tokens a request, on a server `slowness` times
 /// slower than the fastest. Below its capacity a server's requests in flight count at that
-/// rate; beyond it they queue, and each counts as [`QUEUED_REQUEST_TOKENS`], however light the
-/// rest of the fleet. Slowness multiplies the prefill to do, of at least
+/// rate; beyond it, however light the rest of the fleet, each counts as
+/// [`PREFILL_TOKENS_PER_REQUEST`], or as [`QUEUED_REQUEST_TOKENS`] where the capacity is the
+/// server's real limit (`fleet::limit`). Slowness multiplies the prefill
+/// to do, of at least
 /// [`MIN_PREFILL_TOKENS`] (a slow server's in-flight count already shows its speed: its
 /// requests stay longer).
 fn cost_at(request: &RouteRequest<'_>, c: &Candidate, ptpr: f64, slowness: f64) -> f64 {
     let uncached = (request.prompt_tokens - c.cached_tokens).max(0.0);
     let load = adaptive_score(c);
-    let queued = (load - 1.0).max(0.0) * (QUEUED_REQUEST_TOKENS / ptpr - 1.0);
+    let beyond = if c.capacity_is_limit {
+        QUEUED_REQUEST_TOKENS
+    } else {
+        PREFILL_TOKENS_PER_REQUEST
+    };
+    let queued = (load - 1.0).max(0.0) * (beyond / ptpr - 1.0);
     let mut prefill = uncached + c.pending_prefill_tokens;
     if slowness > 1.0 {
         prefill = slowness * prefill.max(MIN_PREFILL_TOKENS);
@@ -119,12 +126,17 @@ fn cost_at(request: &RouteRequest<'_>, c: &Candidate, ptpr: f64, slowness: f64) 
 /// [`QUEUED_REQUEST_TOKENS`]; without it, 0.095 s at 80%).
 pub const MIN_PREFILL_TOKENS: f64 = 256.0;
 
-/// What a request beyond a server's capacity costs, in prefill tokens: it waits for a running
+/// What a request beyond a server's capacity costs, in prefill tokens, where that capacity is
+/// the server's real limit (it was seen with requests waiting while it ran no more than its
+/// capacity, `fleet::limit`): it waits for a running
 /// request to end, about a request's length over the capacity (1 s over 24 slots: ~40 ms, some
 /// 1,000 tokens of prefill at 35 us each), far more than one more request in a batch with room.
 /// So a fast server is filled to its capacity before a slower one takes new work, and not past
 /// it: with 64 here, the fast servers of the half-speed fleet at 80% load queued until the slow
-/// servers' charge was paid, and p99 time to first token went from 0.037 to 0.095 s.
+/// servers' charge was paid, and p99 time to first token went from 0.037 to 0.095 s. Elsewhere
+/// a request beyond capacity costs [`PREFILL_TOKENS_PER_REQUEST`]: a capacity set below what
+/// the server runs at once (the default is 3) must not make conversations leave their caches
+/// for one request more.
 pub const QUEUED_REQUEST_TOKENS: f64 = 1024.0;
 
 /// Rendezvous (highest random weight) hashing: the server a key belongs to, the same on every

@@ -37,14 +37,36 @@ fn a_cached_prefix_wins_while_its_server_is_not_much_busier() {
 
 #[test]
 fn a_hot_prefix_on_a_busy_server_spreads_to_another() {
-    // Below its capacity (8) 2,900 cached tokens outweigh any queue; beyond it each request
-    // waits for a slot (QUEUED_REQUEST_TOKENS): two are worth the prefill, three are not.
+    // 2,900 cached tokens are worth ~45 queued requests (PREFILL_TOKENS_PER_REQUEST): the
+    // prefix stays while its server is busier by less, and spreads beyond.
+    let mut c = [server(1, 12.0), server(2, 1.0)];
+    c[0].cached_tokens = 2900.0;
+    c[0].awaiting_first_byte = 6.0;
+    assert_eq!(pick_one(&DOC, &c), 0, "worth its queue");
+    c[0].in_flight = 40.0;
+    c[0].awaiting_first_byte = 12.0;
+    assert_eq!(pick_one(&DOC, &c), 1, "beyond it, the other server");
+}
+
+#[test]
+fn beyond_a_real_capacity_each_request_costs_a_slots_wait() {
+    // The server's capacity (8) is its real limit (`fleet::limit`): each request beyond it
+    // waits for a slot (QUEUED_REQUEST_TOKENS), so two are worth 2,900 tokens of prefill,
+    // three are not. Where the capacity was set below what the server runs at once, the
+    // cached prefix stays.
     let mut c = [server(1, 7.0), server(2, 1.0)];
     c[0].cached_tokens = 2900.0;
     c[0].awaiting_first_byte = 2.0;
-    assert_eq!(pick_one(&DOC, &c), 0, "worth its queue");
+    c[0].capacity_is_limit = true;
+    assert_eq!(pick_one(&DOC, &c), 0, "two beyond its capacity");
     c[0].in_flight = 8.0;
     assert_eq!(pick_one(&DOC, &c), 1, "three waiting for a slot");
+    c[0].capacity_is_limit = false;
+    assert_eq!(
+        pick_one(&DOC, &c),
+        0,
+        "a capacity below the server's own limit"
+    );
     c[0].in_flight = 40.0;
     c[0].awaiting_first_byte = 12.0;
     assert_eq!(pick_one(&DOC, &c), 1, "beyond it, the other server");
@@ -116,15 +138,15 @@ fn one_replicas_view_and_anothers_differ_only_within_the_tolerance() {
     busier[cold].in_flight += 2.0;
     assert_ne!(pick_one(&DOC, &busier), cold);
     // Once a server holds the conversation the narrower tolerance applies. On this light
-    // fleet its 600 cached tokens are worth ~28 requests of queue below its capacity (8);
-    // beyond it, each request waits for a slot. At its capacity it keeps the conversation;
-    // two beyond it, another server is sooner.
+    // fleet its 600 cached tokens are worth ~28 requests of queue below capacity; beyond
+    // its capacity (8) every request counts in full. Busier by 20 it is 2.4 above the
+    // others, past 3/8; by 9, below them.
     let mut held = c;
     held[0].cached_tokens = 600.0;
-    held[0].in_flight = 7.0;
-    assert_eq!(pick_one(&DOC, &held), 0, "within it, the holder");
-    held[0].in_flight = 9.0;
+    held[0].in_flight += 20.0;
     assert_ne!(pick_one(&DOC, &held), 0);
+    held[0].in_flight -= 11.0;
+    assert_eq!(pick_one(&DOC, &held), 0, "within it, the holder");
 }
 
 #[test]
@@ -170,6 +192,8 @@ fn a_fast_server_with_room_is_sooner_than_an_idle_slow_one_and_a_full_one_is_not
             s.seconds_per_token = Some(if i < 2 { 0.010 } else { 0.020 });
             s.in_flight = if i < 2 { fast_in_flight } else { 0.0 };
             s.cached_tokens = 800.0;
+            // As in `mvllm bench routing`: the servers' --max-num-seqs is their capacity.
+            s.capacity_is_limit = true;
         }
         c
     };

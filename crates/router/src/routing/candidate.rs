@@ -28,6 +28,9 @@ pub struct Candidate {
     /// The server's mean seconds per output token lately, from its own `/metrics` (`None`
     /// until known): how fast it is, which its capacity does not say.
     pub seconds_per_token: Option<f64>,
+    /// The server was last seen queueing requests while running no more than its capacity
+    /// (`fleet::limit`): one beyond its capacity waits there for a slot.
+    pub capacity_is_limit: bool,
     /// Tokens of this request's prompt the server is believed to hold in its prefix cache,
     /// for its cost: a preamble shared by conversations counts as held everywhere.
     pub cached_tokens: f64,
