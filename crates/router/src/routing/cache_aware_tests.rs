@@ -171,10 +171,11 @@ fn new_conversations_start_on_fast_servers_until_load_makes_a_slow_one_sooner() 
         &at([0.0102, 0.0108, 0.0203, 0.0207], 40.0),
     );
     assert_eq!(chosen[0] + chosen[1], 0, "{chosen:?}");
-    // Within 1.2x of the fastest every server counts as fast: keys spread over all four.
+    // Within 1.5x of the fastest every server counts as fast (a busier server's tokens come
+    // slower): keys spread over all four.
     let chosen = shares_agreeing(
-        &at([0.010, 0.011, 0.012, 0.0118], 0.0),
-        &at([0.0101, 0.011, 0.012, 0.0124], 0.0),
+        &at([0.010, 0.011, 0.014, 0.0138], 0.0),
+        &at([0.0101, 0.011, 0.0142, 0.0137], 0.0),
     );
     assert!(chosen.iter().all(|&n| n > 60), "{chosen:?}");
 }
