@@ -367,9 +367,9 @@ fn new_conversations_sharing_a_system_prompt_start_on_its_server_then_spill_in_i
     for k in 1..20 {
         assert_eq!(place(&conversation(0, k), [0.0; 4]), home, "one server");
     }
-    // Its server busier than the tolerance: the next in the preamble's order, for all.
+    // Its server full and busier than the tolerance: the next in the preamble's order, for all.
     let mut loads = [0.0; 4];
-    loads[home] = COLD_TOLERANCE + 1.0;
+    loads[home] = COLD_TOLERANCE + 2.0;
     let next = place(&conversation(0, 0), loads);
     assert_ne!(next, home);
     for k in 1..20 {
@@ -380,4 +380,61 @@ fn new_conversations_sharing_a_system_prompt_start_on_its_server_then_spill_in_i
         .map(|system| place(&conversation(system, 0), [0.0; 4]))
         .collect();
     assert_eq!(homes.len(), 4, "{homes:?}");
+}
+
+#[test]
+fn a_system_prompts_server_keeps_new_conversations_longer_while_it_has_room() {
+    // 40 blocks (640 tokens) of system prompt: its server, with room, stays in the running
+    // 640 / PREAMBLE_TOKENS_PER_REQUEST = 5 requests beyond the cold tolerance (6), but not
+    // beyond its capacity.
+    let p = CacheAware::default();
+    p.fleet_changed(&[1, 2, 3, 4], 1 << 20);
+    let mut f = prompt(0..60);
+    f.preamble_blocks = 40;
+    f.anchor = Some(45);
+    let r = request(&f);
+    let fleet = |capacity: f64, home_load: f64| {
+        let mut c: Vec<Candidate> = (1..=4)
+            .map(|id| Candidate {
+                capacity,
+                ..server(id, 0.0)
+            })
+            .collect();
+        p.assess(&r, &mut c);
+        let home = p.pick(&r, &c, &mut StdRng::seed_from_u64(0)).unwrap();
+        c[home].in_flight = home_load;
+        (home, p.pick(&r, &c, &mut StdRng::seed_from_u64(0)).unwrap())
+    };
+    let (home, at_10) = fleet(24.0, 10.0);
+    assert_eq!(at_10, home, "10 requests busier: within 6 + 5");
+    let (_, at_12) = fleet(24.0, 12.0);
+    assert_ne!(at_12, home, "12 requests busier: beyond");
+    // Capacity 12: 6 + 5 would keep 10 requests, but only 2 more fit.
+    let (_, near_full) = fleet(12.0, 10.0);
+    assert_ne!(near_full, home, "6 + 2");
+}
+
+#[test]
+fn a_system_prompt_counts_as_held_everywhere_only_until_a_server_holds_the_conversation() {
+    let p = CacheAware::default();
+    p.fleet_changed(&[1, 2], 1 << 20);
+    let mut f = prompt(0..60);
+    f.preamble_blocks = 40;
+    f.anchor = Some(45);
+    let r = request(&f);
+    let mut c = [server(1, 0.0), server(2, 0.0)];
+    p.assess(&r, &mut c);
+    assert_eq!([c[0].cached_tokens, c[1].cached_tokens], [640.0, 640.0]);
+    let home = route(&p, &r, &mut c);
+    // The next turn: its server holds all 60 blocks; the other, nothing it is known to hold.
+    let mut next = prompt(0..70);
+    next.preamble_blocks = 40;
+    next.anchor = Some(45);
+    p.assess(&request(&next), &mut c);
+    assert_eq!(c[home].cached_tokens, 960.0);
+    assert_eq!(
+        c[1 - home].cached_tokens,
+        0.0,
+        "no credit: moving re-prefills it"
+    );
 }
