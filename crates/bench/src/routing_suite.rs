@@ -22,6 +22,7 @@ use crate::client::{HttpClient, StreamTiming, http_client, stream_post};
 use crate::process::SimProcess;
 use crate::stats::{mean, quantile};
 
+pub mod caches;
 mod contender;
 mod traffic;
 pub use contender::{Contender, contenders};
@@ -43,7 +44,8 @@ pub struct Options {
     pub workload: Option<crate::load::Workload>,
     /// What to compare, by name: a policy (`adaptive`, `cache_aware`, ...), a policy on two
     /// router replicas behind a client alternating between them (`cache_aware-x2`), the oracle
-    /// of client-side affinity (`oracle`), or a peer router (`vllm-router`, `sglang-router`).
+    /// of client-side affinity (`oracle`), that oracle with every shared prefix cached on every
+    /// server beforehand (`oracle-warm`: the floor), or a peer router (`vllm-router`, `sglang-router`).
     pub contenders: Option<Vec<String>>,
     /// The fleet's speeds instead of the named fleet's (e.g. "1,1,0.5,0.5").
     pub speeds: Option<String>,
@@ -156,7 +158,7 @@ async fn run_workload_contender(
             }
             load_options(routers[0].url(), w, arrivals, seconds, seed)
         }
-        Contender::Oracle => {
+        Contender::Oracle | Contender::WarmOracle => {
             let mut o = load_options(urls[0].clone(), w, arrivals, seconds, seed);
             o.pin_to = urls.to_vec();
             o
@@ -177,7 +179,11 @@ async fn run_workload_contender(
     opts.as_tokens = !sim.kv_events.is_empty();
     // Ask the servers for the model: a router may list its own placeholder (SGLang's: "unknown").
     opts.model = Some(crate::load::first_model(&http_client(), &urls[0]).await?);
-    reset_prefix_caches(urls).await?;
+    caches::reset(urls).await?;
+    if *contender == Contender::WarmOracle {
+        let model = opts.model.as_deref().unwrap_or_default();
+        caches::warm(urls, w, seed, model, opts.as_tokens).await?;
+    }
     let before = server_request_counts(urls).await;
     let others = other_clients(urls, traffic.other_clients, seed ^ 0x07e4);
     let r = crate::load::run(opts).await;
@@ -223,27 +229,6 @@ async fn run_workload_contender(
 
 /// Requests each simulated server has finished, from its own `/metrics` (so that routers other
 /// than mvllm, and no router at all, are counted alike).
-/// Empties every server's prefix cache (vLLM's `POST /reset_prefix_cache`), so that each
-/// contender starts cold: the workload is the same seeded one for all, and a contender must not
-/// find the previous one's conversations cached.
-async fn reset_prefix_caches(urls: &[String]) -> Result<(), String> {
-    let client = http_client();
-    for u in urls {
-        let req = hyper::Request::post(format!("{u}/reset_prefix_cache"))
-            .body(http_body_util::Full::new(bytes::Bytes::new()))
-            .map_err(|e| e.to_string())?;
-        let status = client
-            .request(req)
-            .await
-            .map_err(|e| format!("{u}/reset_prefix_cache: {e}"))?
-            .status();
-        if !status.is_success() {
-            return Err(format!("{u}/reset_prefix_cache answered {status}"));
-        }
-    }
-    Ok(())
-}
-
 async fn server_request_counts(urls: &[String]) -> Vec<u64> {
     let client = http_client();
     let mut out = Vec::new();

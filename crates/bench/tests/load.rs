@@ -141,3 +141,57 @@ async fn a_router_with_api_keys_is_loaded_with_api_key() {
     assert!(report["requests"].as_u64().unwrap() > 0);
     assert_eq!(report["ok"], report["requests"], "{report}");
 }
+
+/// `oracle-warm`'s warm-up: after it, the first turn of a new conversation finds its whole
+/// system prompt cached on every server; after a reset, on none.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn warming_caches_every_shared_prefix_on_every_server_and_a_reset_empties_them() {
+    use mvllm_bench::client::{http_client, post_timed};
+    use mvllm_bench::load::workload::{Generator, chat_body};
+    use mvllm_bench::routing_suite::caches;
+    let sims = [
+        mvllm_sim::spawn(SimConfig::instant()).await.unwrap(),
+        mvllm_sim::spawn(SimConfig::instant()).await.unwrap(),
+    ];
+    let urls: Vec<String> = sims.iter().map(|s| s.url()).collect();
+    let client = http_client();
+    let model = load::first_model(&client, &urls[0]).await.unwrap();
+    let session = Generator::new(Workload::ChatSessions, 3).next_session();
+    let system = session.system.as_deref().unwrap();
+    let system_words = system.split_whitespace().count() as f64;
+    // Prefix-cache hits on each server when it gets the session's first turn.
+    let first_turn_hits = || async {
+        let mut hits = Vec::new();
+        for u in &urls {
+            let read = || async {
+                load::fleet::FleetCounters::read_servers(&client, std::slice::from_ref(u))
+                    .await
+                    .prefix[u]
+                    .0
+            };
+            let before = read().await;
+            let body = chat_body(&model, Some(system), &[], &session.turns[0].0, 1, false);
+            let t = post_timed(&client, &format!("{u}/v1/chat/completions"), body, false)
+                .await
+                .unwrap();
+            assert_eq!(t.status, 200);
+            hits.push(read().await - before);
+        }
+        hits
+    };
+
+    caches::reset(&urls).await.unwrap();
+    assert_eq!(first_turn_hits().await, [0.0, 0.0], "a reset leaves nothing");
+
+    caches::reset(&urls).await.unwrap();
+    let sent = caches::warm(&urls, Workload::ChatSessions, 3, &model, false)
+        .await
+        .unwrap();
+    assert_eq!(sent, 2 * 4, "four system prompts on each of two servers");
+    for hits in first_turn_hits().await {
+        assert!(
+            hits >= system_words - 16.0,
+            "{hits} tokens hit; the system prompt is {system_words}"
+        );
+    }
+}

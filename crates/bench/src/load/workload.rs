@@ -70,6 +70,8 @@ pub struct Generator {
 
 const SYSTEM_PROMPTS: usize = 4;
 const DOCUMENTS: usize = 6;
+/// The system prompt of every `prefix-heavy` question.
+const DOCUMENT_INSTRUCTION: &str = "Answer the question about the document.";
 
 impl Generator {
     pub fn new(workload: Workload, seed: u64) -> Generator {
@@ -94,6 +96,26 @@ impl Generator {
             rng,
             shared,
         }
+    }
+
+    /// One short session per shared prefix (system prompt or document) that opens as the
+    /// workload's sessions sharing it do: sent to a server, it leaves that prefix cached there.
+    pub fn shared_openings(&self) -> Vec<Session> {
+        self.shared
+            .iter()
+            .map(|text| match self.workload {
+                Workload::PrefixHeavy => Session {
+                    key: 0,
+                    system: Some(DOCUMENT_INSTRUCTION.into()),
+                    turns: vec![(format!("{text}\n\nQuestion: warm"), 1)],
+                },
+                _ => Session {
+                    key: 0,
+                    system: Some(text.clone()),
+                    turns: vec![(" warm".into(), 1)],
+                },
+            })
+            .collect()
     }
 
     pub fn next_session(&mut self) -> Session {
@@ -129,7 +151,7 @@ impl Generator {
                 let question = words(rng, n);
                 Session {
                     key: d as u64,
-                    system: Some("Answer the question about the document.".into()),
+                    system: Some(DOCUMENT_INSTRUCTION.into()),
                     turns: vec![(
                         format!("{doc}\n\nQuestion:{question}"),
                         rng.random_range(16..128),
@@ -265,6 +287,12 @@ mod tests {
             })
             .collect();
         assert!(docs.len() <= DOCUMENTS);
+        // The warm-up opens with each document, as the questions about it do.
+        let openings = Generator::new(Workload::PrefixHeavy, 1).shared_openings();
+        assert_eq!(openings.len(), DOCUMENTS);
+        for d in &docs {
+            assert!(openings.iter().any(|o| o.turns[0].0.starts_with(d.as_str())));
+        }
         // Same seed, same sessions.
         let a = Generator::new(Workload::SharegptLike, 7).next_session();
         let b = Generator::new(Workload::SharegptLike, 7).next_session();

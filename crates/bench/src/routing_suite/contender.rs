@@ -15,13 +15,18 @@ pub enum Contender {
     Exact(PolicyKind),
     /// No router: each conversation (or document) pinned to a server by the client.
     Oracle,
+    /// The oracle with every shared prefix prefilled on every server before the run
+    /// (`oracle-warm`): the floor no router goes below.
+    WarmOracle,
     Peer(crate::peer_routers::Peer),
 }
 
 impl Contender {
     pub fn parse(s: &str) -> Result<Contender, String> {
-        if s == "oracle" {
-            return Ok(Contender::Oracle);
+        match s {
+            "oracle" => return Ok(Contender::Oracle),
+            "oracle-warm" => return Ok(Contender::WarmOracle),
+            _ => {}
         }
         if let Some(p) = crate::peer_routers::Peer::ALL
             .iter()
@@ -37,7 +42,7 @@ impl Contender {
         }
         PolicyKind::parse(s).map(Contender::Policy).ok_or_else(|| {
             format!(
-                "unknown contender `{s}`: a policy, POLICY-x2, POLICY-exact, oracle, vllm-router or sglang-router"
+                "unknown contender `{s}`: a policy, POLICY-x2, POLICY-exact, oracle, oracle-warm, vllm-router or sglang-router"
             )
         })
     }
@@ -48,6 +53,7 @@ impl Contender {
             Contender::Replicas(p) => format!("{}-x2", p.name()),
             Contender::Exact(p) => format!("{}-exact", p.name()),
             Contender::Oracle => "oracle".into(),
+            Contender::WarmOracle => "oracle-warm".into(),
             Contender::Peer(p) => p.name().into(),
         }
     }
