@@ -181,7 +181,11 @@ async fn warming_caches_every_shared_prefix_on_every_server_and_a_reset_empties_
     };
 
     caches::reset(&urls).await.unwrap();
-    assert_eq!(first_turn_hits().await, [0.0, 0.0], "a reset leaves nothing");
+    assert_eq!(
+        first_turn_hits().await,
+        [0.0, 0.0],
+        "a reset leaves nothing"
+    );
 
     caches::reset(&urls).await.unwrap();
     let sent = caches::warm(&urls, Workload::ChatSessions, 3, &model, false)

@@ -291,7 +291,11 @@ mod tests {
         let openings = Generator::new(Workload::PrefixHeavy, 1).shared_openings();
         assert_eq!(openings.len(), DOCUMENTS);
         for d in &docs {
-            assert!(openings.iter().any(|o| o.turns[0].0.starts_with(d.as_str())));
+            assert!(
+                openings
+                    .iter()
+                    .any(|o| o.turns[0].0.starts_with(d.as_str()))
+            );
         }
         // Same seed, same sessions.
         let a = Generator::new(Workload::SharegptLike, 7).next_session();
