@@ -40,7 +40,7 @@ use rand::RngCore;
 use xxhash_rust::xxh3::xxh3_64_with_seed;
 
 use super::candidate::Candidate;
-use super::fingerprint::BLOCK_TOKENS;
+use super::fingerprint::{BLOCK_TOKENS, Fingerprint};
 use super::kind::PolicyKind;
 use super::policy::{Ended, Policy, PrefixReport, RouteRequest, ServerChange, ServerId};
 use super::prefix_index::{BYTES_PER_BLOCK, Calibration, Prediction, PrefixIndex};
@@ -160,6 +160,11 @@ pub fn weight(key: u64, server: u64) -> u64 {
     xxh3_64_with_seed(&key.to_le_bytes(), server)
 }
 
+/// Tokens of the request's shared preamble (its system prompt), at most the whole prompt.
+fn preamble_tokens(request: &RouteRequest<'_>, prompt: &Fingerprint) -> f64 {
+    ((prompt.preamble_blocks * BLOCK_TOKENS) as f64).min(request.prompt_tokens)
+}
+
 /// The choice among `candidates` (not empty) for `request`, as assessed (see the module doc).
 pub fn choose(request: &RouteRequest<'_>, candidates: &[Candidate], cursor: &AtomicUsize) -> usize {
     let ptpr = prefill_tokens_per_request(candidates);
@@ -186,7 +191,7 @@ pub fn choose(request: &RouteRequest<'_>, candidates: &[Candidate], cursor: &Ato
     let (key, preamble) = match request.prompt {
         Some(p) if cold && p.preamble_blocks > 0 => (
             p.blocks.get(p.preamble_blocks - 1).copied().unwrap_or(key),
-            ((p.preamble_blocks * BLOCK_TOKENS) as f64).min(request.prompt_tokens),
+            preamble_tokens(request, p),
         ),
         _ => (key, 0.0),
     };
@@ -305,7 +310,7 @@ impl Policy for CacheAware {
         // conversation that shares it onto the one server that happened to see it first. Once
         // a server holds the conversation, the others get no such credit: moving it there
         // re-prefills the preamble too wherever it is not held, with the history.
-        let preamble = ((prompt.preamble_blocks * BLOCK_TOKENS) as f64).min(request.prompt_tokens);
+        let preamble = preamble_tokens(request, prompt);
         let held_somewhere = request.anchor_tokens > preamble
             && candidates
                 .iter()
