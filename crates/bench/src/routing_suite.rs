@@ -45,7 +45,7 @@ pub struct Options {
     /// What to compare, by name: a policy (`adaptive`, `cache_aware`, ...), a policy on two
     /// router replicas behind a client alternating between them (`cache_aware-x2`), the oracle
     /// of client-side affinity (`oracle`), that oracle with every shared prefix cached on every
-    /// server beforehand (`oracle-warm`: the floor), or a peer router (`vllm-router`, `sglang-router`).
+    /// server beforehand (`oracle-warm`: the floor on servers of one speed), or a peer router (`vllm-router`, `sglang-router`).
     pub contenders: Option<Vec<String>>,
     /// The fleet's speeds instead of the named fleet's (e.g. "1,1,0.5,0.5").
     pub speeds: Option<String>,

@@ -112,7 +112,7 @@ enum Suite {
         /// What to compare: policies (adaptive, cache_aware, ...), POLICY-x2 (two router
         /// replicas, the client alternating), POLICY-exact (with KV events), oracle
         /// (client-side affinity, no router), oracle-warm (the oracle with every shared prefix
-        /// cached on every server first: the floor), vllm-router, sglang-router (skipped when not installed).
+        /// cached on every server first: the floor on servers of one speed), vllm-router, sglang-router (skipped when not installed).
         #[arg(long, value_delimiter = ',')]
         compare: Option<Vec<String>>,
         /// The servers' speeds instead of the fleet's (e.g. 1,1,0.5,0.5).

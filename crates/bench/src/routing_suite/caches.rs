@@ -2,11 +2,11 @@
 //! previous one's conversations cached; and, for `oracle-warm`, filled with every shared prefix
 //! on every server first.
 //!
-//! Why the warm oracle: it is the floor no router can go below on a workload. Each conversation
-//! stays on one server (client-side affinity) and no server ever prefills a system prompt or
-//! document cold, so what is left of its time to first token is the servers' own work: the step
-//! running when a request arrives and the request's own prefill. A target below it is not one
-//! routing can reach.
+//! Why the warm oracle: on servers of one speed it is the floor a router can hope to reach. Each
+//! conversation stays on one server (client-side affinity) and no server ever prefills a system
+//! prompt or document cold, so what is left of its time to first token is the servers' own work:
+//! the step running when a request arrives and the request's own prefill. (On servers of
+//! different speeds a router does better, by keeping conversations off the slow ones.)
 
 use crate::client::{http_client, post_timed};
 use crate::load::Workload;
@@ -50,11 +50,11 @@ pub async fn warm(
     } else {
         "/v1/chat/completions"
     };
+    let build = if as_tokens { token_body } else { chat_body };
     let mut sent = 0;
     for u in urls {
         for s in &openings {
             let (user, max_tokens) = &s.turns[0];
-            let build = if as_tokens { token_body } else { chat_body };
             let body = build(model, s.system.as_deref(), &[], user, *max_tokens, false);
             let t = post_timed(&client, &format!("{u}{route}"), body, false).await?;
             if t.status != 200 {

@@ -16,7 +16,7 @@ pub enum Contender {
     /// No router: each conversation (or document) pinned to a server by the client.
     Oracle,
     /// The oracle with every shared prefix prefilled on every server before the run
-    /// (`oracle-warm`): the floor no router goes below.
+    /// (`oracle-warm`): the floor on servers of one speed.
     WarmOracle,
     Peer(crate::peer_routers::Peer),
 }
